@@ -1,0 +1,70 @@
+"""Claim: the ledger row first, then a rename into ``processing/<id>/`` that never overwrites."""
+
+from __future__ import annotations
+
+import posixpath
+
+import structlog
+
+from watcher.errors import SkipFileError, TransientError
+from watcher.ledger import Ledger
+from watcher.models import FileRecord, FileState, RemoteEntry
+from watcher.settings import RouteSettings
+from watcher.sources import Source
+
+__all__ = ("claim", "resolve_claim")
+
+log = structlog.get_logger(__name__)
+
+
+async def claim(
+    source: Source, ledger: Ledger, route: RouteSettings, entry: RemoteEntry
+) -> FileRecord | None:
+    """Take a ready file out of the inbox. Returns ``None`` when another actor won the race.
+
+    A row still in ``claiming`` is returned when the server failed mid-claim.
+
+    From here on the uploader cannot change or replace the bytes that iSales will read.
+    """
+    record = ledger.insert_claim(
+        route=route.name, campaign_id=route.campaign_id, inbox=route.inbox_path, entry=entry
+    )
+    await source.makedirs(record.processing_dir)
+    try:
+        await source.rename(posixpath.join(route.inbox_path, entry.name), record.processing_path)
+    except TransientError as exc:
+        # Whether the rename happened is unknown: the row stays ``claiming`` for resolve_claim.
+        log.warning("file.claim_interrupted", file_id=record.id, error=str(exc))
+        return record
+    except SkipFileError as exc:
+        await source.remove_dir(record.processing_dir)
+        ledger.transition(record.id, FileState.lost, expect=FileState.claiming, reason=str(exc))
+        log.info("file.claim_lost", file_id=record.id, file=entry.name, reason=str(exc))
+        return None
+    record = ledger.transition(record.id, FileState.claimed, expect=FileState.claiming)
+    log.info(
+        "file.claimed",
+        file_id=record.id,
+        route=route.name,
+        file=entry.name,
+        size_bytes=entry.size_bytes,
+    )
+    return record
+
+
+async def resolve_claim(source: Source, ledger: Ledger, record: FileRecord) -> FileRecord:
+    """Decide a row left in ``claiming`` by a crash: did the rename happen or not?"""
+    if await source.exists(record.processing_path):
+        return ledger.transition(
+            record.id,
+            FileState.claimed,
+            expect=FileState.claiming,
+            reason="claim confirmed after restart",
+        )
+    await source.remove_dir(record.processing_dir)
+    return ledger.transition(
+        record.id,
+        FileState.lost,
+        expect=FileState.claiming,
+        reason="the claim did not happen before a restart; the inbox file is picked up afresh",
+    )

@@ -1,0 +1,227 @@
+"""The command line: parse, wire and report. The work lives in the other modules."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from watcher import __version__
+from watcher.daemon import Daemon
+from watcher.errors import ConfigError, LedgerError
+from watcher.logs import configure_logging
+from watcher.settings import DEFAULT_CONFIG, load_settings
+from watcher.validate import KINDS, Report, validate_file
+
+__all__ = ("main", "serve")
+
+EX_OK, EX_INVALID, EX_UNREADABLE, EX_SOFTWARE, EX_CONFIG = 0, 1, 2, 70, 78
+
+
+def _print(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"isales-watcher: {message}\n")
+    return code
+
+
+async def serve(daemon: Daemon) -> None:
+    """Run a daemon with signal handling: the first SIGTERM/SIGINT drains, the second forces."""
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    assert main_task is not None
+
+    def on_signal() -> None:
+        if daemon.stop.is_set():
+            main_task.cancel()  # a second signal: stop waiting for in-flight steps
+        daemon.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        await daemon.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _run(args: argparse.Namespace) -> int:
+    configure_logging()
+    try:
+        settings = load_settings(args.config)
+        asyncio.run(serve(Daemon(settings)))
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", EX_CONFIG)
+    except LedgerError as exc:
+        return _fail(f"ledger error: {exc}", EX_SOFTWARE)
+    except asyncio.CancelledError:
+        return _fail("stopped before the drain finished (second signal)", EX_SOFTWARE)
+    return EX_OK
+
+
+def _describe(report: Report, name: str) -> list[str]:
+    if report.is_valid:
+        lines = [f"{name}: valid, {report.data_rows} data rows"]
+    else:
+        lines = [f"{name}: INVALID, {report.error_count} problems in {report.data_rows} data rows"]
+    for kind, count in sorted(report.counts.items()):
+        lines.append(f"  {KINDS[kind].title}: {count}")
+        lines.extend(
+            f"    row {p.row or '-'}, {p.column or '-'}: {p.message}"
+            for p in report.examples
+            if p.kind == kind
+        )
+        lines.append(f"    fix: {KINDS[kind].advice}")
+    return lines
+
+
+def _validate(args: argparse.Namespace) -> int:
+    worst = EX_OK
+    results = []
+    for path in args.files:
+        report = validate_file(path)
+        if "unreadable" in report.counts or not Path(path).is_file():
+            worst = max(worst, EX_UNREADABLE)
+        elif not report.is_valid:
+            worst = max(worst, EX_INVALID)
+        if args.json:
+            results.append({"file": str(path), **report.as_json()})
+        else:
+            for line in _describe(report, str(path)):
+                _print(line)
+    if args.json:
+        _print(json.dumps(results, indent=2, ensure_ascii=False))
+    return worst
+
+
+def _ledger(args: argparse.Namespace) -> int:
+    from watcher.ledger import Ledger
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", EX_CONFIG)
+    ledger = Ledger(settings.daemon.state_dir / "ledger.sqlite3")
+    try:
+        if args.ledger_command == "list":
+            for record in ledger.rows(limit=args.limit):
+                _print(
+                    f"{record.id}  {record.state.value:<10}  {record.route:<16}  {record.name}"
+                    f"  {record.reason or ''}"
+                )
+            return EX_OK
+        found = ledger.find(args.id)
+        if len(found) != 1:
+            return _fail(f"{len(found)} ledger rows match {args.id!r}", EX_INVALID)
+        record = found[0]
+        for key in (
+            "id",
+            "state",
+            "route",
+            "campaign_id",
+            "inbox",
+            "name",
+            "size_bytes",
+            "sha256",
+            "import_task_id",
+            "outcome",
+            "reason",
+            "created_at",
+            "updated_at",
+            "submitted_at",
+            "settled_path",
+        ):
+            _print(f"{key:>15}: {getattr(record, key)}")
+        _print("    transitions:")
+        for step in ledger.transitions(record.id):
+            _print(
+                f"      {step['at']}  {step['from_state'] or '-'} -> {step['to_state']}"
+                f"  ({step['actor']}) {step['reason'] or ''}"
+            )
+        return EX_OK
+    finally:
+        ledger.close()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from watcher.demo import run_demo
+
+    configure_logging(json=False)
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(run_demo(args.dir, once=args.once))
+    return EX_OK
+
+
+def _template(args: argparse.Namespace) -> int:
+    from watcher.samples import write_template
+
+    write_template(args.out)
+    _print(f"wrote {args.out}")
+    return EX_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="isales-watcher",
+        description="Import outbound-call lists dropped on an SFTP server into CC-iSales, once.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the TOML configuration (default {DEFAULT_CONFIG})",
+    )
+
+    run = commands.add_parser("run", parents=[config], help="run the daemon")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate", help="check .xlsx files offline, as the daemon would"
+    )
+    validate.add_argument("files", nargs="+", type=Path)
+    validate.add_argument("--json", action="store_true", help="machine-readable output")
+    validate.set_defaults(handler=_validate)
+
+    ledger = commands.add_parser("ledger", parents=[config], help="inspect the ledger")
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
+    listing = ledger_commands.add_parser("list", parents=[config], help="the newest files")
+    listing.add_argument("--limit", type=int, default=50)
+    show = ledger_commands.add_parser("show", parents=[config], help="one file and its history")
+    show.add_argument("id", help="a ledger id or its beginning")
+    ledger.set_defaults(handler=_ledger)
+
+    demo = commands.add_parser(
+        "demo", help="everything embedded: SFTP server, iSales emulator, daemon"
+    )
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("demo-data"),
+        help="where the demo keeps its files (default ./demo-data)",
+    )
+    demo.add_argument(
+        "--once", action="store_true", help="exit once the two sample files are settled"
+    )
+    demo.set_defaults(handler=_demo)
+
+    template = commands.add_parser("template", help="write an empty template with an example row")
+    template.add_argument("out", type=Path)
+    template.set_defaults(handler=_template)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``isales-watcher`` command."""
+    args = _parser().parse_args(argv)
+    code: int = args.handler(args)
+    return code

@@ -1,0 +1,237 @@
+"""The daemon's life cycle: start, recover, watch the inboxes, drain on SIGTERM, close."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import posixpath
+from collections.abc import Coroutine
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import structlog
+
+from watcher.errors import (
+    ConfigError,
+    HostKeyError,
+    LedgerError,
+    SourceUnavailableError,
+    TransientError,
+    WatcherError,
+)
+from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
+from watcher.isales.client import IsalesClient
+from watcher.ledger import Ledger
+from watcher.models import RemoteEntry
+from watcher.pipeline import Pipeline
+from watcher.settings import RouteSettings, Settings
+from watcher.sources import Source
+from watcher.sources.sftp import SftpSource
+
+__all__ = ("Daemon",)
+
+log = structlog.get_logger(__name__)
+
+_MAX_BACKOFF_S = 300.0
+
+
+class Daemon:
+    """Watches every route's inbox and carries each ready file through its flow.
+
+    Life cycle: :meth:`run` opens the ledger, the source and the iSales client, resumes what a
+    previous run left unfinished, then polls until :meth:`request_stop`; it then stops intake,
+    lets in-flight steps finish for ``shutdown_grace_s`` and closes everything.
+    """
+
+    def __init__(self, settings: Settings, *, source: Source | None = None) -> None:
+        self.settings = settings
+        self.stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.failed: BaseException | None = None
+        self._source: Source = source or SftpSource(settings.sftp)
+        self._gate = StabilityGate(settings.daemon.settle_s)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._busy: set[str] = set()
+
+    def request_stop(self) -> None:
+        """Stop intake and begin the drain (the first SIGTERM or Ctrl-C)."""
+        if not self.stop.is_set():
+            log.info("daemon.stopping")
+        self.stop.set()
+
+    async def run(self) -> None:
+        """Run until stopped. Raises what made it stop when that was a failure."""
+        daemon = self.settings.daemon
+        ledger = Ledger(daemon.state_dir / "ledger.sqlite3")
+        pool = ProcessPoolExecutor(
+            daemon.validation_workers, mp_context=multiprocessing.get_context("forkserver")
+        )
+        try:
+            async with IsalesClient(self.settings.isales) as client:
+                server_id = await self._resolve_server_id(client)
+                if server_id is None:
+                    return
+                pipeline = Pipeline(
+                    settings=self.settings,
+                    source=self._source,
+                    ledger=ledger,
+                    client=client,
+                    pool=pool,
+                    server_id=server_id,
+                    stop=self.stop,
+                )
+                for record in ledger.unfinished():
+                    log.info("file.resumed", file_id=record.id, state=record.state.value)
+                    self._spawn(pipeline.drive(record))
+                log.info(
+                    "daemon.started",
+                    routes=[r.name for r in self.settings.routes],
+                    server_id=server_id,
+                )
+                self.ready.set()
+                await self._watch(pipeline)
+                await self._drain()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            await self._source.close()
+            ledger.close()
+            log.info("daemon.stopped")
+        if self.failed is not None:
+            raise self.failed
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stop.wait()
+
+    async def _resolve_server_id(self, client: IsalesClient) -> str | None:
+        configured = self.settings.isales.server_id
+        sftp = self.settings.sftp
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                servers = await client.query_servers()
+            except TransientError as exc:
+                failures += 1
+                log.error("isales.unavailable", error=str(exc))
+                await self._pause(min(_MAX_BACKOFF_S, 2.0**failures))
+                continue
+            except WatcherError as exc:
+                raise ConfigError(f"queryServer failed: {exc}") from None
+            if configured:
+                if not any(s.server_id == configured for s in servers):
+                    raise ConfigError(
+                        f"isales.server_id: {configured} is not a file server of VDN "
+                        f"{self.settings.isales.vdn_id} (see: isales-watcher servers)"
+                    )
+                return configured
+            matches = [
+                s
+                for s in servers
+                if s.ip == sftp.host
+                and str(s.port) == str(sftp.port)
+                and s.user_name == sftp.username
+            ]
+            if len(matches) != 1:
+                found = ", ".join(f"{s.server_id}={s.user_name}@{s.ip}:{s.port}" for s in servers)
+                raise ConfigError(
+                    f"isales.server_id: {len(matches)} file servers registered in iSales match "
+                    f"{sftp.username}@{sftp.host}:{sftp.port} (registered: {found or 'none'}); "
+                    "set isales.server_id"
+                )
+            if matches[0].file_path and posixpath.normpath(
+                matches[0].file_path
+            ) != posixpath.normpath(sftp.base_path):
+                log.warning(
+                    "isales.base_path_differs",
+                    registered=matches[0].file_path,
+                    configured=sftp.base_path,
+                )
+            return matches[0].server_id
+        return None
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(self._guard(work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        try:
+            await work
+        except LedgerError as exc:
+            log.critical("ledger.failed", error=str(exc))
+            self.failed = exc
+            self.request_stop()
+
+    async def _watch(self, pipeline: Pipeline) -> None:
+        failures = 0
+        while not self.stop.is_set():
+            try:
+                for route in self.settings.routes:
+                    await self._scan(pipeline, route)
+                failures = 0
+            except HostKeyError as exc:
+                failures += 1
+                log.error("sftp.host_key_rejected", error=str(exc))
+            except SourceUnavailableError as exc:
+                failures += 1
+                log.warning("sftp.unavailable", error=str(exc))
+            wait_s = self.settings.daemon.poll_interval_s
+            await self._pause(min(_MAX_BACKOFF_S, wait_s * 2.0**failures) if failures else wait_s)
+
+    async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
+        inbox = route.inbox_path
+        entries = await self._source.list_files(inbox)
+        keys = []
+        for entry in entries:
+            key = posixpath.join(inbox, entry.name)
+            keys.append(key)
+            if key in self._busy or not is_candidate(entry.name, route.pattern):
+                continue
+            unchanged_s = self._gate.observe(key, entry)
+            if unchanged_s <= 0 or unchanged_s < self.settings.daemon.settle_s:
+                continue
+            verdict = await self._probe(key, entry)
+            if (
+                verdict is ZipVerdict.incomplete
+                and unchanged_s < self.settings.daemon.incomplete_timeout_s
+            ):
+                continue
+            self._busy.add(key)
+            self._spawn(self._take(pipeline, route, entry, key, verdict))
+        self._gate.retain(keys, inbox + "/")
+
+    async def _probe(self, path: str, entry: RemoteEntry) -> ZipVerdict:
+        head = await self._source.read_range(path, 0, 8)
+        tail = await self._source.read_range(path, -TAIL_BYTES, TAIL_BYTES)
+        return check_zip(head, tail, entry.size_bytes)
+
+    async def _take(
+        self,
+        pipeline: Pipeline,
+        route: RouteSettings,
+        entry: RemoteEntry,
+        key: str,
+        verdict: ZipVerdict,
+    ) -> None:
+        try:
+            record = await pipeline.intake(route, entry, verdict)
+        except TransientError as exc:
+            log.warning("file.claim_failed", file=entry.name, error=str(exc))
+            return
+        finally:
+            self._busy.discard(key)
+            self._gate.forget(key)
+        if record is not None:
+            await pipeline.drive(record)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        grace_s = self.settings.daemon.shutdown_grace_s
+        log.info("daemon.draining", files=len(self._tasks), grace_s=grace_s)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

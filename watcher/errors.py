@@ -1,0 +1,87 @@
+"""One error tree, sorted by what the pipeline does next: retry, skip, reject, park or stop."""
+
+from __future__ import annotations
+
+__all__ = (
+    "ApiAmbiguousError",
+    "ApiRejectedError",
+    "ApiUnavailableError",
+    "ClaimConflictError",
+    "ConfigError",
+    "FileGoneError",
+    "HostKeyError",
+    "LedgerError",
+    "RejectFileError",
+    "SignatureRefusedError",
+    "SkipFileError",
+    "SourceUnavailableError",
+    "TransientError",
+    "WatcherError",
+)
+
+
+class WatcherError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+
+class ConfigError(WatcherError):
+    """The configuration is unusable; the CLI exits 78 (EX_CONFIG)."""
+
+
+class TransientError(WatcherError):
+    """Nothing happened; the same step may be tried again later."""
+
+
+class SourceUnavailableError(TransientError):
+    """The file server cannot be reached right now (connect, login, lost connection, deadline)."""
+
+
+class HostKeyError(SourceUnavailableError):
+    """The file server presented a host key we do not trust: we refuse to talk to it."""
+
+
+class ApiUnavailableError(TransientError):
+    """iSales provably did not act on the request (refused connection, 429, 503, 0200022)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class SignatureRefusedError(TransientError):
+    """HTTP 401: iSales refused the AK/SK signature (wrong keys or a skewed clock).
+
+    The request had no effect, but retrying at once will not help: an operator must act.
+    """
+
+
+class ApiAmbiguousError(WatcherError):
+    """The request may or may not have taken effect (timeout after sending, 5xx, broken body)."""
+
+
+class SkipFileError(WatcherError):
+    """An expected race: another actor moved the file first. Nothing to do."""
+
+
+class FileGoneError(SkipFileError):
+    """The file vanished before we could act on it."""
+
+
+class ClaimConflictError(SkipFileError):
+    """The rename target already exists: somebody else claimed the file."""
+
+
+class RejectFileError(WatcherError):
+    """The file can never succeed as it is: settle it in rejected/ with a receipt."""
+
+
+class ApiRejectedError(RejectFileError):
+    """iSales answered with a business error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{message} (iSales code {code})")
+        self.code = code
+
+
+class LedgerError(WatcherError):
+    """The ledger cannot be written: stop intake and exit non-zero."""

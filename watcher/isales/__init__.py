@@ -1,0 +1,1 @@
+"""The CC-iSales side: the C2 signer, the OpenAPI client and the emulator."""

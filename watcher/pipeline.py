@@ -1,0 +1,223 @@
+"""The flow of one file after the gate, driven by its ledger row: claim to settle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import Executor
+from pathlib import Path
+
+import structlog
+
+from watcher.claim import claim, resolve_claim
+from watcher.errors import LedgerError, SkipFileError, TransientError
+from watcher.gate import ZipVerdict
+from watcher.isales.client import IsalesClient
+from watcher.ledger import Ledger
+from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
+from watcher.settings import RouteSettings, Settings
+from watcher.settle import settle
+from watcher.sources import Source
+from watcher.submit import duplicate_details, reconcile, submit, with_details
+from watcher.track import track
+from watcher.validate import Report, ValidationOptions, validate_file
+
+__all__ = ("GATE_REASONS", "Pipeline")
+
+log = structlog.get_logger(__name__)
+
+GATE_REASONS = {
+    ZipVerdict.incomplete: (
+        "the file is not a complete .xlsx: it stopped changing but its end is missing "
+        "(an interrupted upload?). Upload it again."
+    ),
+    ZipVerdict.not_zip: "the file is not an .xlsx workbook (it is not a ZIP archive).",
+    ZipVerdict.old_excel: (
+        "the file is an Excel 97-2003 .xls or a password-protected workbook. Save it as "
+        "'Excel Workbook (*.xlsx)' without a password."
+    ),
+}
+_MAX_CRASHES = 3
+_MAX_BACKOFF_S = 300.0
+
+
+class Pipeline:
+    """Carries ledger rows forward. Each step reads the row, acts, and writes the next state."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        source: Source,
+        ledger: Ledger,
+        client: IsalesClient,
+        pool: Executor,
+        server_id: str,
+        stop: asyncio.Event,
+    ) -> None:
+        self.settings = settings
+        self.source = source
+        self.ledger = ledger
+        self.client = client
+        self.pool = pool
+        self.server_id = server_id
+        self.stop = stop
+        self.work_dir = settings.daemon.state_dir / "work"
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._slots = asyncio.Semaphore(settings.daemon.max_parallel_files)
+        self._routes = {route.name: route for route in settings.routes}
+
+    def _route(self, record: FileRecord) -> RouteSettings:
+        route = self._routes.get(record.route)
+        if route is None or route.campaign_id != record.campaign_id:
+            # The route was renamed or removed since the claim: finish with what the row says.
+            return RouteSettings(
+                name=record.route, inbox=record.inbox, campaign_id=record.campaign_id
+            )
+        return route
+
+    async def intake(
+        self, route: RouteSettings, entry: RemoteEntry, verdict: ZipVerdict
+    ) -> FileRecord | None:
+        """Claim a file the gate let through; a file the gate condemned is settled as rejected."""
+        record = await claim(self.source, self.ledger, route, entry)
+        if (
+            record is None
+            or verdict is ZipVerdict.complete
+            or record.state is not FileState.claimed
+        ):
+            return record
+        report = Report()
+        report.add("unreadable", None, None, "", GATE_REASONS[verdict])
+        return self.ledger.transition(
+            record.id,
+            FileState.settling,
+            expect=FileState.claimed,
+            outcome=Outcome.rejected,
+            reason=GATE_REASONS[verdict],
+            details=with_details(record, validation=report.as_json()),
+        )
+
+    async def drive(self, record: FileRecord) -> None:
+        """Advance a row until it is terminal, or until the daemon stops (it resumes later)."""
+        failures = crashes = 0
+        structlog.contextvars.bind_contextvars(file_id=record.id)
+        while not record.state.is_terminal and not self.stop.is_set():
+            try:
+                advanced = await self._step(record)
+            except (TransientError, SkipFileError) as exc:
+                failures += 1
+                wait_s = min(_MAX_BACKOFF_S, 2.0**failures)
+                log.warning(
+                    "file.step_failed", state=record.state.value, error=str(exc), retry_in_s=wait_s
+                )
+                await self._pause(wait_s)
+                advanced = self.ledger.get(record.id)
+            except LedgerError:
+                raise
+            except Exception as exc:
+                crashes += 1
+                log.exception("file.crashed", state=record.state.value)
+                advanced = self.ledger.get(record.id)
+                if crashes >= _MAX_CRASHES and advanced.state is FileState.claimed:
+                    advanced = self.ledger.transition(
+                        record.id,
+                        FileState.settling,
+                        expect=FileState.claimed,
+                        outcome=Outcome.rejected,
+                        reason=f"the file could not be processed ({type(exc).__name__}: {exc}); "
+                        "please report this to the operators",
+                    )
+                else:
+                    await self._pause(min(_MAX_BACKOFF_S, 5.0 * crashes))
+            if advanced is None:
+                return  # stopping while tracking
+            record = advanced
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self.stop.wait()
+
+    async def _step(self, record: FileRecord) -> FileRecord | None:
+        match record.state:
+            case FileState.claiming:
+                return await resolve_claim(self.source, self.ledger, record)
+            case FileState.claimed:
+                return await self._check_and_submit(record)
+            case FileState.submitting:
+                return await reconcile(
+                    self.client,
+                    self.ledger,
+                    record,
+                    cause="the daemon stopped while the request was in flight",
+                )
+            case FileState.tracking:
+                return await track(
+                    self.client,
+                    self.ledger,
+                    record,
+                    poll_s=self.settings.isales.track_poll_s,
+                    timeout_s=self.settings.isales.track_timeout_s,
+                    stop=self.stop,
+                )
+            case FileState.settling:
+                return await settle(self.source, self.ledger, record)
+        raise AssertionError(f"no step for state {record.state}")
+
+    async def _check_and_submit(self, record: FileRecord) -> FileRecord:
+        route = self._route(record)
+        local = self.work_dir / f"{record.id}.xlsx"
+        try:
+            async with self._slots:
+                record = await self._check(record, route, local)
+        finally:
+            local.unlink(missing_ok=True)
+        if record.state is not FileState.claimed:
+            return record
+        # Once the POST starts it must finish: a cancelled request would be ambiguous.
+        return await asyncio.shield(
+            submit(
+                self.client,
+                self.ledger,
+                record,
+                route=route,
+                server_id=self.server_id,
+                file_path=self.settings.relative_to_base(record.processing_dir),
+            )
+        )
+
+    async def _check(self, record: FileRecord, route: RouteSettings, local: Path) -> FileRecord:
+        sha256 = await self.source.download(record.processing_path, local)
+        record = self.ledger.update(record.id, sha256=sha256)
+        twin = self.ledger.imported_twin(record)
+        if twin is not None:
+            return self.ledger.transition(
+                record.id,
+                FileState.settling,
+                expect=FileState.claimed,
+                outcome=Outcome.rejected,
+                reason=f"duplicate: the same content was already imported as {twin.name}",
+                details=duplicate_details(record, twin),
+            )
+        options = ValidationOptions(call_data_json=route.call_data_json)
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(self.pool, validate_file, str(local), options)
+        log.info(
+            "file.validated",
+            valid=report.is_valid,
+            data_rows=report.data_rows,
+            problems=report.counts,
+        )
+        details = with_details(record, validation=report.as_json())
+        if report.is_valid:
+            return self.ledger.update(record.id, details=details)
+        errors = report.error_count
+        return self.ledger.transition(
+            record.id,
+            FileState.settling,
+            expect=FileState.claimed,
+            outcome=Outcome.rejected,
+            reason=f"{errors} problem{'s' if errors != 1 else ''} found in the file",
+            details=details,
+        )

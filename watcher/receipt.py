@@ -1,0 +1,111 @@
+"""The receipts beside a settled file: ``<name>.result.json`` and a one-screen ``.result.txt``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from watcher.ledger import utc_now
+from watcher.models import FileRecord, Outcome
+from watcher.validate import KINDS, Report
+
+__all__ = ("receipt_json", "receipt_text")
+
+_EXAMPLES_PER_KIND = 3
+_KINDS_SHOWN = 5
+
+
+def _details(record: FileRecord) -> dict[str, Any]:
+    return dict(json.loads(record.details)) if record.details else {}
+
+
+def receipt_json(record: FileRecord) -> dict[str, Any]:
+    """Everything a machine needs to know about how the file ended."""
+    details = _details(record)
+    return {
+        "file": record.name,
+        "verdict": "imported" if record.outcome is Outcome.done else "rejected",
+        "reason": record.reason,
+        "ledger_id": record.id,
+        "route": record.route,
+        "campaign_id": record.campaign_id,
+        "sha256": record.sha256,
+        "size_bytes": record.size_bytes,
+        "received_at": record.created_at,
+        "settled_at": utc_now(),
+        "import_task_id": record.import_task_id,
+        **details,
+    }
+
+
+def _import_lines(found: dict[str, Any]) -> list[str]:
+    names = (
+        ("succNum", "imported"),
+        ("repeatNum", "duplicates"),
+        ("failNum", "failed"),
+        ("blackNum", "blacklisted"),
+    )
+    counts = ", ".join(
+        f"{label} {found[key]}" for key, label in names if found.get(key) is not None
+    )
+    lines = [f"  Rows: {counts}"] if counts else []
+    if found.get("failNum"):
+        lines.append("  Some rows failed inside iSales; its console lists them per row.")
+    if found.get("errMsg"):
+        lines.append(f"  iSales says: {found['errMsg']}")
+    return lines
+
+
+def _problem_lines(report: Report) -> list[str]:
+    lines: list[str] = []
+    kinds = sorted(report.counts.items(), key=lambda item: (not KINDS[item[0]].is_error, -item[1]))
+    for kind, count in kinds[:_KINDS_SHOWN]:
+        info = KINDS[kind]
+        where = f"{count} row{'s' if count != 1 else ''}" if count else ""
+        label = "" if info.is_error else " (warning)"
+        lines.append(f"* {info.title}{label}: {where}")
+        for example in [p for p in report.examples if p.kind == kind][:_EXAMPLES_PER_KIND]:
+            place = f"row {example.row}" if example.row else "file"
+            column = f", column {example.column}" if example.column else ""
+            excerpt = f": {example.excerpt}" if example.excerpt else ""
+            lines.append(f"    {place}{column}{excerpt}")
+        lines.append(f"  Fix: {info.advice}")
+    if len(kinds) > _KINDS_SHOWN:
+        lines.append(f"... and {len(kinds) - _KINDS_SHOWN} more kinds; see the .result.json file.")
+    return lines
+
+
+def receipt_text(record: FileRecord) -> str:
+    """What the business user reads: the verdict, what was wrong and where, how to fix it."""
+    details = _details(record)
+    lines = [f"File: {record.name}", f"Campaign: {record.campaign_id} (route {record.route})"]
+    if record.outcome is Outcome.done:
+        lines.append(f"Result: IMPORTED. iSales import task {record.import_task_id} finished.")
+    else:
+        lines.append("Result: REJECTED. Nothing from this file was imported.")
+        lines.append(f"Why: {record.reason}")
+    if "schedule" in details:
+        lines.append(f"Scheduled import time: {details['schedule']}")
+    if "import" in details:
+        lines.extend(_import_lines(details["import"]))
+    if "duplicate_of" in details:
+        twin = details["duplicate_of"]
+        lines.append(
+            f"The same content was imported before as {twin['name']} (ledger {twin['ledger_id']}, "
+            f"import task {twin.get('import_task_id') or 'unknown'}, {twin['received_at']})."
+        )
+        lines.append(
+            "To import it again on purpose, ask an operator: isales-watcher ledger reprocess"
+        )
+    if "validation" in details:
+        report = Report.from_json(details["validation"])
+        if report.counts:
+            lines.append(f"Checked {report.data_rows} data rows on sheet {report.sheet!r}:")
+            lines.extend(_problem_lines(report))
+    if record.outcome is not Outcome.done:
+        lines.append("Fix the file and drop it into the inbox again.")
+    lines.append(
+        f"(ledger id {record.id}, sha256 {(record.sha256 or '-')[:16]}..., "
+        f"received {record.created_at})"
+    )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,273 @@
+"""Configuration: one TOML file, ``ISALES_WATCHER_*`` environment overrides, secrets from files."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from watcher.errors import ConfigError
+
+__all__ = (
+    "DEFAULT_CONFIG",
+    "DaemonSettings",
+    "IsalesSettings",
+    "RouteSettings",
+    "Settings",
+    "SftpSettings",
+    "load_settings",
+)
+
+DEFAULT_CONFIG = Path("/etc/isales-watcher/config.toml")
+_SCHEDULE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+
+
+def _read_secret(values: dict[str, Any], key: str) -> None:
+    """Fill ``key`` from ``key_file`` when only the file is given.
+
+    A relative path is looked up in systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``).
+    """
+    file_key = f"{key}_file"
+    source = values.get(file_key)
+    if source is None or values.get(key):
+        return
+    path = Path(source)
+    if not path.is_absolute() and "CREDENTIALS_DIRECTORY" in os.environ:
+        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
+    try:
+        secret = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"{file_key}: cannot read {path}: {exc.strerror}") from None
+    if not secret:
+        raise ValueError(f"{file_key}: {path} is empty")
+    values[key] = secret
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IsalesSettings(_Section):
+    """How to reach and sign requests to the CC-iSales OpenAPI."""
+
+    base_url: str
+    vdn_id: int = Field(ge=1, le=9999)
+    access_key: SecretStr
+    secret_key: SecretStr
+    access_key_file: Path | None = None
+    secret_key_file: Path | None = None
+    ca_file: Path | None = None
+    server_id: str = ""
+    allow_insecure_http: bool = False
+    signed_headers: tuple[str, ...] = ("host",)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    track_poll_s: float = Field(default=10.0, gt=0)
+    track_timeout_s: float = Field(default=6 * 3600.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            values = dict(values)
+            _read_secret(values, "access_key")
+            _read_secret(values, "secret_key")
+        return values
+
+    @model_validator(mode="after")
+    def _check_url(self) -> Self:
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError(f"base_url: {self.base_url!r} is not an https://host:port URL")
+        if parts.scheme == "http" and not self.allow_insecure_http:
+            raise ValueError(
+                "base_url: plain http:// sends the signature in clear; use https://, "
+                "or set allow_insecure_http = true for a test bench"
+            )
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise ValueError(f"ca_file: {self.ca_file} does not exist")
+        return self
+
+    @property
+    def host_header(self) -> str:
+        """The ``Host`` value sent and signed: always ``host:port``, as iSales expects."""
+        parts = urlsplit(self.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.hostname}:{port}"
+
+
+class SftpSettings(_Section):
+    """The SFTP file server that iSales imports from, and that the daemon watches."""
+
+    host: str
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str
+    private_key_file: Path | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    known_hosts_file: Path | None = None
+    host_key_fingerprint: str | None = None
+    base_path: str = "/"
+    connect_timeout_s: float = Field(default=15.0, gt=0)
+    op_timeout_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            values = dict(values)
+            _read_secret(values, "password")
+        return values
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.known_hosts_file is None and self.host_key_fingerprint is None:
+            raise ValueError(
+                "known_hosts_file or host_key_fingerprint is required: the server's host key "
+                "must be verified (get it with: ssh-keyscan -p PORT HOST)"
+            )
+        if self.known_hosts_file is not None and not self.known_hosts_file.is_file():
+            raise ValueError(f"known_hosts_file: {self.known_hosts_file} does not exist")
+        if self.host_key_fingerprint is not None and not _FINGERPRINT.match(
+            self.host_key_fingerprint
+        ):
+            raise ValueError(
+                "host_key_fingerprint: expected the form SHA256:<43 base64 characters>"
+            )
+        if self.private_key_file is None and self.password is None:
+            raise ValueError("private_key_file or password/password_file is required")
+        if self.private_key_file is not None and not self.private_key_file.is_file():
+            raise ValueError(f"private_key_file: {self.private_key_file} does not exist")
+        if not self.base_path.startswith("/"):
+            raise ValueError("base_path: must be an absolute path such as /home/sftp")
+        return self
+
+
+class RouteSettings(_Section):
+    """One drop folder and the campaign its files are imported into."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    inbox: str
+    campaign_id: str = Field(min_length=1)
+    pattern: str = "*.xlsx"
+    schedule: str | None = None
+    call_data_json: bool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not self.inbox.startswith("/"):
+            raise ValueError(f"inbox: {self.inbox!r} must be an absolute path")
+        if self.schedule is not None and not _SCHEDULE.match(self.schedule):
+            raise ValueError(f"schedule: {self.schedule!r} is not HH:MM (00:00 to 23:59)")
+        return self
+
+    @property
+    def inbox_path(self) -> str:
+        return posixpath.normpath(self.inbox)
+
+    @property
+    def hour_minute(self) -> tuple[str, str] | None:
+        if self.schedule is None:
+            return None
+        hour, minute = self.schedule.split(":")
+        return str(int(hour)), minute
+
+
+def _default_state_dir() -> Path:
+    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/isales-watcher").split(":")[0])
+
+
+class DaemonSettings(_Section):
+    """How the daemon paces itself."""
+
+    poll_interval_s: float = Field(default=5.0, gt=0)
+    settle_s: float = Field(default=10.0, ge=0)
+    incomplete_timeout_s: float = Field(default=3600.0, gt=0)
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    max_parallel_files: int = Field(default=2, ge=1, le=64)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    validation_workers: int = Field(default=1, ge=1, le=16)
+
+
+class Settings(BaseSettings):
+    """Everything the daemon needs. Build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ISALES_WATCHER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    isales: IsalesSettings
+    sftp: SftpSettings
+    routes: tuple[RouteSettings, ...] = Field(min_length=1)
+    daemon: DaemonSettings = DaemonSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file, key by key.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Self:
+        names = [route.name for route in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError("routes: two routes have the same name")
+        inboxes = [route.inbox_path for route in self.routes]
+        if len(set(inboxes)) != len(inboxes):
+            raise ValueError("routes: two routes watch the same inbox")
+        base = posixpath.normpath(self.sftp.base_path)
+        for route in self.routes:
+            if base != "/" and not route.inbox_path.startswith(base + "/"):
+                raise ValueError(
+                    f"routes.{route.name}.inbox: {route.inbox} is outside sftp.base_path {base}; "
+                    "iSales can only import files below the server's default path"
+                )
+        return self
+
+    def relative_to_base(self, folder: str) -> str:
+        """``folder`` as iSales wants ``filePath``: relative to the server's default path."""
+        base = posixpath.normpath(self.sftp.base_path)
+        relative = posixpath.relpath(posixpath.normpath(folder), base)
+        return "/" + relative if relative != "." else ""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{key}: {message}" if key else message)
+    return "; ".join(lines)
+
+
+def load_settings(path: Path) -> Settings:
+    """Read and check the configuration.
+
+    Raises:
+        ConfigError: with one message that names the file and the offending key.
+    """
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such configuration file (use --config FILE)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_describe(exc)}") from None

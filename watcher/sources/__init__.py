@@ -1,0 +1,48 @@
+"""Where dropped files are seen and moved: the file operations the flow needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from watcher.models import RemoteEntry
+
+__all__ = ("Source",)
+
+
+class Source(Protocol):
+    """File operations on the file server, each with a deadline.
+
+    Implementations map their own errors to ``SourceUnavailableError``, ``FileGoneError`` and
+    ``ClaimConflictError``.
+    """
+
+    async def list_files(self, folder: str) -> list[RemoteEntry]:
+        """Regular files directly in ``folder`` (an absent folder is created, then empty)."""
+        ...
+
+    async def read_range(self, path: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of ``path`` from ``offset`` (negative: from the end)."""
+        ...
+
+    async def makedirs(self, path: str) -> None: ...
+
+    async def rename(self, source: str, target: str) -> None:
+        """Move without ever overwriting ``target``."""
+        ...
+
+    async def exists(self, path: str) -> bool: ...
+
+    async def download(self, path: str, local: Path) -> str:
+        """Copy ``path`` to ``local``; returns the SHA-256 of the bytes."""
+        ...
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Write our own small file (a receipt) so that a reader never sees half of it."""
+        ...
+
+    async def remove_dir(self, path: str) -> None:
+        """Remove an empty folder; a missing one is fine."""
+        ...
+
+    async def close(self) -> None: ...

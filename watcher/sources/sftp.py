@@ -1,0 +1,231 @@
+"""The SFTP source: asyncssh, host keys verified (fail closed), a deadline on every operation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import posixpath
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import structlog
+
+from watcher.errors import (
+    ClaimConflictError,
+    FileGoneError,
+    HostKeyError,
+    SourceUnavailableError,
+)
+from watcher.models import RemoteEntry
+from watcher.settings import SftpSettings
+
+__all__ = ("SftpSource",)
+
+log = structlog.get_logger(__name__)
+
+_CHUNK_BYTES = 256 * 1024
+
+
+class _HostKeyCheck(asyncssh.SSHClient):
+    """Remembers the key the server presented, and accepts it only if it matches the pin."""
+
+    def __init__(self, pin: str | None) -> None:
+        self.pin = pin
+        self.presented: str | None = None
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        self.presented = key.get_fingerprint("sha256")
+        return self.pin is not None and self.presented == self.pin
+
+
+class SftpSource:
+    """One SFTP connection, opened on first use and re-opened after a failure."""
+
+    def __init__(self, settings: SftpSettings) -> None:
+        self._settings = settings
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def address(self) -> str:
+        return f"{self._settings.host}:{self._settings.port}"
+
+    async def connect(self) -> asyncssh.SFTPClient:
+        """The SFTP session, connecting first when needed.
+
+        Raises:
+            HostKeyError: the server's host key is not the one we trust.
+            SourceUnavailableError: anything else that prevents a session.
+        """
+        async with self._lock:
+            if self._sftp is not None:
+                return self._sftp
+            settings = self._settings
+            check = _HostKeyCheck(settings.host_key_fingerprint)
+            options: dict[str, Any] = {
+                "username": settings.username,
+                "known_hosts": (
+                    str(settings.known_hosts_file) if settings.known_hosts_file else ([], [], [])
+                ),
+                "client_keys": [str(settings.private_key_file)]
+                if settings.private_key_file
+                else (),
+                "password": settings.password.get_secret_value() if settings.password else None,
+                "connect_timeout": settings.connect_timeout_s,
+                "login_timeout": settings.connect_timeout_s,
+                "keepalive_interval": 15,
+                "keepalive_count_max": 3,
+                "agent_path": None,
+                "config": (),
+            }
+            try:
+                async with asyncio.timeout(settings.connect_timeout_s * 2):
+                    conn = await asyncssh.connect(
+                        settings.host, settings.port, client_factory=lambda: check, **options
+                    )
+                    sftp = await conn.start_sftp_client()
+            except asyncssh.HostKeyNotVerifiable:
+                trusted = (
+                    settings.known_hosts_file
+                    or f"host_key_fingerprint {settings.host_key_fingerprint}"
+                )
+                raise HostKeyError(
+                    f"refusing to connect to {self.address}: its host key {check.presented} is "
+                    f"not trusted by {trusted}; if the server's key changed on purpose, add the "
+                    "new key "
+                    f"(ssh-keyscan -p {settings.port} {settings.host})"
+                ) from None
+            except asyncssh.PermissionDenied:
+                raise SourceUnavailableError(
+                    f"SFTP login to {self.address} as {settings.username} was refused: check the "
+                    "key or password"
+                ) from None
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                raise SourceUnavailableError(
+                    f"cannot reach the SFTP server {self.address}: {exc or type(exc).__name__}"
+                ) from None
+            self._conn, self._sftp = conn, sftp
+            log.info("sftp.connected", server=self.address)
+            return sftp
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._sftp is not None:
+            self._sftp.exit()
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._sftp = None
+
+    @asynccontextmanager
+    async def _session(self, what: str) -> AsyncIterator[asyncssh.SFTPClient]:
+        sftp = await self.connect()
+        try:
+            async with asyncio.timeout(self._settings.op_timeout_s):
+                yield sftp
+        except asyncssh.SFTPNoSuchFile:
+            raise FileGoneError(f"{what}: no such file") from None
+        except (asyncssh.SFTPConnectionLost, asyncssh.DisconnectError, ConnectionError) as exc:
+            self._drop()
+            raise SourceUnavailableError(f"{what}: connection lost ({exc})") from None
+        except TimeoutError:
+            self._drop()
+            raise SourceUnavailableError(
+                f"{what}: no answer within {self._settings.op_timeout_s:g} s"
+            ) from None
+        except asyncssh.SFTPError as exc:
+            raise SourceUnavailableError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
+
+    async def list_files(self, folder: str) -> list[RemoteEntry]:
+        async with self._session(f"listing {folder}") as sftp:
+            try:
+                names = [item async for item in sftp.scandir(folder)]
+            except asyncssh.SFTPNoSuchFile:
+                await sftp.makedirs(folder, exist_ok=True)
+                return []
+        return [
+            RemoteEntry(str(item.filename), item.attrs.size or 0, int(item.attrs.mtime or 0))
+            for item in names
+            if item.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR
+        ]
+
+    async def read_range(self, path: str, offset: int, length: int) -> bytes:
+        async with self._session(f"reading {path}") as sftp, sftp.open(path, "rb") as remote:
+            if offset < 0:
+                size = (await remote.stat()).size or 0
+                offset = max(0, size + offset)
+            await remote.seek(offset)
+            data: bytes = await remote.read(length)
+            return data
+
+    async def makedirs(self, path: str) -> None:
+        async with self._session(f"creating {path}") as sftp:
+            await sftp.makedirs(path, exist_ok=True)
+
+    async def exists(self, path: str) -> bool:
+        async with self._session(f"checking {path}") as sftp:
+            return bool(await sftp.exists(path))
+
+    async def rename(self, source: str, target: str) -> None:
+        # A plain SFTP rename fails when the target exists; that failure is the lost race.
+        async with self._session(f"renaming {source}") as sftp:
+            try:
+                await sftp.rename(source, target)
+            except asyncssh.SFTPFailure as exc:
+                if await sftp.exists(target):
+                    raise ClaimConflictError(f"{target} already exists") from None
+                if not await sftp.exists(source):
+                    raise FileGoneError(f"{source} vanished") from None
+                raise SourceUnavailableError(f"renaming {source}: {exc.reason}") from None
+
+    async def download(self, path: str, local: Path) -> str:
+        digest = hashlib.sha256()
+        sftp = await self.connect()
+        try:
+            async with sftp.open(path, "rb") as remote:
+                with local.open("wb") as out:
+                    while True:
+                        async with asyncio.timeout(self._settings.op_timeout_s):
+                            chunk: bytes = await remote.read(_CHUNK_BYTES)
+                        if not chunk:
+                            break
+                        digest.update(chunk)
+                        out.write(chunk)
+        except asyncssh.SFTPNoSuchFile:
+            raise FileGoneError(f"downloading {path}: no such file") from None
+        except (OSError, asyncssh.Error, TimeoutError) as exc:
+            if not isinstance(exc, asyncssh.SFTPError) or isinstance(
+                exc, asyncssh.SFTPConnectionLost
+            ):
+                self._drop()
+            raise SourceUnavailableError(f"downloading {path}: {exc!r}") from None
+        return digest.hexdigest()
+
+    async def write_file(self, path: str, data: bytes) -> None:
+        folder, name = posixpath.split(path)
+        temporary = posixpath.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        async with self._session(f"writing {path}") as sftp:
+            async with sftp.open(temporary, "wb") as remote:
+                await remote.write(data)
+            try:
+                await sftp.posix_rename(temporary, path)
+            except asyncssh.SFTPOpUnsupported:
+                if await sftp.exists(path):
+                    await sftp.remove(path)
+                await sftp.rename(temporary, path)
+
+    async def remove_dir(self, path: str) -> None:
+        async with self._session(f"removing {path}") as sftp:
+            try:
+                await sftp.rmdir(path)
+            except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPFailure):
+                return  # gone already, or not empty: leave it

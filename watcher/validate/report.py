@@ -1,0 +1,196 @@
+"""What validation found: counts per kind of problem, and capped examples with Excel rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ("KINDS", "Kind", "Problem", "Report", "ValidationOptions")
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """A kind of problem: how bad it is, and what the person who made the file should do."""
+
+    is_error: bool
+    title: str
+    advice: str
+
+
+KINDS: dict[str, Kind] = {
+    "unreadable": Kind(
+        True,
+        "The file cannot be read as an Excel workbook",
+        "Open it in Excel and save it again as 'Excel Workbook (*.xlsx)'.",
+    ),
+    "no_header": Kind(
+        True,
+        "No header row with a 'called' column",
+        "The first sheet needs a header row naming called and the other template "
+        "columns (sessionId, caller, callData, customField, recycleTime). Start from "
+        "the template: isales-watcher template OUT.xlsx",
+    ),
+    "no_data_rows": Kind(
+        True,
+        "The list has no data rows",
+        "Put the customers below the header row, on the first sheet.",
+    ),
+    "too_many_rows": Kind(
+        True,
+        "More than 500,000 data rows",
+        "iSales imports at most 500,000 records per file: split the list.",
+    ),
+    "called_missing": Kind(
+        True,
+        "'called' is empty",
+        'Every row needs at least one number, e.g. [{"calledNo":"13800138000"}].',
+    ),
+    "called_not_json": Kind(
+        True,
+        "'called' is not a list of numbers in JSON",
+        'Write it as [{"calledNo":"13800138000"}]; several numbers as '
+        '[{"calledNo":"138..."},{"calledNo":"139...","delayTime":"30"}].',
+    ),
+    "calledno_missing": Kind(
+        True,
+        "A number object has no 'calledNo'",
+        'Each object in called needs "calledNo", e.g. {"calledNo":"13800138000"}.',
+    ),
+    "calledno_invalid": Kind(
+        True,
+        "'calledNo' has characters other than digits, * and #",
+        "Remove spaces, dashes, brackets and '+'; write only digits, * or #.",
+    ),
+    "calledno_too_long": Kind(
+        True,
+        "'calledNo' is longer than 24 characters",
+        "A called number has at most 24 characters.",
+    ),
+    "number_corrupted": Kind(
+        True,
+        "A long number was stored as an Excel number and lost digits",
+        "Excel keeps only 15 digits of a number. Format the column as Text "
+        "and type the numbers again (or write them inside the JSON text).",
+    ),
+    "delaytime_invalid": Kind(
+        True,
+        "'delayTime' is not a whole number of seconds from 0 to 7200",
+        'Write delayTime as a number of seconds, e.g. "delayTime":"30".',
+    ),
+    "sessionid_too_long": Kind(
+        True,
+        "'sessionId' is longer than 32 characters",
+        "Shorten sessionId to at most 32 characters.",
+    ),
+    "caller_too_long": Kind(
+        True, "'caller' is longer than 24 characters", "Shorten caller to at most 24 characters."
+    ),
+    "customfield_too_long": Kind(
+        True,
+        "'customField' is longer than 200 characters",
+        "Shorten customField to at most 200 characters.",
+    ),
+    "calldata_too_long": Kind(
+        True,
+        "'callData' is longer than 1024 characters",
+        "Shorten callData to at most 1024 characters.",
+    ),
+    "calldata_not_json": Kind(
+        True,
+        "'callData' is not JSON (this campaign's IVR needs JSON)",
+        'Write callData as a JSON object, e.g. {"name":"Li","amount":"30"}.',
+    ),
+    "recycletime_invalid": Kind(
+        True,
+        "'recycleTime' is not a real date as yyyy-mm-dd hh:mm:ss",
+        "Write it like 2026-03-01 18:00:00, or use an Excel date cell.",
+    ),
+    "priority_invalid": Kind(
+        True,
+        "'priority' is not a whole number from 1 to 5",
+        "Leave priority empty or write 1, 2, 3, 4 or 5.",
+    ),
+    "unknown_column": Kind(
+        False,
+        "A column is not part of the template; it is ignored",
+        "Remove the column, or check the spelling of its header.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationOptions:
+    """Per-route choices."""
+
+    call_data_json: bool = False
+    max_examples: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One problem, where a person can find it in Excel."""
+
+    kind: str
+    row: int | None  # the Excel row number
+    column: str | None
+    excerpt: str
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "row": self.row,
+            "column": self.column,
+            "excerpt": self.excerpt,
+            "message": self.message,
+        }
+
+
+@dataclass(slots=True)
+class Report:
+    """The verdict on one file. Counts are exact; examples are capped."""
+
+    data_rows: int = 0
+    header_row: int | None = None
+    sheet: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: list[Problem] = field(default_factory=list)
+    max_examples: int = 100
+
+    def add(
+        self, kind: str, row: int | None, column: str | None, excerpt: str, message: str
+    ) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if len(self.examples) < self.max_examples:
+            cut = excerpt if len(excerpt) <= 60 else excerpt[:57] + "..."
+            self.examples.append(Problem(kind, row, column, cut, message))
+
+    @property
+    def is_valid(self) -> bool:
+        return not any(KINDS[kind].is_error for kind in self.counts)
+
+    @property
+    def error_count(self) -> int:
+        return sum(n for kind, n in self.counts.items() if KINDS[kind].is_error)
+
+    def as_json(self, max_examples: int | None = None) -> dict[str, Any]:
+        examples = self.examples if max_examples is None else self.examples[:max_examples]
+        return {
+            "valid": self.is_valid,
+            "sheet": self.sheet,
+            "header_row": self.header_row,
+            "data_rows": self.data_rows,
+            "problems": dict(sorted(self.counts.items())),
+            "examples": [p.as_json() for p in examples],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Report:
+        report = cls(
+            data_rows=data.get("data_rows", 0),
+            header_row=data.get("header_row"),
+            sheet=data.get("sheet"),
+            counts=dict(data.get("problems", {})),
+        )
+        report.examples = [Problem(**p) for p in data.get("examples", [])]
+        return report
