@@ -8,7 +8,7 @@ import multiprocessing
 import posixpath
 from collections.abc import Coroutine
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -34,6 +34,11 @@ __all__ = ("Daemon",)
 log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF_S = 300.0
+_T = TypeVar("_T")
+
+
+class _StopRequestedError(Exception):
+    """A stop was requested while waiting."""
 
 
 class Daemon:
@@ -111,7 +116,9 @@ class Daemon:
         failures = 0
         while not self.stop.is_set():
             try:
-                servers = await client.query_servers()
+                servers = await self._unless_stopped(client.query_servers())
+            except _StopRequestedError:
+                return None
             except TransientError as exc:
                 failures += 1
                 log.error("isales.unavailable", error=str(exc))
@@ -150,6 +157,19 @@ class Daemon:
                 )
             return matches[0].server_id
         return None
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, _T]) -> _T:
+        """Await a side-effect-free call, abandoning it when a stop is requested."""
+        task = asyncio.create_task(work)
+        stopping = asyncio.create_task(self.stop.wait())
+        await asyncio.wait([task, stopping], return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise _StopRequestedError
+        return task.result()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(self._guard(work))

@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 _AUTH = re.compile(
     r"^auth-v2/(?P<ak>[^/]+)/(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)/(?P<names>[a-z0-9;-]+)/(?P<sig>[0-9a-f]{64})$"
 )
+_BODY = aiohttp.web.RequestKey("body", dict[str, Any])
 _PREFIX = "/rest/isales/v1/openapi/campaigns/{vdn}"
 
 
@@ -161,6 +162,7 @@ class Emulator:
         self._ids = itertools.count(int.from_bytes(secrets.token_bytes(4), "big"))
         self._jobs: set[asyncio.Task[None]] = set()
         self._runner: aiohttp.web.AppRunner | None = None
+        self.base_url = ""
         prefix = _PREFIX.format(vdn=vdn_id)
         self.app = aiohttp.web.Application(middlewares=[self._authenticate])
         self.app.router.add_post(f"{prefix}/file/queryServer", self._query_server)
@@ -177,8 +179,8 @@ class Emulator:
         await self._runner.setup()
         site = aiohttp.web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = self._runner.addresses
-        return f"http://{host}:{sockets[0][1]}"
+        self.base_url = f"http://{host}:{self._runner.addresses[0][1]}"
+        return self.base_url
 
     async def close(self) -> None:
         for job in self._jobs:
@@ -201,7 +203,7 @@ class Emulator:
             self.calls.append((request.path, 401))
             return aiohttp.web.json_response({"error": "unauthorized"}, status=401)
         try:
-            request["json"] = json.loads(body)
+            request[_BODY] = json.loads(body)
         except ValueError:
             self.calls.append((request.path, 200))
             return _reply("0200001", "the body is not JSON")
@@ -237,7 +239,7 @@ class Emulator:
         return offset, limit
 
     async def _query_server(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        body = request["json"]
+        body = request[_BODY]
         page = self._page(body)
         if page is None:
             return _reply("02000007", "offset/limit out of range")
@@ -258,7 +260,7 @@ class Emulator:
 
     async def _upload_file_server(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         campaign = request.match_info["campaign"]
-        body = request["json"]
+        body = request[_BODY]
         if self.campaigns is not None and campaign not in self.campaigns:
             return _reply("0200007", "campaign does not exist")
         server_id, file_name = body.get("serverId"), body.get("fileName")
@@ -291,7 +293,7 @@ class Emulator:
 
     async def _query_import_task(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         campaign = request.match_info["campaign"]
-        body = request["json"]
+        body = request[_BODY]
         if self.campaigns is not None and campaign not in self.campaigns:
             return _reply("0200007", "campaign does not exist")
         page = self._page(body)

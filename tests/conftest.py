@@ -1,0 +1,266 @@
+"""Shared fixtures: a real OpenSSH sshd on loopback, the iSales emulator, configs, workbooks."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from watcher.daemon import Daemon
+from watcher.isales.emulator import Emulator, RegisteredServer
+from watcher.settings import load_settings
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+ACCESS_KEY = "test-ak"
+SECRET_KEY = "test-sk-0123456789"
+VDN = 7
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Sshd:
+    """A running OpenSSH server and what a client needs to use it."""
+
+    host: str
+    port: int
+    username: str
+    client_key: Path
+    known_hosts: Path
+    host_pub: str
+    root: Path  # a folder the tests own; routes live below it
+
+    def connect_options(self) -> dict[str, Any]:
+        return {"client_keys": [str(self.client_key)], "known_hosts": str(self.known_hosts)}
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """Real OpenSSH sshd on 127.0.0.1:<free port>, key auth, internal-sftp."""
+    if not os.path.exists(SSHD):
+        pytest.fail(
+            f"OpenSSH server not installed ({SSHD}): run .ci/run or apt-get install openssh-server"
+        )
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host", "client"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
+        )
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o644)
+    port = free_port()
+    (d / "sshd_config").write_text(f"""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/host
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AllowTcpForwarding yes
+X11Forwarding no
+MaxStartups 100
+MaxSessions 100
+Subsystem sftp internal-sftp
+LogLevel VERBOSE
+""")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    log = open(d / "sshd.log", "w")  # noqa: SIM115 - sshd writes to it until teardown
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                if s.recv(8) == b"SSH-2.0-":
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("sshd did not start:\n" + (d / "sshd.log").read_text())
+        time.sleep(0.01)
+    host_pub = " ".join((d / "host.pub").read_text().split()[:2])
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
+    root = d / "data"
+    root.mkdir()
+    yield Sshd(
+        "127.0.0.1", port, getpass.getuser(), d / "client", d / "known_hosts", host_pub, root
+    )
+    proc.terminate()
+    proc.wait(5)
+    log.close()
+
+
+@pytest.fixture
+async def emulator(sshd: Sshd) -> AsyncIterator[Emulator]:
+    """The iSales emulator over real HTTP, with the sshd registered as file server ``fs-1``."""
+    emu = Emulator(
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        vdn_id=VDN,
+        import_delay_s=0.2,
+        servers=[
+            RegisteredServer(
+                "fs-1",
+                sshd.host,
+                sshd.port,
+                sshd.username,
+                str(sshd.root),
+                connect_options=sshd.connect_options(),
+            )
+        ],
+    )
+    await emu.start()
+    yield emu
+    await emu.close()
+
+
+@dataclass
+class World:
+    """A test's own route on the shared sshd, and its configuration file."""
+
+    config: Path
+    inbox: Path  # the local path of the route's inbox (the sshd serves the local disk)
+    state_dir: Path
+    campaign: str
+
+    def settled(self, outcome: str, name: str) -> Path:
+        return self.inbox / outcome / name
+
+
+@pytest.fixture
+def make_world(
+    sshd: Sshd, emulator: Emulator, tmp_path: Path, request: pytest.FixtureRequest
+) -> Callable[..., World]:
+    """Write a configuration for a fresh route; keyword arguments override TOML values."""
+    counter = iter(range(1000))
+
+    def make(
+        *,
+        sftp_port: int | None = None,
+        known_hosts: Path | None = None,
+        server_id: str = "",
+        settle_s: float = 0.6,
+        daemon_extra: str = "",
+        route_extra: str = "",
+    ) -> World:
+        name = f"{request.node.name[:40].replace('[', '-').replace(']', '')}-{next(counter)}"
+        inbox = sshd.root / "inbox" / name
+        inbox.mkdir(parents=True)
+        state = tmp_path / f"state-{name}"
+        (tmp_path / "sk").write_text(SECRET_KEY + "\n")
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f"""\
+[isales]
+base_url = "{emulator.base_url}"
+allow_insecure_http = true
+vdn_id = {VDN}
+access_key = "{ACCESS_KEY}"
+secret_key_file = "{tmp_path / "sk"}"
+server_id = "{server_id}"
+track_poll_s = 0.2
+
+[sftp]
+host = "127.0.0.1"
+port = {sftp_port or sshd.port}
+username = "{sshd.username}"
+private_key_file = "{sshd.client_key}"
+known_hosts_file = "{known_hosts or sshd.known_hosts}"
+base_path = "{sshd.root}"
+op_timeout_s = 20
+
+[[routes]]
+name = "r{abs(hash(name)) % 10**8}"
+inbox = "{inbox}"
+campaign_id = "c-{name}"
+{route_extra}
+
+[daemon]
+poll_interval_s = 0.3
+settle_s = {settle_s}
+state_dir = "{state}"
+shutdown_grace_s = 5
+{daemon_extra}
+""")
+        return World(config, inbox, state, f"c-{name}")
+
+    return make
+
+
+async def wait_for(predicate: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:
+    """Poll ``predicate`` until true; fail with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def upload(sshd: Sshd) -> Callable[..., Awaitable[None]]:
+    """Upload bytes over SFTP as a person would, optionally in slow pieces."""
+
+    async def put(
+        remote: Path,
+        data: bytes,
+        *,
+        pieces: int = 1,
+        pause_s: float = 0.0,
+        between: Callable[[], None] | None = None,
+    ) -> None:
+        async with (
+            asyncssh.connect(
+                sshd.host, sshd.port, username=sshd.username, **sshd.connect_options()
+            ) as conn,
+            conn.start_sftp_client() as sftp,
+            sftp.open(str(remote), "wb") as f,
+        ):
+            step = -(-len(data) // pieces)
+            for i in range(pieces):
+                await f.write(data[i * step : (i + 1) * step], i * step)
+                if pause_s and i < pieces - 1:
+                    await asyncio.sleep(pause_s)
+                    if between is not None:
+                        between()
+
+    return put
+
+
+@pytest.fixture
+async def run_daemon() -> AsyncIterator[Callable[[World], Awaitable[Daemon]]]:
+    """Start an in-process daemon for a world; it is stopped (and must stop cleanly) at the end."""
+    running: list[tuple[Daemon, asyncio.Task[None]]] = []
+
+    async def start(world: World) -> Daemon:
+        daemon = Daemon(load_settings(world.config))
+        task = asyncio.create_task(daemon.run())
+        running.append((daemon, task))
+        await asyncio.wait(
+            [task, asyncio.create_task(daemon.ready.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        if task.done():
+            task.result()
+        return daemon
+
+    yield start
+    for daemon, task in running:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)

@@ -1,0 +1,108 @@
+"""A dropped file, end to end: real sshd, the emulator over HTTP, real SQLite, real workbooks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from tests.conftest import wait_for
+from tests.workbooks import openpyxl_bytes, rows_valid, xlsxwriter_bytes
+
+
+async def test_a_valid_file_is_imported_once_and_lands_in_done(
+    make_world, run_daemon, emulator, upload, sshd
+):
+    world = make_world()
+    data = openpyxl_bytes(rows_valid(25))
+    await run_daemon(world)
+    await upload(world.inbox / "list.xlsx", data)
+
+    receipt = world.settled("done", "list.xlsx.result.txt")
+    await wait_for(receipt.exists, what="the receipt in done/")
+    assert world.settled("done", "list.xlsx").read_bytes() == data
+    assert not (world.inbox / "list.xlsx").exists()
+
+    [call] = emulator.uploads
+    assert call.server_id == "fs-1"
+    assert call.campaign_id == world.campaign
+    assert call.file_name == "list.xlsx"
+    folder = call.file_path  # relative to the server's default path, as iSales wants it
+    assert folder.startswith(f"/inbox/{world.inbox.name}/processing/")
+    assert call.fetched_sha256 == hashlib.sha256(data).hexdigest(), call.fetch_error
+
+    info = json.loads(world.settled("done", "list.xlsx.result.json").read_text())
+    assert info["verdict"] == "imported"
+    assert info["import_task_id"] == call.task_id
+    assert info["import"]["succNum"] == 25
+    text = world.settled("done", "list.xlsx.result.txt").read_text()
+    assert "IMPORTED" in text
+    assert call.task_id in text
+    assert "imported 25" in text
+    assert list((world.inbox / "processing").iterdir()) == []
+
+
+async def test_an_invalid_file_is_rejected_with_rows_and_no_api_call(
+    make_world, run_daemon, emulator, upload
+):
+    world = make_world()
+    rows = rows_valid(6)
+    rows[2][1] = '[{"calledNo":"12-34"}]'  # Excel row 4
+    rows[4][5] = "2026-02-30 10:00:00"  # Excel row 6
+    await run_daemon(world)
+    await upload(world.inbox / "bad.xlsx", xlsxwriter_bytes(rows))
+
+    receipt = world.settled("rejected", "bad.xlsx.result.txt")
+    await wait_for(receipt.exists, what="the receipt in rejected/")
+    text = receipt.read_text()
+    assert "REJECTED" in text
+    assert "row 4, column called" in text
+    assert "row 6, column recycleTime" in text
+    info = json.loads(world.settled("rejected", "bad.xlsx.result.json").read_text())
+    assert {(p["row"], p["kind"]) for p in info["validation"]["examples"]} == {
+        (4, "calledno_invalid"),
+        (6, "recycletime_invalid"),
+    }
+    assert emulator.uploads == []
+    assert not any("uploadFileServer" in path for path, _ in emulator.calls)
+
+
+async def test_the_same_content_under_another_name_is_a_duplicate(
+    make_world, run_daemon, emulator, upload
+):
+    world = make_world()
+    data = xlsxwriter_bytes(rows_valid(5, seed=3))
+    await run_daemon(world)
+    await upload(world.inbox / "first.xlsx", data)
+    await wait_for(world.settled("done", "first.xlsx.result.txt").exists, what="first in done/")
+    await upload(world.inbox / "again.xlsx", data)
+
+    receipt = world.settled("rejected", "again.xlsx.result.txt")
+    await wait_for(receipt.exists, what="the duplicate in rejected/")
+    assert "first.xlsx" in receipt.read_text()
+    assert "duplicate" in receipt.read_text()
+    info = json.loads(world.settled("rejected", "again.xlsx.result.json").read_text())
+    assert info["duplicate_of"]["name"] == "first.xlsx"
+    assert len(emulator.uploads) == 1
+
+
+async def test_a_slow_upload_is_not_claimed_before_it_is_complete(
+    make_world, run_daemon, emulator, upload
+):
+    # settle_s is shorter than the pauses: only the ZIP check can hold the file back.
+    world = make_world(settle_s=0.5)
+    data = xlsxwriter_bytes(rows_valid(3000, seed=5))
+    await run_daemon(world)
+    checks = []
+
+    def still_in_the_inbox() -> None:
+        checks.append(1)
+        assert (world.inbox / "slow.xlsx").exists(), "claimed while still uploading"
+        processing = world.inbox / "processing"
+        assert not processing.exists() or not any(processing.iterdir())
+
+    await upload(world.inbox / "slow.xlsx", data, pieces=6, pause_s=1.2, between=still_in_the_inbox)
+    assert len(checks) == 5
+    await wait_for(world.settled("done", "slow.xlsx.result.txt").exists, what="slow file in done/")
+    [call] = emulator.uploads
+    assert call.fetched_sha256 == hashlib.sha256(data).hexdigest()
+    assert world.settled("done", "slow.xlsx").read_bytes() == data

@@ -1,0 +1,73 @@
+"""The ledger on a real SQLite file: state transitions, the audit trail, duplicate detection."""
+
+from __future__ import annotations
+
+import pytest
+
+from watcher.errors import LedgerError
+from watcher.ledger import Ledger
+from watcher.models import FileState, Outcome, RemoteEntry
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    ledger = Ledger(tmp_path / "ledger.sqlite3")
+    yield ledger
+    ledger.close()
+
+
+def claimed(ledger: Ledger, name: str, sha: str, campaign: str = "c1"):
+    row = ledger.insert_claim(
+        route="r", campaign_id=campaign, inbox="/in", entry=RemoteEntry(name, 10, 1)
+    )
+    ledger.transition(row.id, FileState.claimed, expect=FileState.claiming)
+    return ledger.update(row.id, sha256=sha)
+
+
+def test_wal_and_a_full_audit_trail(ledger, tmp_path):
+    row = claimed(ledger, "a.xlsx", "s1")
+    assert row.processing_path == f"/in/processing/{row.id}/a.xlsx"
+    assert ledger._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    steps = [(t["from_state"], t["to_state"]) for t in ledger.transitions(row.id)]
+    assert steps == [(None, "claiming"), ("claiming", "claimed")]
+    with pytest.raises(LedgerError, match="expected state"):
+        ledger.transition(row.id, FileState.tracking, expect=FileState.submitting)
+
+
+def test_the_same_content_for_the_same_campaign_is_submitted_once(ledger):
+    first = claimed(ledger, "a.xlsx", "same")
+    second = claimed(ledger, "b.xlsx", "same")
+    other_campaign = claimed(ledger, "c.xlsx", "same", campaign="c2")
+    assert ledger.begin_submit(first.id).state is FileState.submitting
+    twin = ledger.begin_submit(second.id)
+    assert twin.id == first.id  # the earlier import is named
+    assert ledger.get(second.id).state is FileState.claimed
+    assert ledger.begin_submit(other_campaign.id).state is FileState.submitting
+
+
+def test_a_failed_import_does_not_block_a_new_attempt(ledger):
+    first = claimed(ledger, "a.xlsx", "same")
+    ledger.begin_submit(first.id)
+    ledger.transition(
+        first.id, FileState.tracking, expect=FileState.submitting, import_task_id="t1"
+    )
+    ledger.transition(
+        first.id,
+        FileState.settling,
+        expect=FileState.tracking,
+        outcome=Outcome.rejected,
+        reason="import failed",
+    )
+    second = claimed(ledger, "b.xlsx", "same")
+    assert ledger.imported_twin(second) is None
+    assert ledger.begin_submit(second.id).state is FileState.submitting
+
+
+def test_unfinished_rows_survive_a_reopen(tmp_path):
+    ledger = Ledger(tmp_path / "l.sqlite3")
+    row = claimed(ledger, "a.xlsx", "x")
+    ledger.close()
+    again = Ledger(tmp_path / "l.sqlite3")
+    assert [r.id for r in again.unfinished()] == [row.id]
+    assert again.find(row.id[:10])[0].name == "a.xlsx"
+    again.close()

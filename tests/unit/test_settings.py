@@ -1,0 +1,149 @@
+"""Configuration: the TOML file, environment overrides, secrets from files, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from watcher.errors import ConfigError
+from watcher.settings import load_settings
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    (tmp_path / "sk").write_text("s3cret-value\n")
+    (tmp_path / "id").write_text("key")
+    (tmp_path / "known_hosts").write_text("")
+    return {
+        "dir": tmp_path,
+        "sk": tmp_path / "sk",
+        "id": tmp_path / "id",
+        "kh": tmp_path / "known_hosts",
+    }
+
+
+def write(
+    files: dict[str, Path],
+    *,
+    isales: str = "",
+    sftp: str = "",
+    routes: str | None = None,
+    extra: str = "",
+) -> Path:
+    route = (
+        routes
+        if routes is not None
+        else (
+            '[[routes]]\nname = "spring"\ninbox = "/home/sftp/inbox/spring"\ncampaign_id = "1647"\n'
+        )
+    )
+    config = files["dir"] / "config.toml"
+    config.write_text(f"""\
+[isales]
+base_url = "https://10.0.0.5:28443"
+vdn_id = 12
+access_key = "AK"
+secret_key_file = "{files["sk"]}"
+{isales}
+
+[sftp]
+host = "10.0.0.7"
+username = "isales"
+private_key_file = "{files["id"]}"
+known_hosts_file = "{files["kh"]}"
+base_path = "/home/sftp"
+{sftp}
+
+{route}
+{extra}
+""")
+    return config
+
+
+def test_a_good_file_loads_with_the_secret_read_from_its_file(files):
+    settings = load_settings(write(files))
+    assert settings.isales.secret_key.get_secret_value() == "s3cret-value"
+    assert "s3cret" not in repr(settings)
+    assert settings.isales.host_header == "10.0.0.5:28443"
+    assert (
+        settings.relative_to_base("/home/sftp/inbox/spring/processing/x")
+        == "/inbox/spring/processing/x"
+    )
+    assert settings.routes[0].hour_minute is None
+
+
+def test_the_environment_overrides_the_file(files, monkeypatch):
+    monkeypatch.setenv("ISALES_WATCHER_DAEMON__POLL_INTERVAL_S", "2.5")
+    monkeypatch.setenv("ISALES_WATCHER_ISALES__VDN_ID", "99")
+    settings = load_settings(write(files))
+    assert settings.daemon.poll_interval_s == 2.5
+    assert settings.isales.vdn_id == 99
+    assert settings.isales.access_key.get_secret_value() == "AK"  # the rest of the section stays
+
+
+def test_a_relative_secret_file_comes_from_systemd_credentials(files, monkeypatch):
+    creds = files["dir"] / "creds"
+    creds.mkdir()
+    (creds / "isales_sk").write_text("from-credentials")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    config = write(files)
+    config.write_text(config.read_text().replace(str(files["sk"]), "isales_sk"))
+    assert load_settings(config).isales.secret_key.get_secret_value() == "from-credentials"
+
+
+@pytest.mark.parametrize(
+    ("change", "names"),
+    [
+        ({"isales": "vdn_idd = 3"}, "isales.vdn_idd"),
+        ({"isales": 'ca_file = "/nope.pem"'}, "ca_file"),
+        (
+            {"routes": '[[routes]]\nname = "x"\ninbox = "/elsewhere/x"\ncampaign_id = "1"\n'},
+            "outside sftp.base_path",
+        ),
+        (
+            {
+                "routes": '[[routes]]\nname = "x"\ninbox = "/home/sftp/x"\ncampaign_id = "1"\n'
+                'schedule = "25:00"\n'
+            },
+            "schedule",
+        ),
+        ({"extra": "[daemon]\nsettle_s = -1\n"}, "daemon.settle_s"),
+    ],
+)
+def test_a_bad_key_is_named(files, change, names):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(files, **change))
+    assert names in str(caught.value)
+
+
+def test_plain_http_and_missing_host_keys_are_refused(files):
+    config = write(files)
+    config.write_text(config.read_text().replace("https://", "http://"))
+    with pytest.raises(ConfigError, match="allow_insecure_http"):
+        load_settings(config)
+    config = write(files)
+    config.write_text(config.read_text().replace(f'known_hosts_file = "{files["kh"]}"', ""))
+    with pytest.raises(ConfigError, match="host_key_fingerprint"):
+        load_settings(config)
+
+
+def test_a_missing_secret_file_is_named_without_leaking_anything(files):
+    files["sk"].unlink()
+    with pytest.raises(ConfigError, match="secret_key_file: cannot read"):
+        load_settings(write(files))
+
+
+def test_the_cli_exits_78_on_a_bad_config(files):
+    config = write(files, isales="vdn_id_typo = 1")
+    result = subprocess.run(
+        [sys.executable, "-m", "watcher", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 78
+    assert "isales.vdn_id_typo" in result.stderr
+    assert result.stderr.count("\n") == 1  # one message, no traceback

@@ -1,0 +1,134 @@
+"""Validation rules on real workbooks written by xlsxwriter and openpyxl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.workbooks import HEADER, openpyxl_bytes, rows_valid, xlsxwriter_bytes
+from watcher.validate import validate_file
+
+
+@pytest.fixture(params=["xlsxwriter", "openpyxl"])
+def write(request, tmp_path):
+    writer = xlsxwriter_bytes if request.param == "xlsxwriter" else openpyxl_bytes
+
+    def make(rows, header=HEADER):
+        path = tmp_path / "f.xlsx"
+        path.write_bytes(writer(rows, header))
+        return path
+
+    return make
+
+
+def kinds(report):
+    return {(p.row, p.kind) for p in report.examples}
+
+
+def test_a_valid_list(write):
+    report = validate_file(write(rows_valid(50)))
+    assert report.is_valid
+    assert (report.data_rows, report.header_row) == (50, 1)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "kind"),
+    [
+        ("called", "", "called_missing"),
+        ("called", "13800138000", "called_not_json"),
+        ("called", "[]", "called_missing"),
+        ("called", '[{"calledNo":"138 0013"}]', "calledno_invalid"),
+        ("called", '[{"calledNo":"' + "1" * 25 + '"}]', "calledno_too_long"),
+        ("called", '[{"delayTime":"3"}]', "calledno_missing"),
+        ("called", '[{"calledNo":"1","delayTime":"9000"}]', "delaytime_invalid"),
+        ("called", '[{"calledNo":1.5e10}]', "calledno_invalid"),
+        ("sessionId", "s" * 33, "sessionid_too_long"),
+        ("caller", "9" * 25, "caller_too_long"),
+        ("customField", "x" * 201, "customfield_too_long"),
+        ("callData", "x" * 1025, "calldata_too_long"),
+        ("recycleTime", "2026/02/15 10:00", "recycletime_invalid"),
+        ("recycleTime", "2026-02-30 10:00:00", "recycletime_invalid"),
+        ("caller", 12345678901234567, "number_corrupted"),
+    ],
+)
+def test_each_rule_names_the_excel_row(write, column, value, kind):
+    rows = rows_valid(5)
+    rows[2][HEADER.index(column)] = value  # Excel row 4: header on row 1
+    report = validate_file(write(rows))
+    assert not report.is_valid
+    assert kinds(report) == {(4, kind)}
+
+
+def test_accepted_forms(write):
+    rows = rows_valid(4)
+    rows[0][1] = "[{'calledNo':1234566}]"  # the official template's own example
+    rows[1][1] = (
+        '[{"calledNo":"138*#1","delayTime":"0","type":"1"},{"calledNo":"139","delayTime":30}]'
+    )
+    rows[2][2] = 95555  # a number cell becomes its digits
+    report = validate_file(write(rows))
+    assert report.is_valid, report.as_json()
+
+
+def test_header_found_by_name_below_a_title_in_any_order(tmp_path):
+    header = ["recycleTime", "called (Mandatory)", "sessionId(非必填)", "notes"]
+    rows = [
+        ["Outbound list, March"],
+        [],
+        header,
+        ["2026-03-01 10:00:00", '[{"calledNo":"1"}]', "a", "n"],
+        [None, None, None, None],
+        ["2026-03-01 10:00:00", "", "b", "n"],
+    ]
+    path = tmp_path / "t.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows[1:], header=rows[0]))
+    report = validate_file(path)
+    assert report.header_row == 3
+    assert report.data_rows == 2
+    assert kinds(report) == {(3, "unknown_column"), (6, "called_missing")}
+
+
+def test_no_header_no_rows_and_not_a_workbook(tmp_path, write):
+    assert "no_header" in validate_file(write([["x"]], header=["a", "b"])).counts
+    assert "no_data_rows" in validate_file(write([])).counts
+    junk = tmp_path / "junk.xlsx"
+    junk.write_bytes(b"sessionId,called\n")
+    assert "unreadable" in validate_file(junk).counts
+
+
+def test_counts_stay_exact_when_examples_are_capped(write):
+    rows = rows_valid(300)
+    for row in rows:
+        row[5] = "soon"
+    report = validate_file(write(rows))
+    assert report.counts == {"recycletime_invalid": 300}
+    assert len(report.examples) == 100
+
+
+def test_the_validate_command_exit_codes(tmp_path):
+    good, bad, junk = tmp_path / "good.xlsx", tmp_path / "bad.xlsx", tmp_path / "junk.xlsx"
+    good.write_bytes(xlsxwriter_bytes(rows_valid(3)))
+    rows = rows_valid(3)
+    rows[1][1] = "nope"
+    bad.write_bytes(xlsxwriter_bytes(rows))
+    junk.write_bytes(b"not a workbook")
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "watcher", "validate", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert run(str(good)).returncode == 0
+    result = run(str(bad))
+    assert result.returncode == 1
+    assert "row 3, called" in result.stdout
+    assert run(str(junk)).returncode == 2
+    result = run("--json", str(good), str(bad))
+    assert result.returncode == 1
+    assert [item["valid"] for item in json.loads(result.stdout)] == [True, False]
