@@ -161,6 +161,8 @@ def make_world(
         settle_s: float = 0.6,
         daemon_extra: str = "",
         route_extra: str = "",
+        base_url: str | None = None,
+        isales_extra: str = "allow_insecure_http = true",
     ) -> World:
         name = f"{request.node.name[:40].replace('[', '-').replace(']', '')}-{next(counter)}"
         inbox = sshd.root / "inbox" / name
@@ -170,8 +172,8 @@ def make_world(
         config = tmp_path / f"{name}.toml"
         config.write_text(f"""\
 [isales]
-base_url = "{emulator.base_url}"
-allow_insecure_http = true
+base_url = "{base_url or emulator.base_url}"
+{isales_extra}
 vdn_id = {VDN}
 access_key = "{ACCESS_KEY}"
 secret_key_file = "{tmp_path / "sk"}"

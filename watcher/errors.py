@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = (
     "ApiAmbiguousError",
     "ApiRejectedError",
+    "ApiTrustError",
     "ApiUnavailableError",
     "ClaimConflictError",
     "ConfigError",
@@ -53,6 +54,10 @@ class SignatureRefusedError(TransientError):
 
     The request had no effect, but retrying at once will not help: an operator must act.
     """
+
+
+class ApiTrustError(TransientError):
+    """The TLS certificate of iSales cannot be verified: nothing was sent, an operator must act."""
 
 
 class ApiAmbiguousError(WatcherError):

@@ -48,12 +48,13 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
     except FileGoneError:
         if not await source.exists(target):
             log.warning("file.vanished", file_id=record.id, path=record.processing_path)
+    await source.remove_dir(record.processing_dir)
+    # The .txt receipt is written last: when a person sees it, everything else is in place.
     await source.write_file(
         target + ".result.json",
         json.dumps(receipt_json(record), indent=2, ensure_ascii=False).encode() + b"\n",
     )
     await source.write_file(target + ".result.txt", receipt_text(record).encode())
-    await source.remove_dir(record.processing_dir)
     final = FileState.done if record.outcome is Outcome.done else FileState.rejected
     record = ledger.transition(record.id, final, expect=FileState.settling)
     log.info(

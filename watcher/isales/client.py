@@ -19,6 +19,7 @@ import structlog
 from watcher.errors import (
     ApiAmbiguousError,
     ApiRejectedError,
+    ApiTrustError,
     ApiUnavailableError,
     SignatureRefusedError,
 )
@@ -241,6 +242,11 @@ class IsalesClient:
                 async with self._session.post(path, data=text.encode(), headers=headers) as resp:
                     raw = await resp.read()
                     status, reply_headers = resp.status, resp.headers
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise ApiTrustError(
+                f"cannot verify the TLS certificate of {self._settings.base_url}: "
+                f"{exc.certificate_error}; set isales.ca_file to the CA that signed it"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             # Raised before a single byte of the request went out: DNS, refused, TLS handshake.
             raise ApiUnavailableError(f"cannot connect to iSales: {exc}") from None

@@ -16,6 +16,7 @@ import json
 import posixpath
 import re
 import secrets
+import ssl
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -173,13 +174,16 @@ class Emulator:
             prefix + "/calldatafile/queryDataImportTask/{campaign}", self._query_import_task
         )
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        """Serve on ``host:port`` (0: any free port); returns the base URL."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on ``host:port`` (0: any free port), over TLS with a context; returns the URL."""
         self._runner = aiohttp.web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = aiohttp.web.TCPSite(self._runner, host, port)
+        site = aiohttp.web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
-        self.base_url = f"http://{host}:{self._runner.addresses[0][1]}"
+        scheme = "https" if ssl_context else "http"
+        self.base_url = f"{scheme}://{host}:{self._runner.addresses[0][1]}"
         return self.base_url
 
     async def close(self) -> None:
