@@ -29,13 +29,13 @@ async def claim(
     record = ledger.insert_claim(
         route=route.name, campaign_id=route.campaign_id, inbox=route.inbox_path, entry=entry
     )
-    await source.makedirs(record.processing_dir)
     try:
+        await source.makedirs(record.processing_dir)
         await source.rename(posixpath.join(route.inbox_path, entry.name), record.processing_path)
     except TransientError as exc:
         # Whether the rename happened is unknown: the row stays ``claiming`` for resolve_claim.
         log.warning("file.claim_interrupted", file_id=record.id, error=str(exc))
-        return record
+        return ledger.update(record.id, reason=str(exc))
     except SkipFileError as exc:
         await source.remove_dir(record.processing_dir)
         ledger.transition(record.id, FileState.lost, expect=FileState.claiming, reason=str(exc))
@@ -62,9 +62,10 @@ async def resolve_claim(source: Source, ledger: Ledger, record: FileRecord) -> F
             reason="claim confirmed after restart",
         )
     await source.remove_dir(record.processing_dir)
+    why = f" ({record.reason})" if record.reason else ""
     return ledger.transition(
         record.id,
         FileState.lost,
         expect=FileState.claiming,
-        reason="the claim did not happen before a restart; the inbox file is picked up afresh",
+        reason=f"the claim did not happen{why}; the inbox file is picked up afresh",
     )

@@ -23,7 +23,7 @@ from watcher.errors import (
 from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
 from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger
-from watcher.models import RemoteEntry
+from watcher.models import FileState, RemoteEntry
 from watcher.pipeline import Pipeline
 from watcher.settings import RouteSettings, Settings
 from watcher.sources import Source
@@ -34,6 +34,7 @@ __all__ = ("Daemon",)
 log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF_S = 300.0
+_MAX_CLAIM_ATTEMPTS = 3
 _T = TypeVar("_T")
 
 
@@ -58,6 +59,7 @@ class Daemon:
         self._gate = StabilityGate(settings.daemon.settle_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[str] = set()
+        self._refusals: dict[str, tuple[RemoteEntry, int]] = {}
 
     def request_stop(self) -> None:
         """Stop intake and begin the drain (the first SIGTERM or Ctrl-C)."""
@@ -209,6 +211,8 @@ class Daemon:
             keys.append(key)
             if key in self._busy or not is_candidate(entry.name, route.pattern):
                 continue
+            if self._is_refused(key, entry):
+                continue
             unchanged_s = self._gate.observe(key, entry)
             if unchanged_s <= 0 or unchanged_s < self.settings.daemon.settle_s:
                 continue
@@ -237,14 +241,36 @@ class Daemon:
     ) -> None:
         try:
             record = await pipeline.intake(route, entry, verdict)
-        except TransientError as exc:
-            log.warning("file.claim_failed", file=entry.name, error=str(exc))
-            return
         finally:
             self._busy.discard(key)
             self._gate.forget(key)
-        if record is not None:
-            await pipeline.drive(record)
+        if record is None:
+            return  # another actor took it
+        if record.state is FileState.claiming:
+            self._count_refusal(key, entry)
+        await pipeline.drive(record)
+
+    def _is_refused(self, key: str, entry: RemoteEntry) -> bool:
+        refused = self._refusals.get(key)
+        if refused is None:
+            return False
+        if refused[0] != entry:
+            del self._refusals[key]  # the file changed: give it a fresh chance
+            return False
+        return refused[1] >= _MAX_CLAIM_ATTEMPTS
+
+    def _count_refusal(self, key: str, entry: RemoteEntry) -> None:
+        """A poison file (say, one we may not rename) is tried a few times, never forever."""
+        _, count = self._refusals.get(key, (entry, 0))
+        self._refusals[key] = (entry, count + 1)
+        if count + 1 >= _MAX_CLAIM_ATTEMPTS:
+            log.error(
+                "file.claim_refused",
+                file=key,
+                attempts=count + 1,
+                advice="check that the daemon's SFTP user may rename files in this inbox; the "
+                "file is tried again when it changes or the daemon restarts",
+            )
 
     async def _drain(self) -> None:
         if not self._tasks:

@@ -14,9 +14,17 @@ from watcher.isales.emulator import Emulator, RegisteredServer
 
 async def test_https_with_a_private_ca(make_world, run_daemon, upload, sshd, tmp_path):
     ca_file, context = make_ca_and_server(tmp_path)
-    emu = Emulator(access_key=ACCESS_KEY, secret_key=SECRET_KEY, vdn_id=VDN, import_delay_s=0.1,
-                   servers=[RegisteredServer("fs-9", sshd.host, sshd.port, sshd.username,
-                                             str(sshd.root), sshd.connect_options())])
+    emu = Emulator(
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        vdn_id=VDN,
+        import_delay_s=0.1,
+        servers=[
+            RegisteredServer(
+                "fs-9", sshd.host, sshd.port, sshd.username, str(sshd.root), sshd.connect_options()
+            )
+        ],
+    )
     url = await emu.start(ssl_context=context)
     assert url.startswith("https://")
     try:
@@ -37,8 +45,9 @@ async def test_an_unverifiable_certificate_is_refused(make_world, run_daemon, ss
         world = make_world(base_url=url, isales_extra="")
         with structlog.testing.capture_logs() as logs:
             runner = asyncio.create_task(run_daemon(world))  # it never gets ready
-            await wait_for(lambda: any(e["event"] == "isales.unavailable" for e in logs), 20,
-                           "the TLS refusal")
+            await wait_for(
+                lambda: any(e["event"] == "isales.unavailable" for e in logs), 20, "the TLS refusal"
+            )
             runner.cancel()
         [event, *_] = [e for e in logs if e["event"] == "isales.unavailable"]
         assert "cannot verify the TLS certificate" in event["error"]

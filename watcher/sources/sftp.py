@@ -28,6 +28,14 @@ __all__ = ("SftpSource",)
 log = structlog.get_logger(__name__)
 
 _CHUNK_BYTES = 256 * 1024
+# Errors after which the session is useless: the next operation connects afresh.
+_CONNECTION_GONE = (
+    asyncssh.SFTPConnectionLost,
+    asyncssh.SFTPNoConnection,
+    asyncssh.DisconnectError,
+    asyncssh.ConnectionLost,
+    ConnectionError,
+)
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -65,8 +73,9 @@ class SftpSource:
             SourceUnavailableError: anything else that prevents a session.
         """
         async with self._lock:
-            if self._sftp is not None:
+            if self._sftp is not None and self._conn is not None and not self._conn.is_closed():
                 return self._sftp
+            self._drop()
             settings = self._settings
             check = _HostKeyCheck(settings.host_key_fingerprint)
             options: dict[str, Any] = {
@@ -134,7 +143,7 @@ class SftpSource:
                 yield sftp
         except asyncssh.SFTPNoSuchFile:
             raise FileGoneError(f"{what}: no such file") from None
-        except (asyncssh.SFTPConnectionLost, asyncssh.DisconnectError, ConnectionError) as exc:
+        except _CONNECTION_GONE as exc:
             self._drop()
             raise SourceUnavailableError(f"{what}: connection lost ({exc})") from None
         except TimeoutError:
@@ -203,9 +212,7 @@ class SftpSource:
         except asyncssh.SFTPNoSuchFile:
             raise FileGoneError(f"downloading {path}: no such file") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            if not isinstance(exc, asyncssh.SFTPError) or isinstance(
-                exc, asyncssh.SFTPConnectionLost
-            ):
+            if isinstance(exc, _CONNECTION_GONE) or not isinstance(exc, asyncssh.SFTPError):
                 self._drop()
             raise SourceUnavailableError(f"downloading {path}: {exc!r}") from None
         return digest.hexdigest()

@@ -1,0 +1,65 @@
+"""The daemon keeps going when the file server misbehaves, and never loops on a poison file."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from tests.conftest import wait_for
+from tests.faultproxy import FaultProxy
+from tests.workbooks import rows_valid, xlsxwriter_bytes
+from watcher.ledger import Ledger
+from watcher.models import FileState
+
+
+async def test_a_dropped_connection_is_reopened(
+    make_world, run_daemon, emulator, upload, sshd, tmp_path
+):
+    proxy = await FaultProxy(sshd.host, sshd.port).start()
+    known_hosts = tmp_path / "kh"
+    known_hosts.write_text(f"[127.0.0.1]:{proxy.port} {sshd.host_pub}\n")
+    world = make_world(sftp_port=proxy.port, known_hosts=known_hosts, server_id="fs-1")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            await run_daemon(world)
+            await upload(world.inbox / "one.xlsx", xlsxwriter_bytes(rows_valid(3, seed=31)))
+            await wait_for(world.settled("done", "one.xlsx.result.txt").exists, 30, "one in done/")
+            # Cut every connection and refuse new ones for a while: the server is "down".
+            proxy.reset = True
+            for task in list(proxy._tasks):
+                task.cancel()
+            await wait_for(
+                lambda: any(e["event"] == "sftp.unavailable" for e in logs),
+                20,
+                "the daemon noticing the outage",
+            )
+            await upload(world.inbox / "two.xlsx", xlsxwriter_bytes(rows_valid(3, seed=32)))
+            await asyncio.sleep(1)
+            proxy.reset = False  # back up
+            await wait_for(world.settled("done", "two.xlsx.result.txt").exists, 60, "two in done/")
+        assert sum(e["event"] == "sftp.connected" for e in logs) >= 2
+        assert sorted(u.file_name for u in emulator.uploads) == ["one.xlsx", "two.xlsx"]
+    finally:
+        await proxy.stop()
+
+
+async def test_a_file_that_cannot_be_claimed_is_tried_three_times_not_forever(
+    make_world, run_daemon, emulator, upload
+):
+    world = make_world()
+    (world.inbox / "processing").write_text("a file where the processing folder should be")
+    await upload(world.inbox / "stuck.xlsx", xlsxwriter_bytes(rows_valid(2, seed=41)))
+    with structlog.testing.capture_logs() as logs:
+        await run_daemon(world)
+        await wait_for(
+            lambda: any(e["event"] == "file.claim_refused" for e in logs), 30, "the refusal"
+        )
+        await asyncio.sleep(2)  # several more polls
+    ledger = Ledger(world.state_dir / "ledger.sqlite3")
+    rows = ledger.rows()
+    ledger.close()
+    assert [r.state for r in rows] == [FileState.lost] * 3
+    assert all("the claim did not happen" in (r.reason or "") for r in rows)
+    assert (world.inbox / "stuck.xlsx").exists()
+    assert emulator.uploads == []
