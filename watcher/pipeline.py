@@ -18,7 +18,7 @@ from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
 from watcher.settings import RouteSettings, Settings
 from watcher.settle import settle
 from watcher.sources import Source
-from watcher.submit import duplicate_details, reconcile, submit, with_details
+from watcher.submit import reconcile, reject_duplicate, submit, with_details
 from watcher.track import track
 from watcher.validate import Report, ValidationOptions, validate_file
 
@@ -192,14 +192,7 @@ class Pipeline:
         record = self.ledger.update(record.id, sha256=sha256)
         twin = self.ledger.imported_twin(record)
         if twin is not None:
-            return self.ledger.transition(
-                record.id,
-                FileState.settling,
-                expect=FileState.claimed,
-                outcome=Outcome.rejected,
-                reason=f"duplicate: the same content was already imported as {twin.name}",
-                details=duplicate_details(record, twin),
-            )
+            return reject_duplicate(self.ledger, record, twin)
         options = ValidationOptions(call_data_json=route.call_data_json)
         loop = asyncio.get_running_loop()
         report = await loop.run_in_executor(self.pool, validate_file, str(local), options)

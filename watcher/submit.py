@@ -13,7 +13,7 @@ from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, Outcome
 from watcher.settings import RouteSettings
 
-__all__ = ("duplicate_details", "reconcile", "submit", "with_details")
+__all__ = ("reconcile", "reject_duplicate", "submit", "with_details")
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +37,19 @@ def with_details(record: FileRecord, **extra: object) -> str:
     return json.dumps(details, ensure_ascii=False)
 
 
-def duplicate_details(record: FileRecord, twin: FileRecord) -> str:
+def reject_duplicate(ledger: Ledger, record: FileRecord, twin: FileRecord) -> FileRecord:
+    """Settle a claimed file as a duplicate of ``twin``, which reached iSales before it."""
+    return ledger.transition(
+        record.id,
+        FileState.settling,
+        expect=FileState.claimed,
+        outcome=Outcome.rejected,
+        reason=f"duplicate: the same content was already imported as {twin.name}",
+        details=_duplicate_details(record, twin),
+    )
+
+
+def _duplicate_details(record: FileRecord, twin: FileRecord) -> str:
     return with_details(
         record,
         duplicate_of={
@@ -69,14 +81,7 @@ async def submit(
     """
     begun = ledger.begin_submit(record.id)
     if begun.id != record.id:
-        return ledger.transition(
-            record.id,
-            FileState.settling,
-            expect=FileState.claimed,
-            outcome=Outcome.rejected,
-            reason=f"duplicate: the same content was already imported as {begun.name}",
-            details=duplicate_details(record, begun),
-        )
+        return reject_duplicate(ledger, record, begun)
     record = begun
     log.info("file.submitting", file_id=record.id, campaign_id=record.campaign_id)
     try:

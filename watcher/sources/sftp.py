@@ -199,11 +199,15 @@ class SftpSource:
     async def download(self, path: str, local: Path) -> str:
         digest = hashlib.sha256()
         sftp = await self.connect()
+        deadline_s = self._settings.op_timeout_s
         try:
-            async with sftp.open(path, "rb") as remote:
+            async with asyncio.timeout(deadline_s):
+                remote = await sftp.open(path, "rb")
+            async with remote:
                 with local.open("wb") as out:
                     while True:
-                        async with asyncio.timeout(self._settings.op_timeout_s):
+                        # A deadline per chunk: a big file may take long, a stalled one may not.
+                        async with asyncio.timeout(deadline_s):
                             chunk: bytes = await remote.read(_CHUNK_BYTES)
                         if not chunk:
                             break
