@@ -20,12 +20,12 @@ test: install
 	$(PY) -m pytest
 
 lint: install
-	$(PY) -m ruff check watcher tests bench
+	$(PY) -m ruff check watcher tests $(wildcard bench)
 	$(PY) -m ruff format --check watcher
 	$(PY) -m mypy watcher
 
 format: install
-	$(PY) -m ruff check --fix watcher tests bench
+	$(PY) -m ruff check --fix watcher tests $(wildcard bench)
 	$(PY) -m ruff format watcher
 
 clean:
