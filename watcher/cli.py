@@ -87,7 +87,7 @@ def _validate(args: argparse.Namespace) -> int:
     results = []
     for path in args.files:
         report = validate_file(path)
-        if "unreadable" in report.counts or not Path(path).is_file():
+        if report.is_unreadable:
             worst = max(worst, EX_UNREADABLE)
         elif not report.is_valid:
             worst = max(worst, EX_INVALID)

@@ -193,7 +193,9 @@ class Pipeline:
         twin = self.ledger.imported_twin(record)
         if twin is not None:
             return reject_duplicate(self.ledger, record, twin)
-        options = ValidationOptions(call_data_json=route.call_data_json)
+        options = ValidationOptions(
+            call_data_json=route.call_data_json, duplicates_are_errors=route.duplicates_are_errors
+        )
         loop = asyncio.get_running_loop()
         report = await loop.run_in_executor(self.pool, validate_file, str(local), options)
         log.info(

@@ -159,6 +159,7 @@ class RouteSettings(_Section):
     pattern: str = "*.xlsx"
     schedule: str | None = None
     call_data_json: bool = False
+    duplicates_are_errors: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Self:

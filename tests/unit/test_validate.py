@@ -96,7 +96,7 @@ def test_no_header_no_rows_and_not_a_workbook(tmp_path, write):
     assert "no_data_rows" in validate_file(write([])).counts
     junk = tmp_path / "junk.xlsx"
     junk.write_bytes(b"sessionId,called\n")
-    assert "unreadable" in validate_file(junk).counts
+    assert "not_xlsx" in validate_file(junk).counts
 
 
 def test_counts_stay_exact_when_examples_are_capped(write):

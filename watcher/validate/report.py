@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ("KINDS", "Kind", "Problem", "Report", "ValidationOptions")
+from watcher.validate.xlsx import Limits
+
+__all__ = ("KINDS", "UNREADABLE_KINDS", "Kind", "Problem", "Report", "ValidationOptions")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,61 @@ KINDS: dict[str, Kind] = {
         "'priority' is not a whole number from 1 to 5",
         "Leave priority empty or write 1, 2, 3, 4 or 5.",
     ),
+    "not_xlsx": Kind(
+        True,
+        "The file is not an .xlsx workbook",
+        "Save the list from Excel as 'Excel Workbook (*.xlsx)'.",
+    ),
+    "old_xls": Kind(
+        True,
+        "The file is an old Excel 97-2003 .xls",
+        "Open it in Excel and save it as 'Excel Workbook (*.xlsx)'.",
+    ),
+    "encrypted": Kind(
+        True,
+        "The workbook is protected with a password",
+        "Remove the password (File > Info > Protect Workbook) and save again.",
+    ),
+    "macros": Kind(
+        True,
+        "The workbook contains macros",
+        "Save it as 'Excel Workbook (*.xlsx)', which drops the macros.",
+    ),
+    "external_links": Kind(
+        True,
+        "The workbook links to other workbooks",
+        "Break the links (Data > Edit Links > Break Link) and save again.",
+    ),
+    "too_large": Kind(
+        True,
+        "The workbook is too large when unpacked",
+        "Send the list as a plain .xlsx of at most 500,000 rows.",
+    ),
+    "xml_dtd": Kind(
+        True,
+        "The workbook contains XML that Excel never writes",
+        "Open the list in Excel and save it again as .xlsx.",
+    ),
+    "cell_too_long": Kind(
+        True,
+        "A cell holds more text than Excel allows",
+        "Check the file came from Excel; cells hold at most 32,767 characters.",
+    ),
+    "duplicate_header": Kind(
+        True,
+        "A template column appears twice in the header",
+        "Keep one column per name; delete or rename the other.",
+    ),
+    "duplicate_session_id": Kind(
+        False,
+        "The same sessionId appears on several rows",
+        "Give every row its own sessionId, or leave it empty.",
+    ),
+    "duplicate_called_no": Kind(
+        False,
+        "The same phone number appears on several rows",
+        "Remove the repeated numbers; iSales would count them as repeats.",
+    ),
     "unknown_column": Kind(
         False,
         "A column is not part of the template; it is ignored",
@@ -118,12 +175,26 @@ KINDS: dict[str, Kind] = {
 }
 
 
+UNREADABLE_KINDS = frozenset(
+    {"unreadable", "not_xlsx", "old_xls", "encrypted", "too_large", "xml_dtd", "cell_too_long"}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ValidationOptions:
     """Per-route choices."""
 
     call_data_json: bool = False
+    duplicates_are_errors: bool = False
     max_examples: int = 100
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def promoted_kinds(self) -> frozenset[str]:
+        """Warnings this route treats as errors."""
+        if self.duplicates_are_errors:
+            return frozenset({"duplicate_session_id", "duplicate_called_no"})
+        return frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +227,7 @@ class Report:
     counts: dict[str, int] = field(default_factory=dict)
     examples: list[Problem] = field(default_factory=list)
     max_examples: int = 100
+    promoted: frozenset[str] = frozenset()
 
     def add(
         self, kind: str, row: int | None, column: str | None, excerpt: str, message: str
@@ -167,16 +239,25 @@ class Report:
 
     @property
     def is_valid(self) -> bool:
-        return not any(KINDS[kind].is_error for kind in self.counts)
+        return not any(self.is_error(kind) for kind in self.counts)
+
+    def is_error(self, kind: str) -> bool:
+        return KINDS[kind].is_error or kind in self.promoted
+
+    @property
+    def is_unreadable(self) -> bool:
+        """The file could not be read at all (as opposed to: read, and found wanting)."""
+        return not UNREADABLE_KINDS.isdisjoint(self.counts)
 
     @property
     def error_count(self) -> int:
-        return sum(n for kind, n in self.counts.items() if KINDS[kind].is_error)
+        return sum(n for kind, n in self.counts.items() if self.is_error(kind))
 
     def as_json(self, max_examples: int | None = None) -> dict[str, Any]:
         examples = self.examples if max_examples is None else self.examples[:max_examples]
         return {
             "valid": self.is_valid,
+            "errors": self.error_count,
             "sheet": self.sheet,
             "header_row": self.header_row,
             "data_rows": self.data_rows,

@@ -30,6 +30,7 @@ _FAST_CALLED = re.compile(
     r'^\[\{"calledNo":"([0-9*#]{1,24})"(?:,"delayTime":"(\d{1,4})")?'
     r'(?:,"type":"[^"\\]*")?\}\]$'
 )
+_SERIAL_1970, _SERIAL_2100 = 25569, 73051  # Excel date serials of 1970-01-01 and 2100-01-01
 _EXACT_DIGITS = 15  # Excel keeps 15 significant digits of a number
 _LENGTHS = {"sessionId": 32, "caller": 24, "customField": 200, "callData": 1024}
 
@@ -83,7 +84,10 @@ class RowChecker:
             "called": self._called,
             "recycleTime": self._recycle_time,
             "priority": self._priority,
+            "sessionId": self._session_id,
         }
+        self._numbers: set[int] = set()
+        self._session_ids: set[int] = set()
 
     def check(self, row: int, cells: Mapping[str, Any]) -> None:
         """Check one data row; ``cells`` maps template column names to raw cell values."""
@@ -148,10 +152,9 @@ class RowChecker:
         text = value.strip()
         fast = _FAST_CALLED.match(text)
         if fast is not None:
-            if len(fast.group(1)) > 24:
-                self._add("calledno_too_long", row, "called", text, "calledNo is too long")
-            elif fast.group(2) is not None and int(fast.group(2)) > 7200:
+            if fast.group(2) is not None and int(fast.group(2)) > 7200:
                 self._add("delaytime_invalid", row, "called", text, "delayTime is above 7200")
+            self._note_number(row, text, fast.group(1))
             return
         try:
             numbers = _parse_called(text)
@@ -202,6 +205,8 @@ class RowChecker:
                     text,
                     f"calledNo has {len(digits)} characters; at most 24 are allowed",
                 )
+            else:
+                self._note_number(row, text, digits)
         delay = number.get("delayTime")
         if delay is not None and delay != "":
             text_delay = str(delay)
@@ -214,9 +219,49 @@ class RowChecker:
                     f"delayTime {delay!r} must be a whole number from 0 to 7200",
                 )
 
+    def _note_number(self, row: int, text: str, digits: str) -> None:
+        # Hashes, not the strings: 500,000 numbers must not cost 50 MB.
+        key = hash(digits)
+        if key in self._numbers:
+            self._add(
+                "duplicate_called_no",
+                row,
+                "called",
+                text,
+                f"{digits} is also called on an earlier row",
+            )
+        else:
+            self._numbers.add(key)
+
+    def _session_id(self, row: int, value: Any) -> None:
+        text = cell_text(value)
+        self._length(row, "sessionId", text)
+        key = hash(text)
+        if key in self._session_ids:
+            self._add(
+                "duplicate_session_id",
+                row,
+                "sessionId",
+                text,
+                f"sessionId {text!r} is also used on an earlier row",
+            )
+        else:
+            self._session_ids.add(key)
+
     def _recycle_time(self, row: int, value: Any) -> None:
         if isinstance(value, date):
             return  # an Excel date cell: converted on import
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if _SERIAL_1970 <= value < _SERIAL_2100:
+                return  # a date serial in a cell without a date format
+            self._add(
+                "recycletime_invalid",
+                row,
+                "recycleTime",
+                value,
+                f"recycleTime holds the number {cell_text(value)}, not a date",
+            )
+            return
         text = cell_text(value)
         verdict = self._recycle_verdicts.get(text)
         if verdict is None:

@@ -1,14 +1,14 @@
-"""Reading the first worksheet, finding the header and feeding rows to the rules."""
+"""Finding the header of the first worksheet and feeding its rows to the rules."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from python_calamine import CalamineError, CalamineWorkbook
-
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
+from watcher.validate.xlsx import Row, SheetReader, WorkbookRejected
 
 __all__ = ("MAX_DATA_ROWS", "validate_file")
 
@@ -16,82 +16,115 @@ MAX_DATA_ROWS = 500_000
 _HEADER_SEARCH_ROWS = 50
 
 
-def _find_header(rows: list[list[Any]]) -> tuple[int, dict[int, str], list[str]] | None:
-    for index, row in enumerate(rows):
+def _find_header(report: Report, rows: Iterator[Row]) -> tuple[int, dict[int, str]] | None:
+    """The first row naming ``called`` and another template column, and its column map."""
+    for searched, (number, row) in enumerate(rows):
         columns = {i: name for i, cell in enumerate(row) if (name := column_of(cell)) is not None}
-        if "called" in columns.values() and len(columns) >= 2:
-            unknown = [cell_text(c) for i, c in enumerate(row) if i not in columns and cell_text(c)]
-            return index, columns, unknown
+        if "called" not in columns.values() or len(columns) < 2:
+            if searched >= _HEADER_SEARCH_ROWS:
+                return None
+            continue
+        seen: dict[str, int] = {}
+        for index, name in sorted(columns.items()):
+            if name in seen:
+                report.add(
+                    "duplicate_header",
+                    number,
+                    name,
+                    cell_text(row[index]),
+                    f"column {name} appears twice (columns {seen[name] + 1} and {index + 1})",
+                )
+            seen.setdefault(name, index)
+        for index, cell in enumerate(row):
+            if index not in columns and cell_text(cell):
+                report.add(
+                    "unknown_column",
+                    number,
+                    cell_text(cell),
+                    cell_text(cell),
+                    f"column {cell_text(cell)!r} is not in the template and is ignored",
+                )
+        return number, {index: name for name, index in seen.items()}
     return None
 
 
-def validate_file(path: str | Path, options: ValidationOptions | None = None) -> Report:
-    """Check an ``.xlsx`` file against the outbound-call template.
-
-    Returns:
-        The report; it is valid when it holds no error. Never raises for a bad file.
-    """
-    options = options or ValidationOptions()
-    report = Report(max_examples=options.max_examples)
-    try:
-        workbook = CalamineWorkbook.from_path(str(path))
-        sheet_name = workbook.sheet_names[0]
-        sheet = workbook.get_sheet_by_index(0)
-        rows = sheet.iter_rows()
-        start_row = sheet.start[0] if sheet.start else 0
-    except (CalamineError, OSError, IndexError, ValueError) as exc:
-        report.add("unreadable", None, None, "", f"the workbook cannot be read: {exc}")
-        return report
-    report.sheet = sheet_name
-    head: list[list[Any]] = []
-    for row in rows:
-        head.append(row)
-        if len(head) >= _HEADER_SEARCH_ROWS:
-            break
-    found = _find_header(head)
+def _check_rows(reader: SheetReader, report: Report, options: ValidationOptions) -> None:
+    rows = reader.rows()
+    found = _find_header(report, rows)
+    elsewhere = (
+        f" (the data must be on the first sheet; this workbook also has "
+        f"{', '.join(repr(s) for s in reader.other_sheets)})"
+        if reader.other_sheets
+        else ""
+    )
     if found is None:
         report.add(
-            "no_header", None, None, "", f"no header row naming 'called' on sheet {sheet_name!r}"
+            "no_header",
+            None,
+            None,
+            "",
+            f"no header row naming 'called' on sheet {reader.sheet_name!r}{elsewhere}",
         )
-        return report
-    header_index, columns, unknown = found
-    report.header_row = start_row + header_index + 1
-    for name in unknown:
-        report.add("unknown_column", report.header_row, name, name, f"column {name!r} is ignored")
+        return
+    report.header_row, columns = found
+    pairs = sorted(columns.items())
     checker = RowChecker(report, call_data_json=options.call_data_json)
-
-    def check(row_number: int, row: list[Any]) -> bool:
-        cells = {name: row[i] for i, name in columns.items() if i < len(row)}
-        if all(v is None or v == "" for v in row):
-            return True
+    check = checker.check
+    for number, row in rows:
+        width = len(row)
+        cells: dict[str, Any] = {name: row[i] for i, name in pairs if i < width}
+        if all(value is None or value == "" for value in cells.values()):
+            continue
         report.data_rows += 1
         if report.data_rows > MAX_DATA_ROWS:
             report.data_rows -= 1
             report.add(
                 "too_many_rows",
-                row_number,
+                number,
                 None,
                 "",
-                f"more than {MAX_DATA_ROWS:,} data rows; reading stopped here",
+                f"more than {MAX_DATA_ROWS:,} data rows; reading stopped at row {number}",
             )
-            return False
-        checker.check(row_number, cells)
-        return True
-
-    number = start_row + header_index + 1
-    for row in head[header_index + 1 :]:
-        number += 1
-        if not check(number, row):
-            return report
-    try:
-        for row in rows:
-            number += 1
-            if not check(number, row):
-                return report
-    except CalamineError as exc:
-        report.add(
-            "unreadable", number, None, "", f"the sheet cannot be read past row {number}: {exc}"
-        )
+            return
+        check(number, cells)
     if report.data_rows == 0:
-        report.add("no_data_rows", None, None, "", "there are no data rows below the header")
+        report.add(
+            "no_data_rows", None, None, "", f"there are no data rows below the header{elsewhere}"
+        )
+
+
+def validate_file(
+    path: str | Path,
+    options: ValidationOptions | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Report:
+    """Check an ``.xlsx`` file against the outbound-call template.
+
+    Args:
+        path: the file.
+        options: per-route choices and limits.
+        progress: called with (bytes of sheet XML read, total) as reading goes on.
+
+    Returns:
+        The report; it is valid when it holds no error. A bad file never raises.
+    """
+    options = options or ValidationOptions()
+    report = Report(max_examples=options.max_examples, promoted=options.promoted_kinds)
+    try:
+        reader = SheetReader(str(path), options.limits, progress)
+    except WorkbookRejected as exc:
+        report.add(exc.kind, None, None, "", exc.message)
+        return report
+    except OSError as exc:
+        report.add("unreadable", None, None, "", f"the file cannot be opened: {exc.strerror}")
+        return report
+    report.sheet = reader.sheet_name
+    try:
+        _check_rows(reader, report, options)
+    except WorkbookRejected as exc:
+        report.add(exc.kind, None, None, "", exc.message)
+    except (ValueError, KeyError, EOFError, OSError) as exc:  # zlib, CRC and truncation errors
+        report.add("unreadable", None, None, "", f"the workbook is damaged: {exc}")
+    finally:
+        reader.close()
     return report
