@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ from watcher.validate.xlsx import Row, SheetReader, WorkbookRejected
 __all__ = ("MAX_DATA_ROWS", "validate_file")
 
 MAX_DATA_ROWS = 500_000
+# What a damaged archive raises from deep inside zipfile and zlib: CRC, inflate, truncation.
+_DAMAGED = (ValueError, KeyError, EOFError, OSError, zlib.error, zipfile.BadZipFile)
 _HEADER_SEARCH_ROWS = 50
 
 
@@ -115,15 +119,18 @@ def validate_file(
     except WorkbookRejected as exc:
         report.add(exc.kind, None, None, "", exc.message)
         return report
-    except OSError as exc:
-        report.add("unreadable", None, None, "", f"the file cannot be opened: {exc.strerror}")
+    except FileNotFoundError:
+        report.add("unreadable", None, None, "", "the file does not exist")
+        return report
+    except _DAMAGED as exc:
+        report.add("unreadable", None, None, "", f"the workbook is damaged: {exc}")
         return report
     report.sheet = reader.sheet_name
     try:
         _check_rows(reader, report, options)
     except WorkbookRejected as exc:
         report.add(exc.kind, None, None, "", exc.message)
-    except (ValueError, KeyError, EOFError, OSError) as exc:  # zlib, CRC and truncation errors
+    except _DAMAGED as exc:
         report.add("unreadable", None, None, "", f"the workbook is damaged: {exc}")
     finally:
         reader.close()
