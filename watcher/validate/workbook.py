@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
 from watcher.validate.xlsx import Row, SheetReader, WorkbookRejected
 
-__all__ = ("MAX_DATA_ROWS", "validate_file")
+__all__ = ("MAX_DATA_ROWS", "check_rows", "validate_file")
 
 MAX_DATA_ROWS = 500_000
 # What a damaged archive raises from deep inside zipfile and zlib: CRC, inflate, truncation.
@@ -52,13 +52,20 @@ def _find_header(report: Report, rows: Iterator[Row]) -> tuple[int, dict[int, st
     return None
 
 
-def _check_rows(reader: SheetReader, report: Report, options: ValidationOptions) -> None:
-    rows = reader.rows()
+def check_rows(
+    rows: Iterator[Row],
+    report: Report,
+    options: ValidationOptions,
+    *,
+    sheet_name: str,
+    other_sheets: Sequence[str] = (),
+) -> None:
+    """Find the header among ``rows``, then check every data row below it into ``report``."""
     found = _find_header(report, rows)
     elsewhere = (
         f" (the data must be on the first sheet; this workbook also has "
-        f"{', '.join(repr(s) for s in reader.other_sheets)})"
-        if reader.other_sheets
+        f"{', '.join(repr(s) for s in other_sheets)})"
+        if other_sheets
         else ""
     )
     if found is None:
@@ -67,7 +74,7 @@ def _check_rows(reader: SheetReader, report: Report, options: ValidationOptions)
             None,
             None,
             "",
-            f"no header row naming 'called' on sheet {reader.sheet_name!r}{elsewhere}",
+            f"no header row naming 'called' on sheet {sheet_name!r}{elsewhere}",
         )
         return
     report.header_row, columns = found
@@ -127,7 +134,13 @@ def validate_file(
         return report
     report.sheet = reader.sheet_name
     try:
-        _check_rows(reader, report, options)
+        check_rows(
+            reader.rows(),
+            report,
+            options,
+            sheet_name=reader.sheet_name,
+            other_sheets=reader.other_sheets,
+        )
     except WorkbookRejected as exc:
         report.add(exc.kind, None, None, "", exc.message)
     except _DAMAGED as exc:
