@@ -82,11 +82,46 @@ def _describe(report: Report, name: str) -> list[str]:
     return lines
 
 
+class _ProgressBar:
+    """A one-line bar on the terminal for files big enough to make a person wait."""
+
+    _WIDTH = 30
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        # ``done`` counts characters of XML and ``total`` bytes: close enough for a bar.
+        percent = min(99, done * 100 // max(total, 1))
+        if percent != self._shown:
+            self._shown = percent
+            filled = self._WIDTH * percent // 100
+            sys.stderr.write(
+                f"\r{self.label} [{'#' * filled}{'.' * (self._WIDTH - filled)}] {percent:3d}%"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._shown >= 0:
+            sys.stderr.write("\r" + " " * (len(self.label) + self._WIDTH + 8) + "\r")
+            sys.stderr.flush()
+
+
+_BAR_MIN_BYTES = 2_000_000
+
+
 def _validate(args: argparse.Namespace) -> int:
     worst = EX_OK
     results = []
     for path in args.files:
-        report = validate_file(path)
+        show_bar = sys.stderr.isatty() and path.is_file() and path.stat().st_size > _BAR_MIN_BYTES
+        bar = _ProgressBar(path.name) if show_bar else None
+        try:
+            report = validate_file(path, progress=bar)
+        finally:
+            if bar is not None:
+                bar.close()
         if report.is_unreadable:
             worst = max(worst, EX_UNREADABLE)
         elif not report.is_valid:

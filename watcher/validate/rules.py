@@ -1,10 +1,16 @@
-"""The template's rules for one data row. Pure functions over cell values; no I/O."""
+"""The template's rules for the cells of a data row. Pure functions over cell values; no I/O.
+
+This runs once per cell of up to 500,000 rows, so each column has its own small checker with a
+fast path for the common case (a plain string within its limit), and the general path only
+for the rest.
+"""
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from array import array
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 
@@ -33,6 +39,9 @@ _FAST_CALLED = re.compile(
 _SERIAL_1970, _SERIAL_2100 = 25569, 73051  # Excel date serials of 1970-01-01 and 2100-01-01
 _EXACT_DIGITS = 15  # Excel keeps 15 significant digits of a number
 _LENGTHS = {"sessionId": 32, "caller": 24, "customField": 200, "callData": 1024}
+_VERDICT_CACHE = 10_000
+
+Check = Callable[[int, Any], None]
 
 
 def column_of(header: Any) -> str | None:
@@ -56,12 +65,12 @@ def cell_text(value: Any) -> str:
     return str(value).strip()
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_corrupted_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and (len(str(int(abs(value)))) > _EXACT_DIGITS)
-    )
+    return _is_number(value) and len(str(int(abs(value)))) > _EXACT_DIGITS
 
 
 def _parse_called(text: str) -> Any:
@@ -73,65 +82,168 @@ def _parse_called(text: str) -> Any:
     return json.loads(text.replace("'", '"'))
 
 
-class RowChecker:
-    """Checks data rows and adds what it finds to a :class:`Report`."""
+class _Repeats:
+    """Finds values that occur on more than one row, in 12 bytes per value.
 
-    def __init__(self, report: Report, *, call_data_json: bool) -> None:
+    A set of 500,000 strings would cost 50 MB. The hashes and row numbers are kept in arrays
+    instead; at the end a 2 MB bitmap of the hashes picks the few candidates, and only those
+    are compared exactly.
+    """
+
+    _BITS = 1 << 24
+
+    def __init__(self) -> None:
+        self._hashes = array("q")
+        self._rows = array("i")
+
+    def add(self, row: int, value: str) -> None:
+        self._hashes.append(hash(value))
+        self._rows.append(row)
+
+    def repeats(self) -> list[int]:
+        """Rows whose value already appeared on an earlier row, in row order."""
+        bitmap = bytearray(self._BITS >> 3)
+        mask = self._BITS - 1
+        candidates = set()
+        for value in self._hashes:
+            bit = value & mask
+            if bitmap[bit >> 3] & (1 << (bit & 7)):
+                candidates.add(value)
+            else:
+                bitmap[bit >> 3] |= 1 << (bit & 7)
+        seen: set[int] = set()
+        found = []
+        for value, row in zip(self._hashes, self._rows, strict=True):
+            if value in candidates:
+                if value in seen:
+                    found.append(row)
+                else:
+                    seen.add(value)
+        return sorted(found)
+
+
+class RowChecker:
+    """Checks the cells of data rows and adds what it finds to a :class:`Report`.
+
+    Args:
+        report: where problems go.
+        columns: the template column of each cell index that the header names.
+        call_data_json: callData must be JSON (intelligent-IVR campaigns).
+    """
+
+    def __init__(self, report: Report, columns: dict[int, str], *, call_data_json: bool) -> None:
         self.report = report
         self.call_data_json = call_data_json
         self._recycle_verdicts: dict[str, bool] = {}
-        self._checks: dict[str, Callable[[int, Any], None]] = {
+        self._numbers = _Repeats()
+        self._session_ids = _Repeats()
+        checks: dict[str, Check] = {
+            "sessionId": self._session_id,
             "called": self._called,
+            "caller": self._limited("caller"),
+            "callData": self._call_data,
+            "customField": self._limited("customField"),
             "recycleTime": self._recycle_time,
             "priority": self._priority,
-            "sessionId": self._session_id,
         }
-        self._numbers: set[int] = set()
-        self._session_ids: set[int] = set()
+        self._plan = sorted((index, checks[name]) for index, name in columns.items())
+        self._called_index = next((i for i, name in columns.items() if name == "called"), None)
 
-    def check(self, row: int, cells: Mapping[str, Any]) -> None:
-        """Check one data row; ``cells`` maps template column names to raw cell values."""
-        if cells.get("called") in (None, ""):
+    def check(self, row: int, values: list[Any]) -> bool:
+        """Check one row's cells (by column index); False if it has no template cell at all."""
+        width = len(values)
+        present = [
+            (check, value)
+            for index, check in self._plan
+            if index < width and (value := values[index]) is not None and value != ""
+        ]
+        if not present:
+            return False
+        called = self._called_index
+        if called is None or called >= width or values[called] is None or values[called] == "":
             self.report.add("called_missing", row, "called", "", "called is empty")
-        for column, value in cells.items():
-            if value is None or value == "":
-                continue
-            if column in _LENGTHS and _is_corrupted_number(value):
-                self._add(
-                    "number_corrupted",
-                    row,
-                    column,
-                    value,
-                    f"{column} holds the number {value!r}: digits were lost",
-                )
-                continue
-            check = self._checks.get(column)
-            if check is not None:
-                check(row, value)
-            elif column in _LENGTHS:
-                self._length(row, column, cell_text(value))
+        for check, value in present:
+            check(row, value)
+        return True
+
+    def finish(self) -> None:
+        """Report the values repeated across rows (kept for the end to save memory)."""
+        for row in self._session_ids.repeats():
+            self.report.add(
+                "duplicate_session_id",
+                row,
+                "sessionId",
+                "",
+                "this sessionId is also used on an earlier row",
+            )
+        for row in self._numbers.repeats():
+            self.report.add(
+                "duplicate_called_no",
+                row,
+                "called",
+                "",
+                "a number of this row is also called on an earlier row",
+            )
 
     def _add(self, kind: str, row: int, column: str, value: Any, message: str) -> None:
         self.report.add(kind, row, column, cell_text(value), message)
 
-    def _length(self, row: int, column: str, text: str) -> None:
+    # -- the general path for the length-limited columns ---------------------------------------
+
+    def _too_long(self, row: int, column: str, value: Any) -> bool:
+        """Check a length limit; True if the value was a problem (too long or a broken number)."""
         limit = _LENGTHS[column]
-        if len(text) > limit:
+        if type(value) is str:
+            if len(value) <= limit or len(value.strip()) <= limit:
+                return False
+        elif _is_corrupted_number(value):
             self._add(
-                f"{column.lower()}_too_long",
+                "number_corrupted",
                 row,
                 column,
-                text,
-                f"{column} has {len(text)} characters; at most {limit} are allowed",
+                value,
+                f"{column} holds the number {value!r}: digits were lost",
             )
-        elif column == "callData" and self.call_data_json:
+            return True
+        text = cell_text(value)
+        if len(text) <= limit:
+            return False
+        self._add(
+            f"{column.lower()}_too_long",
+            row,
+            column,
+            text,
+            f"{column} has {len(text)} characters; at most {limit} are allowed",
+        )
+        return True
+
+    def _limited(self, column: str) -> Check:
+        limit = _LENGTHS[column]
+
+        def check(row: int, value: Any) -> None:
+            if type(value) is not str or len(value) > limit:
+                self._too_long(row, column, value)
+
+        return check
+
+    def _session_id(self, row: int, value: Any) -> None:
+        if (type(value) is not str or len(value) > 32) and self._too_long(row, "sessionId", value):
+            return
+        self._session_ids.add(row, cell_text(value) if type(value) is not str else value.strip())
+
+    def _call_data(self, row: int, value: Any) -> None:
+        if (type(value) is not str or len(value) > 1024) and self._too_long(row, "callData", value):
+            return
+        if self.call_data_json:
             try:
-                json.loads(text)
+                json.loads(cell_text(value))
             except ValueError:
-                self._add("calldata_not_json", row, column, text, "callData is not valid JSON")
+                self._add("calldata_not_json", row, "callData", value, "callData is not valid JSON")
+
+    # -- called ---------------------------------------------------------------------------------
 
     def _called(self, row: int, value: Any) -> None:
-        if not isinstance(value, str):
+        if type(value) is not str:
             if _is_corrupted_number(value):
                 self._add(
                     "number_corrupted",
@@ -146,16 +258,17 @@ class RowChecker:
                     row,
                     "called",
                     value,
-                    f'called holds a bare number; write [{{"calledNo":"{cell_text(value)}"}}]',
+                    f'called holds a bare value; write [{{"calledNo":"{cell_text(value)}"}}]',
                 )
             return
-        text = value.strip()
-        fast = _FAST_CALLED.match(text)
+        fast = _FAST_CALLED.match(value)
         if fast is not None:
-            if fast.group(2) is not None and int(fast.group(2)) > 7200:
-                self._add("delaytime_invalid", row, "called", text, "delayTime is above 7200")
-            self._note_number(row, text, fast.group(1))
+            delay = fast.group(2)
+            if delay is not None and int(delay) > 7200:
+                self._add("delaytime_invalid", row, "called", value, "delayTime is above 7200")
+            self._numbers.add(row, fast.group(1))
             return
+        text = value.strip()
         try:
             numbers = _parse_called(text)
         except ValueError:
@@ -206,7 +319,7 @@ class RowChecker:
                     f"calledNo has {len(digits)} characters; at most 24 are allowed",
                 )
             else:
-                self._note_number(row, text, digits)
+                self._numbers.add(row, digits)
         delay = number.get("delayTime")
         if delay is not None and delay != "":
             text_delay = str(delay)
@@ -219,70 +332,49 @@ class RowChecker:
                     f"delayTime {delay!r} must be a whole number from 0 to 7200",
                 )
 
-    def _note_number(self, row: int, text: str, digits: str) -> None:
-        # Hashes, not the strings: 500,000 numbers must not cost 50 MB.
-        key = hash(digits)
-        if key in self._numbers:
-            self._add(
-                "duplicate_called_no",
-                row,
-                "called",
-                text,
-                f"{digits} is also called on an earlier row",
-            )
-        else:
-            self._numbers.add(key)
-
-    def _session_id(self, row: int, value: Any) -> None:
-        text = cell_text(value)
-        self._length(row, "sessionId", text)
-        key = hash(text)
-        if key in self._session_ids:
-            self._add(
-                "duplicate_session_id",
-                row,
-                "sessionId",
-                text,
-                f"sessionId {text!r} is also used on an earlier row",
-            )
-        else:
-            self._session_ids.add(key)
+    # -- recycleTime and priority ---------------------------------------------------------------
 
     def _recycle_time(self, row: int, value: Any) -> None:
-        if isinstance(value, date):
+        if type(value) is str:
+            verdict = self._recycle_verdicts.get(value)
+            if verdict is None:
+                verdict = self._recycle_verdict(value.strip())
+                if len(self._recycle_verdicts) < _VERDICT_CACHE:
+                    self._recycle_verdicts[value] = verdict
+            if not verdict:
+                self._add(
+                    "recycletime_invalid",
+                    row,
+                    "recycleTime",
+                    value,
+                    f"recycleTime {value.strip()!r} is not a real date as yyyy-mm-dd hh:mm:ss",
+                )
+        elif isinstance(value, date):
             return  # an Excel date cell: converted on import
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if _SERIAL_1970 <= value < _SERIAL_2100:
-                return  # a date serial in a cell without a date format
+        elif _is_number(value) and _SERIAL_1970 <= value < _SERIAL_2100:
+            return  # a date serial in a cell without a date format
+        else:
             self._add(
                 "recycletime_invalid",
                 row,
                 "recycleTime",
                 value,
-                f"recycleTime holds the number {cell_text(value)}, not a date",
-            )
-            return
-        text = cell_text(value)
-        verdict = self._recycle_verdicts.get(text)
-        if verdict is None:
-            verdict = bool(_RECYCLE.match(text))
-            if verdict:
-                try:
-                    datetime.strptime(text, "%Y-%m-%d %H:%M:%S")  # noqa: DTZ007 (a calendar check)
-                except ValueError:
-                    verdict = False
-            if len(self._recycle_verdicts) < 10_000:
-                self._recycle_verdicts[text] = verdict
-        if not verdict:
-            self._add(
-                "recycletime_invalid",
-                row,
-                "recycleTime",
-                text,
-                f"recycleTime {text!r} is not a real date as yyyy-mm-dd hh:mm:ss",
+                f"recycleTime holds {cell_text(value)!r}, not a date",
             )
 
+    @staticmethod
+    def _recycle_verdict(text: str) -> bool:
+        if not _RECYCLE.match(text):
+            return False
+        try:
+            datetime.strptime(text, "%Y-%m-%d %H:%M:%S")  # noqa: DTZ007 (a calendar check)
+        except ValueError:
+            return False
+        return True
+
     def _priority(self, row: int, value: Any) -> None:
+        if type(value) is int and 1 <= value <= 5:
+            return
         text = cell_text(value)
         if not (text.isdigit() and 1 <= int(text) <= 5):
             self._add(

@@ -6,7 +6,6 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
@@ -78,13 +77,10 @@ def check_rows(
         )
         return
     report.header_row, columns = found
-    pairs = sorted(columns.items())
-    checker = RowChecker(report, call_data_json=options.call_data_json)
+    checker = RowChecker(report, columns, call_data_json=options.call_data_json)
     check = checker.check
     for number, row in rows:
-        width = len(row)
-        cells: dict[str, Any] = {name: row[i] for i, name in pairs if i < width}
-        if all(value is None or value == "" for value in cells.values()):
+        if not check(number, row):
             continue
         report.data_rows += 1
         if report.data_rows > MAX_DATA_ROWS:
@@ -97,7 +93,7 @@ def check_rows(
                 f"more than {MAX_DATA_ROWS:,} data rows; reading stopped at row {number}",
             )
             return
-        check(number, cells)
+    checker.finish()
     if report.data_rows == 0:
         report.add(
             "no_data_rows", None, None, "", f"there are no data rows below the header{elsewhere}"

@@ -30,7 +30,7 @@ Row = tuple[int, list[Any]]  # (Excel row number, cell values from column A)
 
 _MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 _REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-_CHUNK_BYTES = 1 << 20
+_CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
 _OLE = bytes.fromhex("d0cf11e0a1b11ae1")
 _ENCRYPTION_INFO = "EncryptionInfo".encode("utf-16-le")
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -150,7 +150,8 @@ class _SharedStrings:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._ends = array("Q", [0])
+        # 4-byte offsets: Limits keeps the whole workbook, so this buffer, under 4 GB.
+        self._ends = array("I", [0])
 
     def extend(self, strings: list[str]) -> None:
         if not strings:
