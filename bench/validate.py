@@ -152,7 +152,7 @@ async def _ours_in_the_daemon(path: str) -> dict[str, Any]:
     started = time.perf_counter()
     report = await loop.run_in_executor(pool, validate_file, path)
     elapsed_s = time.perf_counter() - started
-    worker_rss_mb = await loop.run_in_executor(pool, _peak_rss_mb)
+    worker_rss_mb = await loop.run_in_executor(pool, _peak_rss_mb, True)
     done.set()
     await tick
     pool.shutdown()
@@ -169,11 +169,20 @@ def _ours(path: str) -> dict[str, Any]:
     return asyncio.run(_ours_in_the_daemon(path))
 
 
-def _peak_rss_mb() -> float:
-    # VmHWM, not ru_maxrss: on Linux ru_maxrss survives exec and would report the parent's size.
+def _peak_rss_mb(with_forks: bool = False) -> float:
+    """The peak RSS of this process, and of the processes it forked (the second half's checker).
+
+    VmHWM, not ru_maxrss, for this process: ru_maxrss survives exec and would report the size of
+    the parent. A forked child really starts with its parent's pages, so ru_maxrss is right there.
+    """
+    import resource
+
     with open("/proc/self/status") as status:
         line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) / 1024
+    peak = int(line.split()[1]) / 1024
+    if with_forks:
+        peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    return peak
 
 
 CONTENDERS = {"ours": _ours, "calamine": _calamine, "openpyxl": _openpyxl}

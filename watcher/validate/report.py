@@ -186,6 +186,8 @@ class ValidationOptions:
 
     call_data_json: bool = False
     duplicates_are_errors: bool = False
+    workers: int = 2  # processes for one big file (a fork shares the strings table)
+    split_min_bytes: int = 32 << 20  # below this much sheet XML, a second process costs more
     max_examples: int = 100
     limits: Limits = field(default_factory=Limits)
 
@@ -236,6 +238,14 @@ class Report:
         if len(self.examples) < self.max_examples:
             cut = excerpt if len(excerpt) <= 60 else excerpt[:57] + "..."
             self.examples.append(Problem(kind, row, column, cut, message))
+
+    def merge(self, other: Report) -> None:
+        """Add the findings of a later part of the same sheet."""
+        self.data_rows += other.data_rows
+        for kind, count in other.counts.items():
+            self.counts[kind] = self.counts.get(kind, 0) + count
+        room = self.max_examples - len(self.examples)
+        self.examples.extend(other.examples[: max(room, 0)])
 
     @property
     def is_valid(self) -> bool:

@@ -100,6 +100,13 @@ class _Repeats:
         self._hashes.append(hash(value))
         self._rows.append(row)
 
+    def export(self) -> tuple[array[int], array[int]]:
+        return self._hashes, self._rows
+
+    def absorb(self, state: tuple[array[int], array[int]]) -> None:
+        self._hashes.extend(state[0])
+        self._rows.extend(state[1])
+
     def repeats(self) -> list[int]:
         """Rows whose value already appeared on an earlier row, in row order."""
         bitmap = bytearray(self._BITS >> 3)
@@ -165,6 +172,14 @@ class RowChecker:
         for check, value in present:
             check(row, value)
         return True
+
+    def export_repeats(self) -> tuple[tuple[array[int], array[int]], ...]:
+        """What :meth:`finish` needs, to be merged into the checker of an earlier part."""
+        return self._session_ids.export(), self._numbers.export()
+
+    def absorb_repeats(self, state: tuple[tuple[array[int], array[int]], ...]) -> None:
+        self._session_ids.absorb(state[0])
+        self._numbers.absorb(state[1])
 
     def finish(self) -> None:
         """Report the values repeated across rows (kept for the end to save memory)."""

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
-from watcher.validate.xlsx import Row, SheetReader, WorkbookRejected
+from watcher.validate.xlsx import FastPathUnsupported, Row, SheetReader, WorkbookRejected
 
 __all__ = ("MAX_DATA_ROWS", "check_rows", "validate_file")
 
@@ -51,6 +54,57 @@ def _find_header(report: Report, rows: Iterator[Row]) -> tuple[int, dict[int, st
     return None
 
 
+def _elsewhere(other_sheets: Sequence[str]) -> str:
+    if not other_sheets:
+        return ""
+    names = ", ".join(repr(s) for s in other_sheets)
+    return f" (the data must be on the first sheet; this workbook also has {names})"
+
+
+def _header(
+    report: Report, rows: Iterator[Row], sheet_name: str, elsewhere: str
+) -> dict[int, str] | None:
+    found = _find_header(report, rows)
+    if found is None:
+        report.add(
+            "no_header",
+            None,
+            None,
+            "",
+            f"no header row naming 'called' on sheet {sheet_name!r}{elsewhere}",
+        )
+        return None
+    report.header_row, columns = found
+    return columns
+
+
+def _check_data(rows: Iterator[Row], checker: RowChecker, report: Report) -> None:
+    check = checker.check
+    for number, row in rows:
+        if check(number, row):
+            report.data_rows += 1
+            if report.data_rows > MAX_DATA_ROWS:
+                return  # enough: the verdict is "too many rows" whatever follows
+
+
+def _finish(checker: RowChecker, report: Report, elsewhere: str) -> None:
+    if report.data_rows > MAX_DATA_ROWS:
+        report.data_rows = MAX_DATA_ROWS
+        report.add(
+            "too_many_rows",
+            None,
+            None,
+            "",
+            f"more than {MAX_DATA_ROWS:,} data rows; iSales imports at most that many",
+        )
+        return
+    checker.finish()
+    if report.data_rows == 0:
+        report.add(
+            "no_data_rows", None, None, "", f"there are no data rows below the header{elsewhere}"
+        )
+
+
 def check_rows(
     rows: Iterator[Row],
     report: Report,
@@ -60,44 +114,90 @@ def check_rows(
     other_sheets: Sequence[str] = (),
 ) -> None:
     """Find the header among ``rows``, then check every data row below it into ``report``."""
-    found = _find_header(report, rows)
-    elsewhere = (
-        f" (the data must be on the first sheet; this workbook also has "
-        f"{', '.join(repr(s) for s in other_sheets)})"
-        if other_sheets
-        else ""
-    )
-    if found is None:
-        report.add(
-            "no_header",
-            None,
-            None,
-            "",
-            f"no header row naming 'called' on sheet {sheet_name!r}{elsewhere}",
-        )
+    elsewhere = _elsewhere(other_sheets)
+    columns = _header(report, rows, sheet_name, elsewhere)
+    if columns is None:
         return
-    report.header_row, columns = found
     checker = RowChecker(report, columns, call_data_json=options.call_data_json)
-    check = checker.check
-    for number, row in rows:
-        if not check(number, row):
-            continue
-        report.data_rows += 1
-        if report.data_rows > MAX_DATA_ROWS:
-            report.data_rows -= 1
-            report.add(
-                "too_many_rows",
-                number,
-                None,
-                "",
-                f"more than {MAX_DATA_ROWS:,} data rows; reading stopped at row {number}",
-            )
-            return
-    checker.finish()
-    if report.data_rows == 0:
-        report.add(
-            "no_data_rows", None, None, "", f"there are no data rows below the header{elsewhere}"
-        )
+    _check_data(rows, checker, report)
+    _finish(checker, report, elsewhere)
+
+
+def _check_second_half(
+    reader: SheetReader, options: ValidationOptions, columns: dict[int, str], start: int, fd: int
+) -> NoReturn:
+    """In a forked child: check the rows after ``start`` and send the result up the pipe."""
+    payload: tuple[Any, ...]
+    try:
+        reader.reopen()
+        part = Report(max_examples=options.max_examples, promoted=options.promoted_kinds)
+        checker = RowChecker(part, columns, call_data_json=options.call_data_json)
+        _check_data(reader.part_rows(start, None), checker, part)
+        payload = ("ok", part, checker.export_repeats())
+    except FastPathUnsupported:
+        payload = ("unsupported",)
+    except WorkbookRejected as exc:
+        payload = ("rejected", exc.kind, exc.message)
+    except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
+        payload = ("damaged", f"{type(exc).__name__}: {exc}")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            pickle.dump(payload, out, protocol=pickle.HIGHEST_PROTOCOL)
+    finally:
+        os._exit(0)
+
+
+def _check_in_two(reader: SheetReader, report: Report, options: ValidationOptions) -> None:
+    """Check the sheet with two processes: the parent takes the first half, a fork the second.
+
+    The shared strings are loaded once, before the fork, and shared copy-on-write.
+
+    Raises:
+        FastPathUnsupported: the sheet needs the slow reader; start again serially.
+    """
+    elsewhere = _elsewhere(reader.other_sheets)
+    middle = reader.sheet_bytes // 2
+    first = reader.part_rows(0, middle)
+    found = _find_header(report, first)
+    if found is None:
+        raise FastPathUnsupported("no header in the first half: let one process say why")
+    report.header_row, columns = found
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_end)
+        _check_second_half(reader, options, columns, middle, write_end)
+    os.close(write_end)
+    try:
+        checker = RowChecker(report, columns, call_data_json=options.call_data_json)
+        _check_data(first, checker, report)
+    finally:
+        first.close()
+        reader.drop_strings()  # free the table before the child's findings arrive
+        with os.fdopen(read_end, "rb") as pipe:
+            data = pipe.read()
+        os.waitpid(pid, 0)
+    payload: tuple[Any, ...] = (
+        pickle.loads(data) if data else ("damaged", "the second validation process died")
+    )
+    if payload[0] == "unsupported":
+        raise FastPathUnsupported("in the second half")
+    if payload[0] == "rejected":
+        raise WorkbookRejected(payload[1], payload[2])
+    if payload[0] == "damaged":
+        raise ValueError(payload[1])
+    report.merge(payload[1])
+    checker.absorb_repeats(payload[2])
+    _finish(checker, report, elsewhere)
+
+
+def _should_split(reader: SheetReader, options: ValidationOptions) -> bool:
+    return (
+        options.workers > 1
+        and hasattr(os, "fork")
+        and reader.sheet_bytes >= options.split_min_bytes
+        and (os.cpu_count() or 1) > 1
+    )
 
 
 def validate_file(
@@ -130,6 +230,16 @@ def validate_file(
         return report
     report.sheet = reader.sheet_name
     try:
+        if _should_split(reader, options):
+            try:
+                _check_in_two(reader, report, options)
+                return report
+            except FastPathUnsupported:
+                report = Report(
+                    max_examples=options.max_examples,
+                    promoted=options.promoted_kinds,
+                    sheet=reader.sheet_name,
+                )
         check_rows(
             reader.rows(),
             report,

@@ -16,7 +16,7 @@ import html
 import re
 import zipfile
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import accumulate
@@ -24,7 +24,7 @@ from operator import add
 from typing import IO, Any
 from xml.etree import ElementTree
 
-__all__ = ("Limits", "Row", "SheetReader", "WorkbookRejected")
+__all__ = ("FastPathUnsupported", "Limits", "Row", "SheetReader", "WorkbookRejected")
 
 Row = tuple[int, list[Any]]  # (Excel row number, cell values from column A)
 
@@ -61,7 +61,7 @@ class WorkbookRejected(Exception):  # noqa: N818 - a verdict, not a failure of o
         self.message = message
 
 
-class _Unsupported(Exception):  # noqa: N818
+class FastPathUnsupported(Exception):  # noqa: N818
     """The fast tokeniser met XML it does not understand; use the ElementTree reader."""
 
 
@@ -75,14 +75,21 @@ class Limits:
     max_row_bytes: int = 8_000_000
 
 
-def _column(letters: str, cache: dict[str, int] = {}) -> int:  # noqa: B006 - a deliberate cache
-    index = cache.get(letters)
+_COLUMNS: dict[str, int] = {}  # column letters to index, filled as letters are met
+
+
+def _column(letters: str) -> int:
+    index = _COLUMNS.get(letters)
     if index is None:
         index = 0
         for char in letters:
             index = index * 26 + ord(char) - 64
-        index = cache[letters] = index - 1
+        index = _COLUMNS[letters] = index - 1
     return index
+
+
+def _has_content(values: list[Any]) -> bool:
+    return any(value is not None and value != "" for value in values)
 
 
 def _number(text: str) -> int | float:
@@ -108,6 +115,7 @@ class _Chunks:
     """Decode a byte stream into text pieces that each end on ``separator``."""
 
     def __init__(self, stream: IO[bytes], separator: str, limit_chars: int, what: str) -> None:
+        self.position = 0  # bytes read from the stream when the last piece was cut
         self._stream = stream
         self._separator = separator
         self._limit_chars = limit_chars
@@ -119,6 +127,7 @@ class _Chunks:
         pending_chars = 0
         while True:
             data = self._stream.read(_CHUNK_BYTES)
+            self.position += len(data)
             text = decoder.decode(data, final=not data)
             if not data:
                 rest = "".join(pending) + text
@@ -149,24 +158,24 @@ class _SharedStrings:
     """The shared-strings table as one UTF-8 buffer and an array of offsets (compact in memory)."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
+        self.buffer = bytearray()
         # 4-byte offsets: Limits keeps the whole workbook, so this buffer, under 4 GB.
-        self._ends = array("I", [0])
+        self.ends = array("I", [0])
 
     def extend(self, strings: list[str]) -> None:
         if not strings:
             return
         data = ("\x00".join(strings) + "\x00").encode()
-        base = len(self._buffer)
-        self._buffer += data
+        base = len(self.buffer)
+        self.buffer += data
         lengths = map(len, data.split(b"\x00")[:-1])
-        self._ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
+        self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
 
     def __getitem__(self, index: int) -> str:
-        return self._buffer[self._ends[index] : self._ends[index + 1] - 1].decode()
+        return self.buffer[self.ends[index] : self.ends[index + 1] - 1].decode()
 
     def __len__(self) -> int:
-        return len(self._ends) - 1
+        return len(self.ends) - 1
 
 
 class SheetReader:
@@ -345,20 +354,46 @@ class SheetReader:
         """An Excel serial date as a datetime, honouring the workbook's 1904 date system."""
         return (_EPOCH_1904 if self._date1904 else _EPOCH_1900) + timedelta(days=serial)
 
+    @property
+    def sheet_bytes(self) -> int:
+        """The size of the first sheet's XML, inflated."""
+        return self._zip.getinfo(self._part).file_size
+
+    def reopen(self) -> None:
+        """Open the file again: a forked process must not share the parent's file position."""
+        self._zip = zipfile.ZipFile(self._zip.filename or "")
+
+    def load_strings(self) -> None:
+        """Read the shared-strings table (done by :meth:`rows` when needed)."""
+        if self._strings is None:
+            self._strings = self._shared_strings()
+
+    def drop_strings(self) -> None:
+        """Free the shared-strings table once no more rows will be read."""
+        self._strings = None
+
+    def part_rows(self, start_byte: int, stop_byte: int | None) -> Generator[Row, None, None]:
+        """The rows of one part of the sheet, by position in the inflated XML, fast path only.
+
+        Raises:
+            FastPathUnsupported: the caller must read the whole sheet with :meth:`rows`.
+        """
+        self.load_strings()
+        return self._fast_rows(start_byte, stop_byte)
+
     def rows(self) -> Iterator[Row]:
         """Every non-empty row of the first sheet, with its Excel row number.
 
         If the fast tokeniser gives up part-way, rows already yielded are not yielded again:
         the ElementTree reader resumes after the last row number seen.
         """
-        if self._strings is None:
-            self._strings = self._shared_strings()
+        self.load_strings()
         last = 0
         try:
             for row in self._fast_rows():
                 last = row[0]
                 yield row
-        except _Unsupported:
+        except FastPathUnsupported:
             for row in self._tree_rows():
                 if row[0] > last:
                     yield row
@@ -395,43 +430,70 @@ class SheetReader:
             return raw == "1" if raw else None
         return (html.unescape(raw) if "&" in raw else raw) if raw else None
 
-    def _fast_rows(self) -> Iterator[Row]:
+    def _fast_rows(
+        self, start_byte: int = 0, stop_byte: int | None = None
+    ) -> Generator[Row, None, None]:
+        # The hot loop of validation: locals only, and the common cell kinds inline.
         findall = _FAST_CELL.findall
-        current: str | None = None
+        strings = self._strings
+        assert strings is not None
+        buffer, ends = strings.buffer, strings.ends
+        string_count = len(ends) - 1
+        column_of = _COLUMNS.get
+        value_of = self._value
+        max_chars = self.limits.max_cell_chars
+        current = ""
         values: list[Any] = []
         total = self._zip.getinfo(self._part).file_size
-        read = 0
         with self._sheet_stream() as stream:
             head = self._head(self._part, 4096).decode("utf-8", "replace")
             if re.search(r"<\w+:(worksheet|sheetData|row|c)[\s>]", head):
-                raise _Unsupported("namespace prefix")
-            for text in _Chunks(stream, "</row>", self.limits.max_row_bytes, "a row"):
-                read += len(text)
+                raise FastPathUnsupported("namespace prefix")
+            pieces = _Chunks(stream, "</row>", self.limits.max_row_bytes, "a row")
+            for text in pieces:
+                # Pieces are cut the same way in every process, so parts never overlap.
+                if pieces.position <= start_byte:
+                    continue
+                if stop_byte is not None and pieces.position > stop_byte:
+                    break
+                read = pieces.position - start_byte
                 if self._progress is not None:
-                    self._progress(read, total)
+                    self._progress(read, (stop_byte or total) - start_byte)
                 cells = findall(text)
                 if text.count("<c ") + text.count("<c>") + text.count("<c/") != len(cells):
-                    raise _Unsupported("cell tags the tokeniser does not understand")
+                    raise FastPathUnsupported("cell tags the tokeniser does not understand")
                 for letters, number, style, kind, raw, inline, rich in cells:
                     if number != current:
-                        if current is not None and any(v is not None and v != "" for v in values):
+                        if values and _has_content(values):
                             yield int(current), values
                         current, values = number, []
-                    column = _column(letters)
+                    column = column_of(letters)
+                    if column is None:
+                        column = _column(letters)
                     if column != len(values):
                         if column < len(values):
-                            raise _Unsupported("cells out of order")
+                            raise FastPathUnsupported("cells out of order")
                         values.extend([None] * (column - len(values)))
-                    if (kind == "s" or kind == "inlineStr") and len(
-                        inline
-                    ) > self.limits.max_cell_chars:
-                        raise WorkbookRejected(
-                            "cell_too_long",
-                            f"cell {letters}{number} holds more"
-                            " text than Excel allows (32,767 characters)",
-                        )
-                    values.append(self._value(kind, style, raw, inline, rich))
-        if current is not None and any(v is not None and v != "" for v in values):
+                    if kind == "s":
+                        index = int(raw)
+                        if index >= string_count:
+                            raise WorkbookRejected(
+                                "unreadable",
+                                f"cell {letters}{number} refers "
+                                f"to shared string {index}, which does not exist",
+                            )
+                        values.append(buffer[ends[index] : ends[index + 1] - 1].decode())
+                    elif kind == "inlineStr" and not rich and "&" not in inline:
+                        if len(inline) > max_chars:
+                            raise WorkbookRejected(
+                                "cell_too_long",
+                                f"cell {letters}{number} holds "
+                                "more text than Excel allows (32,767 characters)",
+                            )
+                        values.append(inline)
+                    else:
+                        values.append(value_of(kind, style, raw, inline, rich))
+        if values and _has_content(values):
             yield int(current), values
 
     def _tree_rows(self) -> Iterator[Row]:
