@@ -73,11 +73,15 @@ def _describe(report: Report, name: str) -> list[str]:
         lines = [f"{name}: INVALID, {report.error_count} problems in {report.data_rows} data rows"]
     for kind, count in sorted(report.counts.items()):
         lines.append(f"  {KINDS[kind].title}: {count}")
+        examples = [p for p in report.examples if p.kind == kind]
         lines.extend(
             f"    row {p.row or '-'}, {p.column or '-'}: {p.message}"
-            for p in report.examples
-            if p.kind == kind
+            for p in examples[:_EXAMPLES_PER_KIND]
         )
+        if count > _EXAMPLES_PER_KIND:
+            lines.append(
+                f"    ... {count - _EXAMPLES_PER_KIND} more (--json lists up to 20 of each)"
+            )
         lines.append(f"    fix: {KINDS[kind].advice}")
     return lines
 
@@ -109,6 +113,7 @@ class _ProgressBar:
 
 
 _BAR_MIN_BYTES = 2_000_000
+_EXAMPLES_PER_KIND = 10
 
 
 def _validate(args: argparse.Namespace) -> int:

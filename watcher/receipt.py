@@ -11,7 +11,7 @@ from watcher.validate import KINDS, Report
 
 __all__ = ("receipt_json", "receipt_text")
 
-_EXAMPLES_PER_KIND = 3
+_EXAMPLES_PER_KIND = 2
 _KINDS_SHOWN = 5
 
 

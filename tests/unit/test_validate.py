@@ -105,7 +105,7 @@ def test_counts_stay_exact_when_examples_are_capped(write):
         row[5] = "soon"
     report = validate_file(write(rows))
     assert report.counts == {"recycletime_invalid": 300}
-    assert len(report.examples) == 100
+    assert len(report.examples) == 20
 
 
 def test_the_validate_command_exit_codes(tmp_path):
@@ -132,3 +132,17 @@ def test_the_validate_command_exit_codes(tmp_path):
     result = run("--json", str(good), str(bad))
     assert result.returncode == 1
     assert [item["valid"] for item in json.loads(result.stdout)] == [True, False]
+
+
+def test_the_template_command_writes_a_valid_template(tmp_path):
+    out = tmp_path / "template.xlsx"
+    result = subprocess.run(
+        [sys.executable, "-m", "watcher", "template", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    report = validate_file(out)
+    assert report.is_valid
+    assert report.data_rows == 1

@@ -188,7 +188,7 @@ class ValidationOptions:
     duplicates_are_errors: bool = False
     workers: int = 2  # processes for one big file (a fork shares the strings table)
     split_min_bytes: int = 32 << 20  # below this much sheet XML, a second process costs more
-    max_examples: int = 100
+    examples_per_kind: int = 20
     limits: Limits = field(default_factory=Limits)
 
     @property
@@ -228,24 +228,27 @@ class Report:
     sheet: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     examples: list[Problem] = field(default_factory=list)
-    max_examples: int = 100
+    examples_per_kind: int = 20
     promoted: frozenset[str] = frozenset()
 
     def add(
         self, kind: str, row: int | None, column: str | None, excerpt: str, message: str
     ) -> None:
-        self.counts[kind] = self.counts.get(kind, 0) + 1
-        if len(self.examples) < self.max_examples:
+        count = self.counts[kind] = self.counts.get(kind, 0) + 1
+        if count <= self.examples_per_kind:
             cut = excerpt if len(excerpt) <= 60 else excerpt[:57] + "..."
             self.examples.append(Problem(kind, row, column, cut, message))
 
     def merge(self, other: Report) -> None:
         """Add the findings of a later part of the same sheet."""
         self.data_rows += other.data_rows
+        kept = {kind: min(count, self.examples_per_kind) for kind, count in self.counts.items()}
+        for example in other.examples:
+            if kept.get(example.kind, 0) < self.examples_per_kind:
+                kept[example.kind] = kept.get(example.kind, 0) + 1
+                self.examples.append(example)
         for kind, count in other.counts.items():
             self.counts[kind] = self.counts.get(kind, 0) + count
-        room = self.max_examples - len(self.examples)
-        self.examples.extend(other.examples[: max(room, 0)])
 
     @property
     def is_valid(self) -> bool:
@@ -263,8 +266,8 @@ class Report:
     def error_count(self) -> int:
         return sum(n for kind, n in self.counts.items() if self.is_error(kind))
 
-    def as_json(self, max_examples: int | None = None) -> dict[str, Any]:
-        examples = self.examples if max_examples is None else self.examples[:max_examples]
+    def as_json(self) -> dict[str, Any]:
+        examples = self.examples
         return {
             "valid": self.is_valid,
             "errors": self.error_count,

@@ -130,7 +130,7 @@ def _check_second_half(
     payload: tuple[Any, ...]
     try:
         reader.reopen()
-        part = Report(max_examples=options.max_examples, promoted=options.promoted_kinds)
+        part = Report(examples_per_kind=options.examples_per_kind, promoted=options.promoted_kinds)
         checker = RowChecker(part, columns, call_data_json=options.call_data_json)
         _check_data(reader.part_rows(start, None), checker, part)
         payload = ("ok", part, checker.export_repeats())
@@ -216,7 +216,7 @@ def validate_file(
         The report; it is valid when it holds no error. A bad file never raises.
     """
     options = options or ValidationOptions()
-    report = Report(max_examples=options.max_examples, promoted=options.promoted_kinds)
+    report = Report(examples_per_kind=options.examples_per_kind, promoted=options.promoted_kinds)
     try:
         reader = SheetReader(str(path), options.limits, progress)
     except WorkbookRejected as exc:
@@ -236,7 +236,7 @@ def validate_file(
                 return report
             except FastPathUnsupported:
                 report = Report(
-                    max_examples=options.max_examples,
+                    examples_per_kind=options.examples_per_kind,
                     promoted=options.promoted_kinds,
                     sheet=reader.sheet_name,
                 )

@@ -1,0 +1,62 @@
+"""The .result.txt receipt fits one screen, whatever the file got wrong."""
+
+from __future__ import annotations
+
+import json
+
+from watcher.models import FileRecord, FileState, Outcome
+from watcher.receipt import receipt_json, receipt_text
+from watcher.validate import Report
+from watcher.validate.report import KINDS
+
+
+def record(details: dict, outcome: Outcome = Outcome.rejected) -> FileRecord:
+    return FileRecord(
+        id="20261123-120000-abcdef",
+        route="spring",
+        campaign_id="1647",
+        inbox="/in",
+        name="list.xlsx",
+        size_bytes=100,
+        mtime=1,
+        state=FileState.settling,
+        sha256="ab" * 32,
+        import_task_id=None,
+        outcome=outcome,
+        reason="12 problems found in the file",
+        details=json.dumps(details),
+        created_at="2026-11-23T12:00:00.000+00:00",
+        updated_at="2026-11-23T12:00:00.000+00:00",
+        submitted_at=None,
+        settled_path=None,
+    )
+
+
+def test_a_receipt_with_every_kind_of_problem_fits_one_screen():
+    report = Report()
+    for n, kind in enumerate(k for k in KINDS if KINDS[k].is_error):
+        for row in range(40):
+            report.add(kind, 10 + row, "called", "x" * 80, f"problem {n}")
+    text = receipt_text(record({"validation": report.as_json()}))
+    lines = text.splitlines()
+    assert len(lines) <= 30
+    assert max(len(line) for line in lines) <= 160
+    assert "REJECTED" in text
+    assert "row 10, column called" in text
+    assert "Fix:" in text
+    data = receipt_json(record({"validation": report.as_json()}))
+    assert data["validation"]["problems"] == {k: 40 for k in report.counts}
+    assert len(data["validation"]["examples"]) == 20 * len(report.counts)
+
+
+def test_an_imported_receipt_names_the_task_and_counts():
+    rec = record(
+        {"import": {"succNum": 20, "repeatNum": 1, "failNum": 2, "errMsg": ""}}, Outcome.done
+    )
+    rec = FileRecord(
+        **{**{f: getattr(rec, f) for f in rec.__slots__}, "import_task_id": "T42", "reason": None}
+    )
+    text = receipt_text(rec)
+    assert "IMPORTED" in text
+    assert "T42" in text
+    assert "imported 20, duplicates 1, failed 2" in text
