@@ -45,7 +45,7 @@ def test_a_receipt_with_every_kind_of_problem_fits_one_screen():
     assert "row 10, column called" in text
     assert "Fix:" in text
     data = receipt_json(record({"validation": report.as_json()}))
-    assert data["validation"]["problems"] == {k: 40 for k in report.counts}
+    assert data["validation"]["problems"] == dict.fromkeys(report.counts, 40)
     assert len(data["validation"]["examples"]) == 20 * len(report.counts)
 
 
