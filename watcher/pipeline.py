@@ -21,6 +21,7 @@ from watcher.sources import Source
 from watcher.submit import reconcile, reject_duplicate, submit, with_details
 from watcher.track import track
 from watcher.validate import Report, ValidationOptions, validate_file
+from watcher.validate.xlsx import Limits
 
 __all__ = ("GATE_REASONS", "Pipeline")
 
@@ -193,8 +194,15 @@ class Pipeline:
         twin = self.ledger.imported_twin(record)
         if twin is not None:
             return reject_duplicate(self.ledger, record, twin)
+        limits = self.settings.validation
         options = ValidationOptions(
-            call_data_json=route.call_data_json, duplicates_are_errors=route.duplicates_are_errors
+            call_data_json=route.call_data_json,
+            duplicates_are_errors=route.duplicates_are_errors,
+            workers=limits.processes_per_file,
+            limits=Limits(
+                max_uncompressed_bytes=limits.max_unpacked_bytes,
+                max_ratio=limits.max_compression_ratio,
+            ),
         )
         loop = asyncio.get_running_loop()
         report = await loop.run_in_executor(self.pool, validate_file, str(local), options)

@@ -22,6 +22,7 @@ __all__ = (
     "RouteSettings",
     "Settings",
     "SftpSettings",
+    "ValidationSettings",
     "load_settings",
 )
 
@@ -197,6 +198,14 @@ class DaemonSettings(_Section):
     validation_workers: int = Field(default=1, ge=1, le=16)
 
 
+class ValidationSettings(_Section):
+    """Bounds that keep a hostile workbook from exhausting the machine."""
+
+    max_unpacked_bytes: int = Field(default=2_000_000_000, gt=0)
+    max_compression_ratio: float = Field(default=200.0, gt=1)
+    processes_per_file: int = Field(default=2, ge=1, le=2)
+
+
 class Settings(BaseSettings):
     """Everything the daemon needs. Build it with :func:`load_settings`."""
 
@@ -208,6 +217,7 @@ class Settings(BaseSettings):
     sftp: SftpSettings
     routes: tuple[RouteSettings, ...] = Field(min_length=1)
     daemon: DaemonSettings = DaemonSettings()
+    validation: ValidationSettings = ValidationSettings()
 
     @classmethod
     def settings_customise_sources(

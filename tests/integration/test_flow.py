@@ -106,3 +106,15 @@ async def test_a_slow_upload_is_not_claimed_before_it_is_complete(
     [call] = emulator.uploads
     assert call.fetched_sha256 == hashlib.sha256(data).hexdigest()
     assert world.settled("done", "slow.xlsx").read_bytes() == data
+
+
+async def test_the_configured_unpacked_size_limit_rejects_a_workbook(
+    make_world, run_daemon, emulator, upload
+):
+    world = make_world(daemon_extra="[validation]\nmax_unpacked_bytes = 5000\n")
+    await run_daemon(world)
+    await upload(world.inbox / "big.xlsx", xlsxwriter_bytes(rows_valid(50, seed=61)))
+    receipt = world.settled("rejected", "big.xlsx.result.txt")
+    await wait_for(receipt.exists, what="big.xlsx in rejected/")
+    assert "too large when unpacked" in receipt.read_text()
+    assert emulator.uploads == []
