@@ -1,0 +1,24 @@
+"""`isales-watcher demo`: everything embedded, the two samples settle, and it stops cleanly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_the_demo_settles_both_samples(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "watcher", "demo", "--dir", str(tmp_path), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Inbox:" in result.stdout
+    assert "Result: IMPORTED" in result.stdout
+    assert "Result: REJECTED" in result.stdout
+    assert "row 3, column called" in result.stdout
+    inbox = tmp_path / "sftp" / "inbox" / "demo"
+    assert len(list((inbox / "done").glob("valid-*.xlsx"))) == 1
+    assert len(list((inbox / "rejected").glob("invalid-*.xlsx"))) == 1
