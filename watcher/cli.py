@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import json
+import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -161,6 +164,17 @@ def _ledger(args: argparse.Namespace) -> int:
         if len(found) != 1:
             return _fail(f"{len(found)} ledger rows match {args.id!r}", EX_INVALID)
         record = found[0]
+        if args.ledger_command == "reprocess":
+            who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
+            try:
+                record = ledger.reprocess(record.id, actor=who, reason=args.reason)
+            except LedgerError as exc:
+                return _fail(str(exc), EX_INVALID)
+            _print(
+                f"{record.id} will be sent to iSales again (by {who}: {args.reason}); "
+                "a running daemon picks it up within one poll"
+            )
+            return EX_OK
         for key in (
             "id",
             "state",
@@ -188,6 +202,54 @@ def _ledger(args: argparse.Namespace) -> int:
         return EX_OK
     finally:
         ledger.close()
+
+
+def _check(args: argparse.Namespace) -> int:
+    from watcher.check import run_checks
+
+    configure_logging(level=logging.WARNING)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", EX_CONFIG)
+    _print(f"ok    configuration {args.config}")
+
+    def say(ok: bool, text: str) -> None:
+        _print(f"{'ok  ' if ok else 'FAIL'}  {text}")
+
+    return EX_OK if asyncio.run(run_checks(settings, say)) else EX_INVALID
+
+
+def _servers(args: argparse.Namespace) -> int:
+    from watcher.check import list_servers
+    from watcher.errors import WatcherError
+
+    configure_logging(level=logging.WARNING)
+    try:
+        settings = load_settings(args.config)
+        servers = asyncio.run(list_servers(settings))
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", EX_CONFIG)
+    except WatcherError as exc:
+        return _fail(str(exc), EX_INVALID)
+    _print(f"{'serverId':<24} {'user@ip:port':<36} default path")
+    for server in servers:
+        where = f"{server.user_name}@{server.ip}:{server.port}"
+        _print(f"{server.server_id:<24} {where:<36} {server.file_path}")
+    return EX_OK
+
+
+def _fake_isales(args: argparse.Namespace) -> int:
+    from watcher.isales.staging import serve_emulator
+
+    configure_logging()
+    try:
+        asyncio.run(serve_emulator(args))
+    except ValueError as exc:
+        return _fail(str(exc), EX_CONFIG)
+    except KeyboardInterrupt:
+        pass
+    return EX_OK
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -238,7 +300,62 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     show = ledger_commands.add_parser("show", parents=[config], help="one file and its history")
     show.add_argument("id", help="a ledger id or its beginning")
+    reprocess = ledger_commands.add_parser(
+        "reprocess",
+        parents=[config],
+        help="send a file parked as uncertain to iSales again (audited)",
+    )
+    reprocess.add_argument("id", help="a ledger id or its beginning")
+    reprocess.add_argument("--reason", required=True, help="why (kept in the ledger)")
+    reprocess.add_argument("--by", help="who asks (default: the login name)")
     ledger.set_defaults(handler=_ledger)
+
+    check = commands.add_parser(
+        "check",
+        parents=[config],
+        help="check the configuration, SFTP login and host key, inboxes, iSales signature",
+    )
+    check.set_defaults(handler=_check)
+    servers = commands.add_parser(
+        "servers", parents=[config], help="list the file servers registered in iSales"
+    )
+    servers.set_defaults(handler=_servers)
+
+    fake = commands.add_parser(
+        "fake-isales", help="run the iSales emulator alone, with faults on demand (staging)"
+    )
+    fake.add_argument("--listen", default="127.0.0.1:28080", help="host:port")
+    fake.add_argument("--vdn", type=int, default=1)
+    fake.add_argument("--access-key", required=True)
+    fake.add_argument("--secret-key-file", type=Path, required=True)
+    fake.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="ID=USER@HOST:PORT:PATH",
+        help="a registered SFTP file server (repeatable)",
+    )
+    fake.add_argument("--sftp-key", type=Path, help="private key the emulator fetches files with")
+    fake.add_argument(
+        "--known-hosts",
+        type=Path,
+        required=True,
+        help="host keys of the file servers (fetches verify them)",
+    )
+    fake.add_argument("--campaign", action="append", help="campaigns that exist (default: any)")
+    fake.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="ENDPOINT=FAULT",
+        help="script a fault: upload|query_tasks|query_server|*=503, 429:2, delay:5, "
+        "drop_after_accept, accept_then_502, fail_import:MSG, slow_import:60, skew:300",
+    )
+    fake.add_argument("--chaos", type=float, default=0.0, help="probability of a random fault")
+    fake.add_argument("--seed", type=int, default=1)
+    fake.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain")
+    fake.add_argument("--tls-key", type=Path)
+    fake.set_defaults(handler=_fake_isales)
 
     demo = commands.add_parser(
         "demo", help="everything embedded: SFTP server, iSales emulator, daemon"

@@ -21,7 +21,7 @@ from watcher.errors import (
     WatcherError,
 )
 from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
-from watcher.isales.client import IsalesClient
+from watcher.isales.client import IsalesClient, choose_server
 from watcher.ledger import Ledger
 from watcher.models import FileState, RemoteEntry
 from watcher.pipeline import Pipeline
@@ -88,9 +88,13 @@ class Daemon:
                     server_id=server_id,
                     stop=self.stop,
                 )
-                for record in ledger.unfinished():
-                    log.info("file.resumed", file_id=record.id, state=record.state.value)
-                    self._spawn(pipeline.drive(record))
+                if self.settings.isales.base_url.startswith("http://"):
+                    log.warning(
+                        "isales.insecure_http",
+                        base_url=self.settings.isales.base_url,
+                        advice="allow_insecure_http is for test benches only",
+                    )
+                self._resume(pipeline, ledger, at_start=True)
                 log.info(
                     "daemon.started",
                     routes=[r.name for r in self.settings.routes],
@@ -113,8 +117,6 @@ class Daemon:
                 await self.stop.wait()
 
     async def _resolve_server_id(self, client: IsalesClient) -> str | None:
-        configured = self.settings.isales.server_id
-        sftp = self.settings.sftp
         failures = 0
         while not self.stop.is_set():
             try:
@@ -128,36 +130,7 @@ class Daemon:
                 continue
             except WatcherError as exc:
                 raise ConfigError(f"queryServer failed: {exc}") from None
-            if configured:
-                if not any(s.server_id == configured for s in servers):
-                    raise ConfigError(
-                        f"isales.server_id: {configured} is not a file server of VDN "
-                        f"{self.settings.isales.vdn_id} (see: isales-watcher servers)"
-                    )
-                return configured
-            matches = [
-                s
-                for s in servers
-                if s.ip == sftp.host
-                and str(s.port) == str(sftp.port)
-                and s.user_name == sftp.username
-            ]
-            if len(matches) != 1:
-                found = ", ".join(f"{s.server_id}={s.user_name}@{s.ip}:{s.port}" for s in servers)
-                raise ConfigError(
-                    f"isales.server_id: {len(matches)} file servers registered in iSales match "
-                    f"{sftp.username}@{sftp.host}:{sftp.port} (registered: {found or 'none'}); "
-                    "set isales.server_id"
-                )
-            if matches[0].file_path and posixpath.normpath(
-                matches[0].file_path
-            ) != posixpath.normpath(sftp.base_path):
-                log.warning(
-                    "isales.base_path_differs",
-                    registered=matches[0].file_path,
-                    configured=sftp.base_path,
-                )
-            return matches[0].server_id
+            return choose_server(servers, self.settings).server_id
         return None
 
     async def _unless_stopped(self, work: Coroutine[Any, Any, _T]) -> _T:
@@ -186,9 +159,20 @@ class Daemon:
             self.failed = exc
             self.request_stop()
 
+    def _resume(self, pipeline: Pipeline, ledger: Ledger, *, at_start: bool) -> None:
+        """Carry forward rows nobody drives: left by a crash, or re-queued by an operator."""
+        for record in ledger.unfinished():
+            if record.id in pipeline.driving:
+                continue
+            if record.state is FileState.claiming and not at_start:
+                continue  # a claim in progress right now
+            log.info("file.resumed", file_id=record.id, state=record.state.value)
+            self._spawn(pipeline.drive(record))
+
     async def _watch(self, pipeline: Pipeline) -> None:
         failures = 0
         while not self.stop.is_set():
+            self._resume(pipeline, pipeline.ledger, at_start=False)
             try:
                 for route in self.settings.routes:
                     await self._scan(pipeline, route)

@@ -53,11 +53,15 @@ _SCHEMA = [
     );
     CREATE INDEX transitions_file ON transitions (file_id);
     """,
+    # version 2: an operator may send a file again on purpose (ledger reprocess)
+    """
+    ALTER TABLE files ADD COLUMN force_submit INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 _COLUMNS = (
     "id, route, campaign_id, inbox, name, size_bytes, mtime, state, sha256, import_task_id,"
-    " outcome, reason, details, created_at, updated_at, submitted_at, settled_path"
+    " outcome, reason, details, created_at, updated_at, submitted_at, settled_path, force_submit"
 )
 
 
@@ -260,7 +264,7 @@ class Ledger:
             me = _record(
                 db.execute(f"SELECT {_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
             )
-            earlier = self._imported_twin(db, me)
+            earlier = None if me.force_submit else self._imported_twin(db, me)
             if earlier is not None:
                 return earlier
             if me.state is not FileState.claimed:
@@ -286,6 +290,29 @@ class Ledger:
             (me.campaign_id, me.sha256, me.id, *IMPORTED_STATES, FileState.settling, Outcome.done),
         ).fetchone()
         return _record(row) if row else None
+
+    def reprocess(self, file_id: str, *, actor: str, reason: str) -> FileRecord:
+        """Send a parked file again, on an operator's word: audited, and past the duplicate check.
+
+        Raises:
+            LedgerError: the row is not parked as ``uncertain``.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+            if row is None or row["state"] != FileState.uncertain:
+                found = row["state"] if row else "no such row"
+                raise LedgerError(
+                    f"file {file_id} is {found}; only a file parked as uncertain can be sent again"
+                )
+            db.execute(
+                "UPDATE files SET state = ?, force_submit = 1, import_task_id = NULL,"
+                " updated_at = ?, reason = ? WHERE id = ?",
+                (FileState.claimed, utc_now(), f"reprocess: {reason}", file_id),
+            )
+            self._log(
+                db, file_id, FileState.uncertain, FileState.claimed, actor, f"reprocess: {reason}"
+            )
+        return self.get(file_id)
 
     def task_owner(self, campaign_id: str, task_id: str) -> FileRecord | None:
         row = self._db.execute(

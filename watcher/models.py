@@ -85,6 +85,7 @@ class FileRecord:
     updated_at: str
     submitted_at: str | None
     settled_path: str | None
+    force_submit: int = 0  # an operator asked to send it again (ledger reprocess)
 
     @property
     def processing_dir(self) -> str:

@@ -16,7 +16,7 @@ from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
 from watcher.settings import RouteSettings, Settings
-from watcher.settle import settle
+from watcher.settle import settle, write_parked_receipt
 from watcher.sources import Source
 from watcher.submit import reconcile, reject_duplicate, submit, with_details
 from watcher.track import track
@@ -66,6 +66,9 @@ class Pipeline:
         self.work_dir = settings.daemon.state_dir / "work"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._slots = asyncio.Semaphore(settings.daemon.max_parallel_files)
+        # One submission per campaign at a time: a lost answer then has one candidate task.
+        self._campaign_locks: dict[str, asyncio.Lock] = {}
+        self.driving: set[str] = set()
         self._routes = {route.name: route for route in settings.routes}
 
     def _route(self, record: FileRecord) -> RouteSettings:
@@ -101,6 +104,13 @@ class Pipeline:
 
     async def drive(self, record: FileRecord) -> None:
         """Advance a row until it is terminal, or until the daemon stops (it resumes later)."""
+        self.driving.add(record.id)
+        try:
+            await self._drive(record)
+        finally:
+            self.driving.discard(record.id)
+
+    async def _drive(self, record: FileRecord) -> None:
         failures = crashes = 0
         structlog.contextvars.bind_contextvars(file_id=record.id)
         while not record.state.is_terminal and not self.stop.is_set():
@@ -133,7 +143,15 @@ class Pipeline:
                     await self._pause(min(_MAX_BACKOFF_S, 5.0 * crashes))
             if advanced is None:
                 return  # stopping while tracking
+            if advanced.state is FileState.uncertain:
+                await self._parked_receipt(advanced)
             record = advanced
+
+    async def _parked_receipt(self, record: FileRecord) -> None:
+        try:
+            await write_parked_receipt(self.source, record)
+        except TransientError as exc:
+            log.warning("file.receipt_failed", error=str(exc))
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -147,12 +165,13 @@ class Pipeline:
             case FileState.claimed:
                 return await self._check_and_submit(record)
             case FileState.submitting:
-                return await reconcile(
-                    self.client,
-                    self.ledger,
-                    record,
-                    cause="the daemon stopped while the request was in flight",
-                )
+                async with self._campaign_lock(record.campaign_id):
+                    return await reconcile(
+                        self.client,
+                        self.ledger,
+                        record,
+                        cause="the daemon stopped while the request was in flight",
+                    )
             case FileState.tracking:
                 return await track(
                     self.client,
@@ -177,15 +196,20 @@ class Pipeline:
         if record.state is not FileState.claimed:
             return record
         # Once the POST starts it must finish: a cancelled request would be ambiguous.
-        return await asyncio.shield(
-            submit(
-                self.client,
-                self.ledger,
-                record,
-                route=route,
-                server_id=self.server_id,
-                file_path=self.settings.relative_to_base(record.processing_dir),
-            )
+        async with self._campaign_lock(record.campaign_id):
+            return await asyncio.shield(self._submit(record, route))
+
+    def _campaign_lock(self, campaign_id: str) -> asyncio.Lock:
+        return self._campaign_locks.setdefault(campaign_id, asyncio.Lock())
+
+    async def _submit(self, record: FileRecord, route: RouteSettings) -> FileRecord:
+        return await submit(
+            self.client,
+            self.ledger,
+            record,
+            route=route,
+            server_id=self.server_id,
+            file_path=self.settings.relative_to_base(record.processing_dir),
         )
 
     async def _check(self, record: FileRecord, route: RouteSettings, local: Path) -> FileRecord:

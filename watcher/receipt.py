@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from watcher.ledger import utc_now
-from watcher.models import FileRecord, Outcome
+from watcher.models import FileRecord, FileState, Outcome
 from watcher.validate import KINDS, Report
 
 __all__ = ("receipt_json", "receipt_text")
@@ -19,12 +19,18 @@ def _details(record: FileRecord) -> dict[str, Any]:
     return dict(json.loads(record.details)) if record.details else {}
 
 
+def _verdict(record: FileRecord) -> str:
+    if record.state is FileState.uncertain:
+        return "uncertain"
+    return "imported" if record.outcome is Outcome.done else "rejected"
+
+
 def receipt_json(record: FileRecord) -> dict[str, Any]:
     """Everything a machine needs to know about how the file ended."""
     details = _details(record)
     return {
         "file": record.name,
-        "verdict": "imported" if record.outcome is Outcome.done else "rejected",
+        "verdict": _verdict(record),
         "reason": record.reason,
         "ledger_id": record.id,
         "route": record.route,
@@ -79,7 +85,11 @@ def receipt_text(record: FileRecord) -> str:
     """What the business user reads: the verdict, what was wrong and where, how to fix it."""
     details = _details(record)
     lines = [f"File: {record.name}", f"Campaign: {record.campaign_id} (route {record.route})"]
-    if record.outcome is Outcome.done:
+    if record.state is FileState.uncertain:
+        lines.append("Result: ON HOLD. Whether iSales imported this file is not known yet.")
+        lines.append(f"Why: {record.reason}")
+        lines.append("An operator will check in iSales. Do not drop the file again meanwhile.")
+    elif record.outcome is Outcome.done:
         lines.append(f"Result: IMPORTED. iSales import task {record.import_task_id} finished.")
     else:
         lines.append("Result: REJECTED. Nothing from this file was imported.")
@@ -102,7 +112,7 @@ def receipt_text(record: FileRecord) -> str:
         if report.counts:
             lines.append(f"Checked {report.data_rows} data rows on sheet {report.sheet!r}:")
             lines.extend(_problem_lines(report))
-    if record.outcome is not Outcome.done:
+    if record.outcome is Outcome.rejected and record.state is not FileState.uncertain:
         lines.append("Fix the file and drop it into the inbox again.")
     lines.append(
         f"(ledger id {record.id}, sha256 {(record.sha256 or '-')[:16]}..., "

@@ -66,6 +66,7 @@ class IsalesSettings(_Section):
     access_key_file: Path | None = None
     secret_key_file: Path | None = None
     ca_file: Path | None = None
+    tls_fingerprint: str | None = None  # SHA-256 of the server certificate: pin exactly that one
     server_id: str = ""
     allow_insecure_http: bool = False
     signed_headers: tuple[str, ...] = ("host",)
@@ -94,7 +95,23 @@ class IsalesSettings(_Section):
             )
         if self.ca_file is not None and not self.ca_file.is_file():
             raise ValueError(f"ca_file: {self.ca_file} does not exist")
+        if self.tls_fingerprint is not None and len(self.certificate_pin or b"") != 32:
+            raise ValueError(
+                "tls_fingerprint: expected the SHA-256 of the certificate as 64 hex digits "
+                "(openssl x509 -noout -fingerprint -sha256 -in cert.pem)"
+            )
         return self
+
+    @property
+    def certificate_pin(self) -> bytes | None:
+        """The pinned certificate's SHA-256, as bytes."""
+        if self.tls_fingerprint is None:
+            return None
+        digits = self.tls_fingerprint.removeprefix("sha256:").removeprefix("SHA256:")
+        try:
+            return bytes.fromhex(digits.replace(":", ""))
+        except ValueError:
+            return b""
 
     @property
     def host_header(self) -> str:

@@ -13,7 +13,7 @@ from watcher.models import FileRecord, FileState, Outcome
 from watcher.receipt import receipt_json, receipt_text
 from watcher.sources import Source
 
-__all__ = ("settle",)
+__all__ = ("settle", "write_parked_receipt")
 
 log = structlog.get_logger(__name__)
 
@@ -69,3 +69,14 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
         settled_path=target,
     )
     return record
+
+
+async def write_parked_receipt(source: Source, record: FileRecord) -> None:
+    """Write the receipts of a parked (``uncertain``) file beside it, in ``processing/<id>/``."""
+    base = record.processing_path
+    await source.write_file(
+        base + ".result.json",
+        json.dumps(receipt_json(record), indent=2, ensure_ascii=False).encode() + b"\n",
+    )
+    await source.write_file(base + ".result.txt", receipt_text(record).encode())
+    log.warning("file.parked", file_id=record.id, file=record.name, reason=record.reason)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,17 +22,19 @@ from watcher.errors import (
     ApiRejectedError,
     ApiTrustError,
     ApiUnavailableError,
+    ConfigError,
     SignatureRefusedError,
 )
 from watcher.isales.signer import Signer, format_timestamp
 from watcher.models import ImportTask
-from watcher.settings import IsalesSettings
+from watcher.settings import IsalesSettings, Settings
 
-__all__ = ("RESULT_MESSAGES", "FileServer", "IsalesClient", "describe_code")
+__all__ = ("RESULT_MESSAGES", "FileServer", "IsalesClient", "choose_server", "describe_code")
 
 log = structlog.get_logger(__name__)
 
 SUCCESS = "0200000"
+_MAX_SKEW_S = 60.0
 TOO_FREQUENT = "0200022"
 
 RESULT_MESSAGES = {
@@ -70,6 +73,44 @@ class FileServer:
     port: str | None
     user_name: str | None
     file_path: str | None
+
+
+def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
+    """The registered file server the daemon watches: configured, or matched by host, port, user.
+
+    Raises:
+        ConfigError: none or several match; the message lists what is registered.
+    """
+    configured = settings.isales.server_id
+    sftp = settings.sftp
+    if configured:
+        matches = [s for s in servers if s.server_id == configured]
+        if not matches:
+            raise ConfigError(
+                f"isales.server_id: {configured} is not a file server of VDN "
+                f"{settings.isales.vdn_id} (see: isales-watcher servers)"
+            )
+        return matches[0]
+    matches = [
+        s
+        for s in servers
+        if s.ip == sftp.host and str(s.port) == str(sftp.port) and s.user_name == sftp.username
+    ]
+    if len(matches) != 1:
+        found = ", ".join(f"{s.server_id}={s.user_name}@{s.ip}:{s.port}" for s in servers)
+        raise ConfigError(
+            f"isales.server_id: {len(matches)} file servers registered in iSales match "
+            f"{sftp.username}@{sftp.host}:{sftp.port} (registered: {found or 'none'}); "
+            "set isales.server_id"
+        )
+    chosen = matches[0]
+    if chosen.file_path and posixpath.normpath(chosen.file_path) != posixpath.normpath(
+        sftp.base_path
+    ):
+        log.warning(
+            "isales.base_path_differs", registered=chosen.file_path, configured=sftp.base_path
+        )
+    return chosen
 
 
 def _retry_hook(exc: Exception) -> bool | float:
@@ -127,10 +168,14 @@ class IsalesClient:
         )
         self._session: aiohttp.ClientSession | None = None
         self._prefix = f"/rest/isales/v1/openapi/campaigns/{settings.vdn_id}"
+        self._reported_skew_s = 0.0
 
     async def __aenter__(self) -> Self:
-        context: ssl.SSLContext | bool = True
-        if self._settings.ca_file is not None:
+        context: ssl.SSLContext | aiohttp.Fingerprint | bool = True
+        if self._settings.certificate_pin is not None:
+            # A pin trusts exactly one certificate, checked before any request is sent.
+            context = aiohttp.Fingerprint(self._settings.certificate_pin)
+        elif self._settings.ca_file is not None:
             context = ssl.create_default_context(cafile=str(self._settings.ca_file))
         self._session = aiohttp.ClientSession(
             base_url=self._settings.base_url.rstrip("/"),
@@ -242,6 +287,11 @@ class IsalesClient:
                 async with self._session.post(path, data=text.encode(), headers=headers) as resp:
                     raw = await resp.read()
                     status, reply_headers = resp.status, resp.headers
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise ApiTrustError(
+                f"the TLS certificate of {self._settings.base_url} is not the pinned one "
+                f"(got sha256 {exc.got.hex()}); check isales.tls_fingerprint"
+            ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise ApiTrustError(
                 f"cannot verify the TLS certificate of {self._settings.base_url}: "
@@ -256,7 +306,25 @@ class IsalesClient:
             ) from None
         except aiohttp.ClientError as exc:
             raise ApiAmbiguousError(f"the connection to iSales broke: {exc!r}") from None
+        self._check_clock(reply_headers.get("Date"))
         return self._interpret(path, status, reply_headers, raw, at)
+
+    def _check_clock(self, date_header: str | None) -> None:
+        """Warn when the server's clock and ours disagree: signatures carry our time."""
+        if not date_header:
+            return
+        try:
+            skew_s = (parsedate_to_datetime(date_header) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return
+        if abs(skew_s) > _MAX_SKEW_S and abs(skew_s - self._reported_skew_s) > _MAX_SKEW_S / 2:
+            log.warning(
+                "isales.clock_skew",
+                skew_s=round(skew_s),
+                server_date=date_header,
+                advice="synchronise this host's clock (NTP); iSales may refuse signatures",
+            )
+            self._reported_skew_s = skew_s
 
     def _interpret(
         self, path: str, status: int, headers: Mapping[str, str], raw: bytes, at: datetime

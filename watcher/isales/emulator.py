@@ -18,7 +18,8 @@ import re
 import secrets
 import ssl
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import aiohttp.web
@@ -26,6 +27,7 @@ import asyncssh
 import structlog
 from python_calamine import CalamineError, CalamineWorkbook
 
+from watcher.isales.faults import Fault, FaultKind, FaultPlan
 from watcher.isales.signer import Signer
 
 __all__ = ("Emulator", "RegisteredServer", "TaskRecord", "UploadRecord")
@@ -36,6 +38,18 @@ _AUTH = re.compile(
     r"^auth-v2/(?P<ak>[^/]+)/(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)/(?P<names>[a-z0-9;-]+)/(?P<sig>[0-9a-f]{64})$"
 )
 _BODY = aiohttp.web.RequestKey("body", dict[str, Any])
+_FAULT = aiohttp.web.RequestKey("fault", object)
+_ENDPOINTS = {
+    "queryServer": "query_server",
+    "uploadFileServer": "upload",
+    "queryDataImportTask": "query_tasks",
+}
+
+
+def _endpoint(path: str) -> str:
+    return next((name for part, name in _ENDPOINTS.items() if f"/{part}" in path), "*")
+
+
 _PREFIX = "/rest/isales/v1/openapi/campaigns/{vdn}"
 
 
@@ -165,6 +179,7 @@ class Emulator:
         self._runner: aiohttp.web.AppRunner | None = None
         self.base_url = ""
         prefix = _PREFIX.format(vdn=vdn_id)
+        self.faults = FaultPlan()
         self.app = aiohttp.web.Application(middlewares=[self._authenticate])
         self.app.router.add_post(f"{prefix}/file/queryServer", self._query_server)
         self.app.router.add_post(
@@ -211,8 +226,42 @@ class Emulator:
         except ValueError:
             self.calls.append((request.path, 200))
             return _reply("0200001", "the body is not JSON")
-        response: aiohttp.web.StreamResponse = await handler(request)
+        fault = self.faults.next_fault(_endpoint(request.path))
+        request[_FAULT] = fault
+        response = await self._misbehave(request, handler, fault)
         self.calls.append((request.path, response.status))
+        return response
+
+    async def _misbehave(
+        self, request: aiohttp.web.Request, handler: Any, fault: Fault | None
+    ) -> aiohttp.web.StreamResponse:
+        if fault is not None:
+            log.info(
+                "emulator.fault", path=request.path, fault=fault.kind.value, status=fault.status
+            )
+        if fault is not None and fault.kind is FaultKind.status:
+            headers = {}
+            if fault.retry_after_s is not None:
+                headers["Retry-After"] = f"{fault.retry_after_s:g}"
+            return aiohttp.web.json_response(
+                {"error": f"HTTP {fault.status}"}, status=fault.status, headers=headers
+            )
+        if fault is not None and fault.kind is FaultKind.delay:
+            await asyncio.sleep(fault.delay_s)
+        response: aiohttp.web.StreamResponse = await handler(request)
+        if fault is None:
+            return response
+        if fault.kind is FaultKind.drop_after_accept:
+            assert request.transport is not None
+            request.transport.abort()  # the work is done; the answer never leaves
+            return response
+        if fault.kind is FaultKind.accept_then_502:
+            return aiohttp.web.Response(
+                status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"
+            )
+        if fault.kind is FaultKind.skew:
+            at = datetime.now(UTC) + timedelta(seconds=fault.skew_s)
+            response.headers["Date"] = format_datetime(at, usegmt=True)
         return response
 
     def _is_signed(self, request: aiohttp.web.Request, body: str) -> bool:
@@ -290,7 +339,10 @@ class Emulator:
             task_id=task.task_id,
         )
         self.uploads.append(upload)
-        job = asyncio.create_task(self._run_import(upload, task))
+        fault = request[_FAULT]
+        job = asyncio.create_task(
+            self._run_import(upload, task, fault if isinstance(fault, Fault) else None)
+        )
         self._jobs.add(job)
         job.add_done_callback(self._jobs.discard)
         return _reply(importTaskId=task.task_id)
@@ -316,9 +368,13 @@ class Emulator:
 
     # -- the import itself ---------------------------------------------------------------------
 
-    async def _run_import(self, upload: UploadRecord, task: TaskRecord) -> None:
+    async def _run_import(
+        self, upload: UploadRecord, task: TaskRecord, fault: Fault | None
+    ) -> None:
         await asyncio.sleep(self.import_delay_s)
         task.status, task.begin_time = "1", _timestamp()
+        if fault is not None and fault.kind is FaultKind.slow_import:
+            await asyncio.sleep(fault.delay_s)
         try:
             data = await self._fetch(upload)
         except (OSError, asyncssh.Error, TimeoutError) as exc:
@@ -336,6 +392,9 @@ class Emulator:
                 f"file parse failed: {exc}",
                 _timestamp(),
             )
+            return
+        if fault is not None and fault.kind is FaultKind.fail_import:
+            task.status, task.err_msg, task.end_time = "3", fault.err_msg, _timestamp()
             return
         task.succ_num, task.fail_num, task.repeat_num = good, bad, 0
         task.status, task.end_time = "2", _timestamp()

@@ -234,6 +234,10 @@ class SftpSource:
                     await sftp.remove(path)
                 await sftp.rename(temporary, path)
 
+    async def remove_file(self, path: str) -> None:
+        async with self._session(f"removing {path}") as sftp:
+            await sftp.remove(path)
+
     async def remove_dir(self, path: str) -> None:
         async with self._session(f"removing {path}") as sftp:
             try:

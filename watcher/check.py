@@ -1,0 +1,75 @@
+"""``isales-watcher check`` and ``servers``: try every outside dependency once and explain it."""
+
+from __future__ import annotations
+
+import posixpath
+import secrets
+from collections.abc import Callable
+
+from watcher.errors import ConfigError, WatcherError
+from watcher.isales.client import FileServer, IsalesClient, choose_server
+from watcher.settings import Settings
+from watcher.sources.sftp import SftpSource
+
+__all__ = ("list_servers", "run_checks")
+
+Say = Callable[[bool, str], None]
+
+
+async def list_servers(settings: Settings) -> list[FileServer]:
+    """The file servers registered in iSales for the configured VDN."""
+    async with IsalesClient(settings.isales) as client:
+        return await client.query_servers()
+
+
+async def _check_sftp(settings: Settings, say: Say) -> bool:
+    source = SftpSource(settings.sftp)
+    try:
+        await source.connect()
+        say(True, f"SFTP login to {source.address} as {settings.sftp.username}, host key verified")
+        healthy = True
+        for route in settings.routes:
+            probe = posixpath.join(
+                route.inbox_path, f".isales-watcher-check-{secrets.token_hex(4)}"
+            )
+            try:
+                await source.makedirs(route.inbox_path)
+                await source.write_file(probe, b"check\n")
+                await source.remove_file(probe)
+                say(True, f"route {route.name}: inbox {route.inbox_path} is writable")
+            except WatcherError as exc:
+                healthy = False
+                say(False, f"route {route.name}: inbox {route.inbox_path} is not writable: {exc}")
+        return healthy
+    except WatcherError as exc:
+        say(False, str(exc))
+        return False
+    finally:
+        await source.close()
+
+
+async def _check_isales(settings: Settings, say: Say) -> bool:
+    try:
+        servers = await list_servers(settings)
+    except WatcherError as exc:
+        say(False, f"iSales at {settings.isales.base_url}: {exc}")
+        return False
+    say(True, f"iSales at {settings.isales.base_url} accepted the signature (queryServer)")
+    try:
+        server = choose_server(servers, settings)
+    except ConfigError as exc:
+        say(False, str(exc))
+        return False
+    say(
+        True,
+        f"file server {server.server_id} = {server.user_name}@{server.ip}:{server.port}, "
+        f"default path {server.file_path}",
+    )
+    return True
+
+
+async def run_checks(settings: Settings, say: Say) -> bool:
+    """Check the file server, every inbox and iSales; ``say`` each verdict in one line."""
+    sftp_ok = await _check_sftp(settings, say)
+    isales_ok = await _check_isales(settings, say)
+    return sftp_ok and isales_ok
