@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import hashlib
 import os
 import shutil
 import socket
@@ -164,7 +165,8 @@ def make_world(
         base_url: str | None = None,
         isales_extra: str = "allow_insecure_http = true",
     ) -> World:
-        name = f"{request.node.name[:40].replace('[', '-').replace(']', '')}-{next(counter)}"
+        digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
+        name = f"{request.node.originalname[:32]}-{digest}-{next(counter)}"
         inbox = sshd.root / "inbox" / name
         inbox.mkdir(parents=True)
         state = tmp_path / f"state-{name}"

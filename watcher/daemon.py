@@ -167,6 +167,7 @@ class Daemon:
             if record.state is FileState.claiming and not at_start:
                 continue  # a claim in progress right now
             log.info("file.resumed", file_id=record.id, state=record.state.value)
+            pipeline.driving.add(record.id)  # now, not when the task first runs: no twin drivers
             self._spawn(pipeline.drive(record))
 
     async def _watch(self, pipeline: Pipeline) -> None:

@@ -39,7 +39,6 @@ GATE_REASONS = {
     ),
 }
 _MAX_CRASHES = 3
-_MAX_BACKOFF_S = 300.0
 
 
 class Pipeline:
@@ -118,7 +117,8 @@ class Pipeline:
                 advanced = await self._step(record)
             except (TransientError, SkipFileError) as exc:
                 failures += 1
-                wait_s = min(_MAX_BACKOFF_S, 2.0**failures)
+                daemon = self.settings.daemon
+                wait_s = min(daemon.max_backoff_s, daemon.retry_backoff_s * 2.0 ** (failures - 1))
                 log.warning(
                     "file.step_failed", state=record.state.value, error=str(exc), retry_in_s=wait_s
                 )
@@ -140,7 +140,7 @@ class Pipeline:
                         "please report this to the operators",
                     )
                 else:
-                    await self._pause(min(_MAX_BACKOFF_S, 5.0 * crashes))
+                    await self._pause(min(self.settings.daemon.max_backoff_s, 5.0 * crashes))
             if advanced is None:
                 return  # stopping while tracking
             if advanced.state is FileState.uncertain:
@@ -171,6 +171,8 @@ class Pipeline:
                         self.ledger,
                         record,
                         cause="the daemon stopped while the request was in flight",
+                        grace_s=self.settings.isales.reconcile_grace_s,
+                        poll_s=self.settings.isales.track_poll_s,
                     )
             case FileState.tracking:
                 return await track(
@@ -210,6 +212,8 @@ class Pipeline:
             route=route,
             server_id=self.server_id,
             file_path=self.settings.relative_to_base(record.processing_dir),
+            reconcile_grace_s=self.settings.isales.reconcile_grace_s,
+            poll_s=self.settings.isales.track_poll_s,
         )
 
     async def _check(self, record: FileRecord, route: RouteSettings, local: Path) -> FileRecord:

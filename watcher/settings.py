@@ -73,6 +73,8 @@ class IsalesSettings(_Section):
     request_timeout_s: float = Field(default=30.0, gt=0)
     track_poll_s: float = Field(default=10.0, gt=0)
     track_timeout_s: float = Field(default=6 * 3600.0, gt=0)
+    # After a lost answer, how long to keep looking for the import task before parking the file.
+    reconcile_grace_s: float = Field(default=120.0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -212,6 +214,8 @@ class DaemonSettings(_Section):
     state_dir: Path = Field(default_factory=_default_state_dir)
     max_parallel_files: int = Field(default=2, ge=1, le=64)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
+    retry_backoff_s: float = Field(default=2.0, gt=0)  # first wait after a failed step
+    max_backoff_s: float = Field(default=300.0, gt=0)
     validation_workers: int = Field(default=1, ge=1, le=16)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import structlog
@@ -10,7 +12,7 @@ import structlog
 from watcher.errors import ApiAmbiguousError, ApiRejectedError
 from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger
-from watcher.models import FileRecord, FileState, Outcome
+from watcher.models import FileRecord, FileState, ImportTask, Outcome
 from watcher.settings import RouteSettings
 
 __all__ = ("reconcile", "reject_duplicate", "submit", "with_details")
@@ -70,6 +72,8 @@ async def submit(
     route: RouteSettings,
     server_id: str,
     file_path: str,
+    reconcile_grace_s: float,
+    poll_s: float,
 ) -> FileRecord:
     """Send a validated, claimed file to iSales.
 
@@ -102,7 +106,9 @@ async def submit(
         )
     except ApiAmbiguousError as exc:
         log.warning("file.submit_ambiguous", file_id=record.id, error=str(exc))
-        return await reconcile(client, ledger, record, cause=str(exc))
+        return await reconcile(
+            client, ledger, record, cause=str(exc), grace_s=reconcile_grace_s, poll_s=poll_s
+        )
     except Exception as exc:
         # Provably not sent (ApiUnavailableError, SignatureRefusedError) or cancelled before it
         # left: anything else was mapped to ApiAmbiguousError by the client.
@@ -121,14 +127,10 @@ async def submit(
     return record
 
 
-async def reconcile(
-    client: IsalesClient, ledger: Ledger, record: FileRecord, *, cause: str
-) -> FileRecord:
-    """Find the import task of a submission whose answer was lost, or park the file.
-
-    A task is adopted only if it is the single task of the campaign, begun in the submission's
-    time window or not begun yet, that no other ledger row owns.
-    """
+async def _unowned_tasks(
+    client: IsalesClient, ledger: Ledger, record: FileRecord
+) -> list[ImportTask]:
+    """Tasks of the campaign, begun in the submission's window or not yet, that no row owns."""
     assert record.submitted_at is not None
     since = datetime.fromisoformat(record.submitted_at) - _WINDOW_SLACK
     candidates = []
@@ -144,6 +146,30 @@ async def reconcile(
         offset += len(tasks)
         if not tasks or offset >= total:
             break
+    return candidates
+
+
+async def reconcile(
+    client: IsalesClient,
+    ledger: Ledger,
+    record: FileRecord,
+    *,
+    cause: str,
+    grace_s: float,
+    poll_s: float,
+) -> FileRecord:
+    """Find the import task of a submission whose answer was lost, or park the file.
+
+    A task is adopted only if it is the single unowned task of the campaign in the submission's
+    time window. A request that timed out may still be running on the server, so while no task
+    has appeared, look again for ``grace_s`` before concluding.
+    """
+    deadline = time.monotonic() + grace_s
+    while True:
+        candidates = await _unowned_tasks(client, ledger, record)
+        if candidates or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(poll_s)
     if len(candidates) == 1:
         task_id = candidates[0].task_id
         log.info("file.reconciled", file_id=record.id, import_task_id=task_id)
@@ -156,7 +182,8 @@ async def reconcile(
         )
     reason = (
         f"uploadFileServer may or may not have been accepted ({cause}); {len(candidates)} "
-        "unowned import tasks match its time window. Check the campaign's import tasks in iSales, "
+        f"unowned import tasks match its time window after {grace_s:g} s. Check the campaign's "
+        "import tasks in iSales, "
         "then run 'isales-watcher ledger reprocess' only if it was not imported."
     )
     log.error("file.parked_uncertain", file_id=record.id, reason=reason)

@@ -93,3 +93,55 @@ async def test_sigterm_drains_and_exits_0(make_world, emulator, upload):
     assert "daemon.stopped" in stderr
     assert os.environ.get("ISALES_WATCHER_ISALES__SECRET_KEY") is None
     assert "test-sk" not in stderr
+
+
+async def test_a_restart_while_tracking_finishes_the_tracking_without_a_second_import(
+    make_world, emulator, upload
+):
+    from watcher.isales.faults import Fault, FaultKind
+
+    world = make_world()
+    emulator.faults.script("upload", Fault(FaultKind.slow_import, delay_s=4))
+    await upload(world.inbox / "tracked.xlsx", xlsxwriter_bytes(rows_valid(5, seed=71)))
+    daemon = await _start(world.config)
+    try:
+        await wait_for(lambda: _states(world.state_dir) == ["tracking"], 60, "tracking")
+    finally:
+        daemon.kill()
+        await daemon.wait()
+    assert len(emulator.uploads) == 1
+    daemon = await _start(world.config)
+    try:
+        await wait_for(world.settled("done", "tracked.xlsx.result.txt").exists, 60, "done/")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    assert len(emulator.uploads) == 1
+    assert "imported 5" in world.settled("done", "tracked.xlsx.result.txt").read_text()
+    assert _states(world.state_dir) == ["done"]
+
+
+async def test_a_crash_between_the_post_and_the_ledger_write_is_reconciled(
+    make_world, emulator, upload
+):
+    from watcher.isales.faults import Fault, FaultKind
+
+    # The import is accepted but its answer takes 5 s; the daemon dies meanwhile, in submitting.
+    world = make_world()
+    emulator.faults.script("upload", Fault(FaultKind.delay, delay_s=5))
+    await upload(world.inbox / "inflight.xlsx", xlsxwriter_bytes(rows_valid(5, seed=72)))
+    daemon = await _start(world.config)
+    try:
+        await wait_for(lambda: _states(world.state_dir) == ["submitting"], 60, "submitting")
+    finally:
+        daemon.kill()
+        await daemon.wait()
+    daemon = await _start(world.config)
+    try:
+        await wait_for(world.settled("done", "inflight.xlsx.result.txt").exists, 60, "done/")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    assert len(emulator.uploads) == 1
+    calls = [c for c in emulator.calls if "uploadFileServer" in c.path]
+    assert len(calls) == 1  # reconciled, never sent again

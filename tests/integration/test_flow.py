@@ -63,7 +63,7 @@ async def test_an_invalid_file_is_rejected_with_rows_and_no_api_call(
         (6, "recycletime_invalid"),
     }
     assert emulator.uploads == []
-    assert not any("uploadFileServer" in path for path, _ in emulator.calls)
+    assert not any("uploadFileServer" in call.path for call in emulator.calls)
 
 
 async def test_the_same_content_under_another_name_is_a_duplicate(

@@ -17,6 +17,7 @@ import posixpath
 import re
 import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -30,7 +31,7 @@ from python_calamine import CalamineError, CalamineWorkbook
 from watcher.isales.faults import Fault, FaultKind, FaultPlan
 from watcher.isales.signer import Signer
 
-__all__ = ("Emulator", "RegisteredServer", "TaskRecord", "UploadRecord")
+__all__ = ("Call", "Emulator", "RegisteredServer", "TaskRecord", "UploadRecord")
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,16 @@ def _endpoint(path: str) -> str:
 
 
 _PREFIX = "/rest/isales/v1/openapi/campaigns/{vdn}"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request the emulator received."""
+
+    path: str
+    status: int
+    fault: Fault | None = None
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -173,7 +184,7 @@ class Emulator:
         self.max_skew_s = max_skew_s
         self.uploads: list[UploadRecord] = []
         self.tasks: dict[str, TaskRecord] = {}
-        self.calls: list[tuple[str, int]] = []  # (path, HTTP status) of every request
+        self.calls: list[Call] = []  # every request, in order
         self._ids = itertools.count(int.from_bytes(secrets.token_bytes(4), "big"))
         self._jobs: set[asyncio.Task[None]] = set()
         self._runner: aiohttp.web.AppRunner | None = None
@@ -219,17 +230,17 @@ class Emulator:
     ) -> aiohttp.web.StreamResponse:
         body = await request.text()
         if not self._is_signed(request, body):
-            self.calls.append((request.path, 401))
+            self.calls.append(Call(request.path, 401))
             return aiohttp.web.json_response({"error": "unauthorized"}, status=401)
         try:
             request[_BODY] = json.loads(body)
         except ValueError:
-            self.calls.append((request.path, 200))
+            self.calls.append(Call(request.path, 200))
             return _reply("0200001", "the body is not JSON")
         fault = self.faults.next_fault(_endpoint(request.path))
         request[_FAULT] = fault
         response = await self._misbehave(request, handler, fault)
-        self.calls.append((request.path, response.status))
+        self.calls.append(Call(request.path, response.status, fault))
         return response
 
     async def _misbehave(
