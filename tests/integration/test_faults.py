@@ -48,8 +48,16 @@ async def drop_and_settle(world, upload, name="list.xlsx", seed=0, outcome="done
         (Fault(FaultKind.delay, delay_s=2.0), False),  # the answer comes after our timeout
         (Fault(FaultKind.drop_after_accept), False),
         (Fault(FaultKind.accept_then_502), False),
+        (Fault(FaultKind.broken_body), False),
     ],
-    ids=["503", "429-retry-after", "timeout-after-accept", "drop-after-accept", "502-after-accept"],
+    ids=[
+        "503",
+        "429-retry-after",
+        "timeout-after-accept",
+        "drop-after-accept",
+        "502-after-accept",
+        "broken-body",
+    ],
 )
 async def test_transient_and_ambiguous_answers_end_in_one_import(
     make_world, run_daemon, emulator, upload, fault, retried_in_place

@@ -55,3 +55,43 @@ async def test_an_unverifiable_certificate_is_refused(make_world, run_daemon, ss
         assert emu.calls == []
     finally:
         await emu.close()
+
+
+async def test_a_pinned_certificate_is_trusted_and_another_refused(
+    make_world, run_daemon, upload, sshd, tmp_path
+):
+    import hashlib
+    import ssl as ssl_module
+
+    _, context = make_ca_and_server(tmp_path)
+    emu = Emulator(
+        access_key=ACCESS_KEY,
+        secret_key=SECRET_KEY,
+        vdn_id=VDN,
+        import_delay_s=0.1,
+        servers=[
+            RegisteredServer(
+                "fs-9", sshd.host, sshd.port, sshd.username, str(sshd.root), sshd.connect_options()
+            )
+        ],
+    )
+    url = await emu.start(ssl_context=context)
+    der = ssl_module.PEM_cert_to_DER_cert((tmp_path / "server.pem").read_text())
+    pin = hashlib.sha256(der).hexdigest()
+    try:
+        world = make_world(base_url=url, isales_extra=f'tls_fingerprint = "{pin}"')
+        await run_daemon(world)
+        await upload(world.inbox / "pin.xlsx", xlsxwriter_bytes(rows_valid(3, seed=22)))
+        await wait_for(world.settled("done", "pin.xlsx.result.txt").exists, 30, "pin.xlsx in done/")
+
+        wrong = make_world(base_url=url, isales_extra=f'tls_fingerprint = "{"00" * 32}"')
+        with structlog.testing.capture_logs() as logs:
+            runner = asyncio.create_task(run_daemon(wrong))  # it never gets ready
+            await wait_for(
+                lambda: any(e["event"] == "isales.unavailable" for e in logs), 20, "the pin refusal"
+            )
+            runner.cancel()
+        [event, *_] = [e for e in logs if e["event"] == "isales.unavailable"]
+        assert "not the pinned one" in event["error"]
+    finally:
+        await emu.close()

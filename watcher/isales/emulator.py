@@ -266,6 +266,10 @@ class Emulator:
             assert request.transport is not None
             request.transport.abort()  # the work is done; the answer never leaves
             return response
+        if fault.kind is FaultKind.broken_body:
+            return aiohttp.web.Response(
+                status=200, text='{"resultCode": "0200', content_type="application/json"
+            )
         if fault.kind is FaultKind.accept_then_502:
             return aiohttp.web.Response(
                 status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"

@@ -20,6 +20,7 @@ class FaultKind(StrEnum):
     fail_import = "fail_import"  # accept the import; the task ends "3" with err_msg
     slow_import = "slow_import"  # accept the import; the task stays "1" for delay_s
     skew = "skew"  # answer normally with a Date header skew_s off
+    broken_body = "broken_body"  # act, then answer 200 with a body that is not JSON
 
 
 @dataclass(frozen=True, slots=True)

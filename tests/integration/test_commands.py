@@ -1,0 +1,147 @@
+"""The operator's commands against a real sshd and the emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest
+
+from tests.conftest import ACCESS_KEY, SECRET_KEY, free_port, wait_for
+from tests.workbooks import rows_valid, xlsxwriter_bytes
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watcher",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode or 0, output.decode()
+
+
+async def test_check_passes_on_a_good_setup(make_world):
+    world = make_world()
+    code, output = await cli("check", "--config", str(world.config))
+    assert code == 0, output
+    assert "ok    SFTP login to" in output
+    assert "host key verified" in output
+    assert "is writable" in output
+    assert "accepted the signature" in output
+    assert "file server fs-1" in output
+
+
+async def test_check_explains_a_wrong_secret_key(make_world, tmp_path):
+    world = make_world()
+    (tmp_path / "sk").write_text("not-the-secret\n")
+    code, output = await cli("check", "--config", str(world.config))
+    assert code == 1
+    assert "FAIL" in output
+    assert "signature refused (HTTP 401): check access_key/secret_key and the clock" in output
+    assert "signed at 20" in output
+    assert SECRET_KEY not in output
+    assert "not-the-secret" not in output
+
+
+async def test_check_explains_a_wrong_host_key(make_world, tmp_path, sshd):
+    other = tmp_path / "other_known_hosts"
+    other.write_text(
+        f"[127.0.0.1]:{sshd.port} ssh-ed25519 "
+        "AAAAC3NzaC1lZDI1NTE5AAAAIJtXbM1xH0nvu8gE9sJ0nqPqzK5Ag7gZc3e9O6b1m8nQ\n"
+    )
+    world = make_world(known_hosts=other)
+    code, output = await cli("check", "--config", str(world.config))
+    assert code == 1
+    assert "FAIL  refusing to connect" in output
+
+
+async def test_servers_lists_the_registered_file_servers(make_world, sshd):
+    world = make_world()
+    code, output = await cli("servers", "--config", str(world.config))
+    assert code == 0, output
+    assert "fs-1" in output
+    assert f"@127.0.0.1:{sshd.port}" in output
+
+
+async def test_ledger_list_show_and_reprocess(make_world, run_daemon, upload):
+    world = make_world()
+    await run_daemon(world)
+    await upload(world.inbox / "a.xlsx", xlsxwriter_bytes(rows_valid(3, seed=81)))
+    await wait_for(world.settled("done", "a.xlsx.result.txt").exists, 30, "a.xlsx in done/")
+    code, output = await cli("ledger", "list", "--config", str(world.config))
+    assert code == 0
+    assert "done" in output
+    assert "a.xlsx" in output
+    file_id = output.split()[0]
+    code, output = await cli("ledger", "show", file_id[:12], "--config", str(world.config))
+    assert code == 0
+    assert "claimed -> submitting" in output
+    assert "tracking -> settling" in output
+    code, output = await cli(
+        "ledger", "reprocess", file_id, "--reason", "x", "--config", str(world.config)
+    )
+    assert code == 1
+    assert "only a file parked as uncertain can be sent again" in output
+
+
+async def test_fake_isales_serves_with_scripted_faults(tmp_path, sshd):
+    from watcher.errors import ApiUnavailableError
+    from watcher.isales.client import IsalesClient
+    from watcher.settings import IsalesSettings
+
+    (tmp_path / "sk").write_text(SECRET_KEY)
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watcher",
+        "fake-isales",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--access-key",
+        ACCESS_KEY,
+        "--secret-key-file",
+        str(tmp_path / "sk"),
+        "--vdn",
+        "3",
+        "--server",
+        f"fs-7={sshd.username}@127.0.0.1:{sshd.port}:{sshd.root}",
+        "--sftp-key",
+        str(sshd.client_key),
+        "--known-hosts",
+        str(sshd.known_hosts),
+        "--fault",
+        "query_server=503",
+        "--fault",
+        "query_server=503",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 30)
+        assert b"fake iSales listening" in line
+        settings = IsalesSettings(
+            base_url=f"http://127.0.0.1:{port}",
+            vdn_id=3,
+            access_key=ACCESS_KEY,
+            secret_key=SECRET_KEY,
+            allow_insecure_http=True,
+        )
+        async with IsalesClient(settings) as client:
+            with pytest.raises(ApiUnavailableError, match="HTTP 503"):
+                # One raw call, without the retries: it meets the first scripted 503.
+                await client._call(
+                    "/rest/isales/v1/openapi/campaigns/3/file/queryServer",
+                    {"offset": 0, "limit": 1},
+                )
+            servers = await client.query_servers()  # the next 503 is retried away
+        assert [s.server_id for s in servers] == ["fs-7"]
+    finally:
+        process.terminate()
+        assert await asyncio.wait_for(process.wait(), 30) == 0
