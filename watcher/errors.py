@@ -18,6 +18,7 @@ __all__ = (
     "SourceUnavailableError",
     "TransientError",
     "WatcherError",
+    "WorkbookRejected",
 )
 
 
@@ -78,6 +79,15 @@ class ClaimConflictError(SkipFileError):
 
 class RejectFileError(WatcherError):
     """The file can never succeed as it is: settle it in rejected/ with a receipt."""
+
+
+class WorkbookRejected(RejectFileError):  # noqa: N818 - a verdict, not a failure of ours
+    """The file is not a workbook we may read. ``kind`` names the problem for the report."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
 
 
 class ApiRejectedError(RejectFileError):

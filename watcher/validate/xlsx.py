@@ -2,7 +2,7 @@
 
 Why not a library: python-calamine builds the whole sheet in memory (about 550 MB for 500,000
 rows) and openpyxl is four times slower (``research/xlsx-perf.md``). This reader inflates the
-sheet in 1 MB chunks and tokenises each chunk with one regular expression, so memory stays flat
+sheet in 256 KB pieces and tokenises each chunk with one regular expression, so memory stays flat
 (the shared-strings table is kept as one UTF-8 buffer plus offsets). A guard counts the ``<c``
 tags of every chunk against the cells parsed; any mismatch (a namespace prefix, cells without
 ``r=``, another attribute order) restarts the file with the slower ElementTree reader instead of
@@ -11,18 +11,17 @@ guessing.
 
 from __future__ import annotations
 
-import codecs
 import html
 import re
 import zipfile
-from array import array
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import accumulate
-from operator import add
 from typing import IO, Any
 from xml.etree import ElementTree
+
+from watcher.errors import WorkbookRejected
+from watcher.validate.text import SharedStrings, TextPieces, rich_text
 
 __all__ = ("FastPathUnsupported", "Limits", "Row", "SheetReader", "WorkbookRejected")
 
@@ -30,7 +29,6 @@ Row = tuple[int, list[Any]]  # (Excel row number, cell values from column A)
 
 _MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 _REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-_CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
 _OLE = bytes.fromhex("d0cf11e0a1b11ae1")
 _ENCRYPTION_INFO = "EncryptionInfo".encode("utf-16-le")
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
@@ -44,21 +42,10 @@ _FAST_CELL = re.compile(
 _SHARED_STRING = re.compile(
     r'<si><t(?: xml:space="preserve")?>([^<]*)</t></si>|<si>(.*?)</si>|<si/>', re.S
 )
-_TEXT = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>")
-_PHONETIC = re.compile(r"<rPh\b.*?</rPh>", re.S)
 _DATE_CODE = re.compile(r"[ydhs]|m")
 _BUILTIN_DATE_FORMATS = frozenset([*range(14, 23), *range(27, 37), *range(45, 48), *range(50, 59)])
 _EPOCH_1900 = datetime(1899, 12, 30)  # noqa: DTZ001 - Excel dates have no time zone
 _EPOCH_1904 = datetime(1904, 1, 1)  # noqa: DTZ001
-
-
-class WorkbookRejected(Exception):  # noqa: N818 - a verdict, not a failure of ours
-    """The file is not a workbook we may read. ``kind`` names the problem for the report."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
 
 
 class FastPathUnsupported(Exception):  # noqa: N818
@@ -99,83 +86,9 @@ def _number(text: str) -> int | float:
     return float(text)
 
 
-def _rich_text(inner: str) -> str:
-    if "<rPh" in inner:
-        inner = _PHONETIC.sub("", inner)
-    text = "".join(_TEXT.findall(inner))
-    return html.unescape(text) if "&" in text else text
-
-
 def _is_date_format(code: str) -> bool:
     code = re.sub(r'"[^"]*"|\[[^\]]*\]|\\.|_.|\*.', "", code.lower()).replace("general", "")
     return bool(_DATE_CODE.search(code))
-
-
-class _Chunks:
-    """Decode a byte stream into text pieces that each end on ``separator``."""
-
-    def __init__(self, stream: IO[bytes], separator: str, limit_chars: int, what: str) -> None:
-        self.position = 0  # bytes read from the stream when the last piece was cut
-        self._stream = stream
-        self._separator = separator
-        self._limit_chars = limit_chars
-        self._what = what
-
-    def __iter__(self) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        pending: list[str] = []
-        pending_chars = 0
-        while True:
-            data = self._stream.read(_CHUNK_BYTES)
-            self.position += len(data)
-            text = decoder.decode(data, final=not data)
-            if not data:
-                rest = "".join(pending) + text
-                if rest:
-                    yield rest
-                return
-            cut = text.rfind(self._separator)
-            if cut < 0:
-                pending.append(text)
-                pending_chars += len(text)
-                if pending_chars > self._limit_chars:
-                    raise WorkbookRejected(
-                        "cell_too_long",
-                        f"{self._what} is larger than "
-                        f"{self._limit_chars:,} characters; Excel cannot "
-                        "have made it",
-                    )
-                continue
-            cut += len(self._separator)
-            if pending:
-                yield "".join(pending) + text[:cut]
-            else:
-                yield text[:cut]
-            pending, pending_chars = [text[cut:]], len(text) - cut
-
-
-class _SharedStrings:
-    """The shared-strings table as one UTF-8 buffer and an array of offsets (compact in memory)."""
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        # 4-byte offsets: Limits keeps the whole workbook, so this buffer, under 4 GB.
-        self.ends = array("I", [0])
-
-    def extend(self, strings: list[str]) -> None:
-        if not strings:
-            return
-        data = ("\x00".join(strings) + "\x00").encode()
-        base = len(self.buffer)
-        self.buffer += data
-        lengths = map(len, data.split(b"\x00")[:-1])
-        self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
-
-    def __getitem__(self, index: int) -> str:
-        return self.buffer[self.ends[index] : self.ends[index + 1] - 1].decode()
-
-    def __len__(self) -> int:
-        return len(self.ends) - 1
 
 
 class SheetReader:
@@ -201,7 +114,7 @@ class SheetReader:
         self._zip = self._open(path)
         self.sheet_name, self._part, self.other_sheets, self._date1904 = self._first_sheet()
         self._date_styles = self._read_date_styles()
-        self._strings: _SharedStrings | None = None
+        self._strings: SharedStrings | None = None
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -318,8 +231,8 @@ class SheetReader:
                 dates.add(index)
         return frozenset(dates)
 
-    def _shared_strings(self) -> _SharedStrings:
-        strings = _SharedStrings()
+    def _shared_strings(self) -> SharedStrings:
+        strings = SharedStrings()
         name = next(
             (
                 n
@@ -332,7 +245,7 @@ class SheetReader:
             return strings
         self._refuse_dtd(self._head(name), name)
         with self._zip.open(name) as stream:
-            chunks = _Chunks(stream, "</si>", self.limits.max_cell_chars * 8, "a shared string")
+            chunks = TextPieces(stream, "</si>", self.limits.max_cell_chars * 8, "a shared string")
             for text in chunks:
                 found = _SHARED_STRING.findall(text)
                 if "&" in text or "<r>" in text or "<rPh" in text or "<t/>" in text:
@@ -340,7 +253,7 @@ class SheetReader:
                         [
                             (html.unescape(plain) if "&" in plain else plain)
                             if not rich
-                            else _rich_text(rich)
+                            else rich_text(rich)
                             for plain, rich in found
                         ]
                     )
@@ -423,9 +336,7 @@ class SheetReader:
                 return self.date(number)
             return number
         if kind == "inlineStr":
-            return (
-                _rich_text(rich) if rich else (html.unescape(inline) if "&" in inline else inline)
-            )
+            return rich_text(rich) if rich else (html.unescape(inline) if "&" in inline else inline)
         if kind == "b":
             return raw == "1" if raw else None
         return (html.unescape(raw) if "&" in raw else raw) if raw else None
@@ -449,7 +360,7 @@ class SheetReader:
             head = self._head(self._part, 4096).decode("utf-8", "replace")
             if re.search(r"<\w+:(worksheet|sheetData|row|c)[\s>]", head):
                 raise FastPathUnsupported("namespace prefix")
-            pieces = _Chunks(stream, "</row>", self.limits.max_row_bytes, "a row")
+            pieces = TextPieces(stream, "</row>", self.limits.max_row_bytes, "a row")
             for text in pieces:
                 # Pieces are cut the same way in every process, so parts never overlap.
                 if pieces.position <= start_byte:

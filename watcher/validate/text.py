@@ -1,0 +1,95 @@
+"""Text out of a workbook's XML streams: pieces cut on element ends, and the shared strings."""
+
+from __future__ import annotations
+
+import codecs
+import html
+import re
+from array import array
+from collections.abc import Iterator
+from itertools import accumulate
+from operator import add
+from typing import IO
+
+from watcher.errors import WorkbookRejected
+
+__all__ = ("CHUNK_BYTES", "SharedStrings", "TextPieces", "rich_text")
+
+CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
+_TEXT = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>")
+_PHONETIC = re.compile(r"<rPh\b.*?</rPh>", re.S)
+
+
+def rich_text(inner: str) -> str:
+    """The text of rich-text runs, without the phonetic (ruby) runs."""
+    if "<rPh" in inner:
+        inner = _PHONETIC.sub("", inner)
+    text = "".join(_TEXT.findall(inner))
+    return html.unescape(text) if "&" in text else text
+
+
+class TextPieces:
+    """Decode a byte stream into text pieces that each end on ``separator``."""
+
+    def __init__(self, stream: IO[bytes], separator: str, limit_chars: int, what: str) -> None:
+        self.position = 0  # bytes read from the stream when the last piece was cut
+        self._stream = stream
+        self._separator = separator
+        self._limit_chars = limit_chars
+        self._what = what
+
+    def __iter__(self) -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        pending: list[str] = []
+        pending_chars = 0
+        while True:
+            data = self._stream.read(CHUNK_BYTES)
+            self.position += len(data)
+            text = decoder.decode(data, final=not data)
+            if not data:
+                rest = "".join(pending) + text
+                if rest:
+                    yield rest
+                return
+            cut = text.rfind(self._separator)
+            if cut < 0:
+                pending.append(text)
+                pending_chars += len(text)
+                if pending_chars > self._limit_chars:
+                    raise WorkbookRejected(
+                        "cell_too_long",
+                        f"{self._what} is larger than "
+                        f"{self._limit_chars:,} characters; Excel cannot "
+                        "have made it",
+                    )
+                continue
+            cut += len(self._separator)
+            if pending:
+                yield "".join(pending) + text[:cut]
+            else:
+                yield text[:cut]
+            pending, pending_chars = [text[cut:]], len(text) - cut
+
+
+class SharedStrings:
+    """The shared-strings table as one UTF-8 buffer and an array of offsets (compact in memory)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        # 4-byte offsets: Limits keeps the whole workbook, so this buffer, under 4 GB.
+        self.ends = array("I", [0])
+
+    def extend(self, strings: list[str]) -> None:
+        if not strings:
+            return
+        data = ("\x00".join(strings) + "\x00").encode()
+        base = len(self.buffer)
+        self.buffer += data
+        lengths = map(len, data.split(b"\x00")[:-1])
+        self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
+
+    def __getitem__(self, index: int) -> str:
+        return self.buffer[self.ends[index] : self.ends[index + 1] - 1].decode()
+
+    def __len__(self) -> int:
+        return len(self.ends) - 1
