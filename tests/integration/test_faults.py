@@ -85,6 +85,7 @@ async def test_a_refused_signature_is_explained_and_retried_later(
     with structlog.testing.capture_logs() as logs:
         await run_daemon(world)
         await drop_and_settle(world, upload)
+    assert any(e["event"] == "isales.insecure_http" for e in logs)  # said at every start
     [failed] = [e for e in logs if e["event"] == "file.step_failed"]
     assert "signature refused" in failed["error"]
     assert "check access_key/secret_key and the clock" in failed["error"]
@@ -150,6 +151,16 @@ async def test_a_campaign_that_does_not_exist_is_rejected_without_retry(
     assert "the campaign does not exist" in text
     assert emulator.uploads == []
     assert len([c for c in emulator.calls if "uploadFileServer" in c.path]) == 1
+
+
+async def test_the_signed_header_set_is_configurable(make_world, run_daemon, emulator, upload):
+    world = make_world(
+        isales_extra=FAST + '\nsigned_headers = ["content-type", "host"]', daemon_extra=DAEMON
+    )
+    await run_daemon(world)
+    await drop_and_settle(world, upload)
+    assert all(c.status != 401 for c in emulator.calls)
+    assert len(emulator.uploads) == 1
 
 
 async def test_a_scheduled_route_sends_hour_and_minute(make_world, run_daemon, emulator, upload):
