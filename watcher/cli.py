@@ -16,9 +16,10 @@ from pathlib import Path
 
 from watcher import __version__
 from watcher.daemon import Daemon
-from watcher.errors import ConfigError, LedgerError
+from watcher.errors import ConfigError, LedgerError, WatcherError
 from watcher.logs import configure_logging
-from watcher.settings import DEFAULT_CONFIG, load_settings
+from watcher.models import FileRecord, FileState
+from watcher.settings import DEFAULT_CONFIG, Settings, load_settings
 from watcher.validate import KINDS, Report, validate_file
 
 __all__ = ("main", "serve")
@@ -144,6 +145,17 @@ def _validate(args: argparse.Namespace) -> int:
     return worst
 
 
+async def _bring_back(settings: Settings, record: FileRecord) -> None:
+    from watcher.settle import bring_back
+    from watcher.sources.sftp import SftpSource
+
+    source = SftpSource(settings.sftp)
+    try:
+        await bring_back(source, record)
+    finally:
+        await source.close()
+
+
 def _ledger(args: argparse.Namespace) -> int:
     from watcher.ledger import Ledger
 
@@ -167,7 +179,11 @@ def _ledger(args: argparse.Namespace) -> int:
         if args.ledger_command == "reprocess":
             who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
             try:
+                if record.state is FileState.rejected:
+                    asyncio.run(_bring_back(settings, record))
                 record = ledger.reprocess(record.id, actor=who, reason=args.reason)
+            except WatcherError as exc:
+                return _fail(f"cannot reprocess {record.id}: {exc}", EX_INVALID)
             except LedgerError as exc:
                 return _fail(str(exc), EX_INVALID)
             _print(
@@ -303,7 +319,7 @@ def _parser() -> argparse.ArgumentParser:
     reprocess = ledger_commands.add_parser(
         "reprocess",
         parents=[config],
-        help="send a file parked as uncertain to iSales again (audited)",
+        help="send a file parked as uncertain, or rejected (say, as a duplicate), again (audited)",
     )
     reprocess.add_argument("id", help="a ledger id or its beginning")
     reprocess.add_argument("--reason", required=True, help="why (kept in the ledger)")

@@ -278,7 +278,12 @@ class Ledger:
         return self.get(file_id)
 
     def imported_twin(self, record: FileRecord) -> FileRecord | None:
-        """An earlier row with the same campaign and content that reached iSales, if any."""
+        """An earlier row with the same campaign and content that reached iSales, if any.
+
+        None for a row an operator asked to send again.
+        """
+        if record.force_submit:
+            return None
         return self._imported_twin(self._db, record)
 
     def _imported_twin(self, db: sqlite3.Connection, me: FileRecord) -> FileRecord | None:
@@ -292,25 +297,33 @@ class Ledger:
         return _record(row) if row else None
 
     def reprocess(self, file_id: str, *, actor: str, reason: str) -> FileRecord:
-        """Send a parked file again, on an operator's word: audited, and past the duplicate check.
+        """Send a file again, on an operator's word: audited, and past the duplicate check.
+
+        The file must be back in ``processing/<id>/`` (a rejected one is moved there first).
 
         Raises:
-            LedgerError: the row is not parked as ``uncertain``.
+            LedgerError: the row is neither parked as ``uncertain`` nor ``rejected``.
         """
         with self._transaction() as db:
             row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
-            if row is None or row["state"] != FileState.uncertain:
+            if row is None or row["state"] not in (FileState.uncertain, FileState.rejected):
                 found = row["state"] if row else "no such row"
                 raise LedgerError(
-                    f"file {file_id} is {found}; only a file parked as uncertain can be sent again"
+                    f"file {file_id} is {found}; only a file parked as uncertain or rejected "
+                    "can be sent again"
                 )
             db.execute(
                 "UPDATE files SET state = ?, force_submit = 1, import_task_id = NULL,"
-                " updated_at = ?, reason = ? WHERE id = ?",
+                " outcome = NULL, settled_path = NULL, updated_at = ?, reason = ? WHERE id = ?",
                 (FileState.claimed, utc_now(), f"reprocess: {reason}", file_id),
             )
             self._log(
-                db, file_id, FileState.uncertain, FileState.claimed, actor, f"reprocess: {reason}"
+                db,
+                file_id,
+                FileState(row["state"]),
+                FileState.claimed,
+                actor,
+                f"reprocess: {reason}",
             )
         return self.get(file_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import posixpath
 
@@ -13,7 +14,7 @@ from watcher.models import FileRecord, FileState, Outcome
 from watcher.receipt import receipt_json, receipt_text
 from watcher.sources import Source
 
-__all__ = ("settle", "write_parked_receipt")
+__all__ = ("bring_back", "settle", "write_parked_receipt")
 
 log = structlog.get_logger(__name__)
 
@@ -80,3 +81,18 @@ async def write_parked_receipt(source: Source, record: FileRecord) -> None:
     )
     await source.write_file(base + ".result.txt", receipt_text(record).encode())
     log.warning("file.parked", file_id=record.id, file=record.name, reason=record.reason)
+
+
+async def bring_back(source: Source, record: FileRecord) -> None:
+    """Undo a settlement for ``ledger reprocess``: the file goes back to ``processing/<id>/``.
+
+    Safe to repeat: a file already back stays where it is.
+    """
+    if record.settled_path is None:
+        return
+    await source.makedirs(record.processing_dir)
+    if not await source.exists(record.processing_path):
+        await source.rename(record.settled_path, record.processing_path)
+    for suffix in (".result.txt", ".result.json"):
+        with contextlib.suppress(FileGoneError):
+            await source.remove_file(record.settled_path + suffix)

@@ -86,7 +86,7 @@ async def test_ledger_list_show_and_reprocess(make_world, run_daemon, upload):
         "ledger", "reprocess", file_id, "--reason", "x", "--config", str(world.config)
     )
     assert code == 1
-    assert "only a file parked as uncertain can be sent again" in output
+    assert "only a file parked as uncertain or rejected can be sent again" in output
 
 
 async def test_fake_isales_serves_with_scripted_faults(tmp_path, sshd):

@@ -118,3 +118,52 @@ async def test_the_configured_unpacked_size_limit_rejects_a_workbook(
     await wait_for(receipt.exists, what="big.xlsx in rejected/")
     assert "too large when unpacked" in receipt.read_text()
     assert emulator.uploads == []
+
+
+async def test_a_duplicate_is_imported_again_on_an_operator_s_word(
+    make_world, run_daemon, emulator, upload
+):
+    import asyncio
+    import sys
+
+    world = make_world()
+    data = xlsxwriter_bytes(rows_valid(5, seed=91))
+    await run_daemon(world)
+    await upload(world.inbox / "round1.xlsx", data)
+    await wait_for(world.settled("done", "round1.xlsx.result.txt").exists, what="round1 in done/")
+    await upload(world.inbox / "round2.xlsx", data)
+    await wait_for(
+        world.settled("rejected", "round2.xlsx.result.txt").exists,
+        what="round2 rejected as a duplicate",
+    )
+    from watcher.ledger import Ledger
+
+    ledger = Ledger(world.state_dir / "ledger.sqlite3")
+    [row] = [r for r in ledger.rows() if r.name == "round2.xlsx"]
+    ledger.close()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watcher",
+        "ledger",
+        "reprocess",
+        row.id,
+        "--config",
+        str(world.config),
+        "--reason",
+        "second call round, agreed with the business",
+        "--by",
+        "ops-li",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await process.communicate()
+    assert process.returncode == 0, output
+    await wait_for(world.settled("done", "round2.xlsx.result.txt").exists, 30, "round2 in done/")
+    assert not world.settled("rejected", "round2.xlsx").exists()
+    assert not world.settled("rejected", "round2.xlsx.result.txt").exists()
+    assert len(emulator.uploads) == 2  # asked for, and recorded as asked for
+    ledger = Ledger(world.state_dir / "ledger.sqlite3")
+    steps = ledger.transitions(row.id)
+    ledger.close()
+    assert any(s["actor"] == "ops-li" and "second call round" in s["reason"] for s in steps)
