@@ -27,6 +27,7 @@ from watcher.models import FileState, RemoteEntry
 from watcher.pipeline import Pipeline
 from watcher.settings import RouteSettings, Settings
 from watcher.sources import Source
+from watcher.sources.local import LocalSource
 from watcher.sources.sftp import SftpSource
 
 __all__ = ("Daemon",)
@@ -42,6 +43,13 @@ class _StopRequestedError(Exception):
     """A stop was requested while waiting."""
 
 
+def _make_source(settings: Settings) -> Source:
+    if settings.daemon.source == "local":
+        assert settings.local is not None
+        return LocalSource(settings.local, settings.sftp.base_path)
+    return SftpSource(settings.sftp)
+
+
 class Daemon:
     """Watches every route's inbox and carries each ready file through its flow.
 
@@ -55,11 +63,12 @@ class Daemon:
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
-        self._source: Source = source or SftpSource(settings.sftp)
+        self._source: Source = source or _make_source(settings)
         self._gate = StabilityGate(settings.daemon.settle_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[str] = set()
         self._refusals: dict[str, tuple[RemoteEntry, int]] = {}
+        self._recheck_in_s = settings.daemon.poll_interval_s
 
     def request_stop(self) -> None:
         """Stop intake and begin the drain (the first SIGTERM or Ctrl-C)."""
@@ -111,10 +120,13 @@ class Daemon:
         if self.failed is not None:
             raise self.failed
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.stop.wait()
+    async def _pause(self, seconds: float, changed: asyncio.Event | None = None) -> None:
+        waits = [asyncio.ensure_future(self.stop.wait())]
+        if changed is not None:
+            waits.append(asyncio.ensure_future(changed.wait()))
+        _, pending = await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
 
     async def _resolve_server_id(self, client: IsalesClient) -> str | None:
         failures = 0
@@ -172,8 +184,12 @@ class Daemon:
 
     async def _watch(self, pipeline: Pipeline) -> None:
         failures = 0
+        changed = self._source.change_event([r.inbox_path for r in self.settings.routes])
         while not self.stop.is_set():
             self._resume(pipeline, pipeline.ledger, at_start=False)
+            self._recheck_in_s = self.settings.daemon.poll_interval_s
+            if changed is not None:
+                changed.clear()
             try:
                 for route in self.settings.routes:
                     await self._scan(pipeline, route)
@@ -184,8 +200,12 @@ class Daemon:
             except SourceUnavailableError as exc:
                 failures += 1
                 log.warning("sftp.unavailable", error=str(exc))
-            wait_s = self.settings.daemon.poll_interval_s
-            await self._pause(min(_MAX_BACKOFF_S, wait_s * 2.0**failures) if failures else wait_s)
+            if failures:
+                wait_s = min(_MAX_BACKOFF_S, self.settings.daemon.poll_interval_s * 2.0**failures)
+                await self._pause(wait_s)
+            else:
+                # Look again when a file may have settled, or at once when the disk says so.
+                await self._pause(self._recheck_in_s, changed)
 
     async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
         inbox = route.inbox_path
@@ -199,7 +219,10 @@ class Daemon:
             if self._is_refused(key, entry):
                 continue
             unchanged_s = self._gate.observe(key, entry)
-            if unchanged_s <= 0 or unchanged_s < self.settings.daemon.settle_s:
+            settle_s = self.settings.daemon.settle_s
+            if unchanged_s <= 0 or unchanged_s < settle_s:
+                # Come back as soon as it may be settled, not a whole poll interval later.
+                self._recheck_in_s = min(self._recheck_in_s, max(0.2, settle_s - unchanged_s))
                 continue
             verdict = await self._probe(key, entry)
             if (

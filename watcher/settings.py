@@ -7,7 +7,7 @@ import posixpath
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -19,6 +19,7 @@ __all__ = (
     "DEFAULT_CONFIG",
     "DaemonSettings",
     "IsalesSettings",
+    "LocalSettings",
     "RouteSettings",
     "Settings",
     "SftpSettings",
@@ -148,11 +149,6 @@ class SftpSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.known_hosts_file is None and self.host_key_fingerprint is None:
-            raise ValueError(
-                "known_hosts_file or host_key_fingerprint is required: the server's host key "
-                "must be verified (get it with: ssh-keyscan -p PORT HOST)"
-            )
         if self.known_hosts_file is not None and not self.known_hosts_file.is_file():
             raise ValueError(f"known_hosts_file: {self.known_hosts_file} does not exist")
         if self.host_key_fingerprint is not None and not _FINGERPRINT.match(
@@ -161,12 +157,33 @@ class SftpSettings(_Section):
             raise ValueError(
                 "host_key_fingerprint: expected the form SHA256:<43 base64 characters>"
             )
-        if self.private_key_file is None and self.password is None:
-            raise ValueError("private_key_file or password/password_file is required")
         if self.private_key_file is not None and not self.private_key_file.is_file():
             raise ValueError(f"private_key_file: {self.private_key_file} does not exist")
         if not self.base_path.startswith("/"):
             raise ValueError("base_path: must be an absolute path such as /home/sftp")
+        return self
+
+    def require_login(self) -> None:
+        """The daemon logs in over SFTP: a trusted host key and a credential are required."""
+        if self.known_hosts_file is None and self.host_key_fingerprint is None:
+            raise ValueError(
+                "sftp.known_hosts_file or sftp.host_key_fingerprint is required: the server's "
+                "host key must be verified (get it with: ssh-keyscan -p PORT HOST)"
+            )
+        if self.private_key_file is None and self.password is None:
+            raise ValueError("sftp.private_key_file or sftp.password/password_file is required")
+
+
+class LocalSettings(_Section):
+    """Sidecar mode: the daemon sees the file server's disk instead of logging in over SFTP."""
+
+    base_dir: Path  # the local directory that the file server shows as sftp.base_path
+    force_polling: bool = False  # inotify misses changes on NFS and SMB: poll instead
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if not self.base_dir.is_dir():
+            raise ValueError(f"base_dir: {self.base_dir} is not a directory")
         return self
 
 
@@ -208,6 +225,7 @@ def _default_state_dir() -> Path:
 class DaemonSettings(_Section):
     """How the daemon paces itself."""
 
+    source: Literal["sftp", "local"] = "sftp"
     poll_interval_s: float = Field(default=5.0, gt=0)
     settle_s: float = Field(default=10.0, ge=0)
     incomplete_timeout_s: float = Field(default=3600.0, gt=0)
@@ -239,6 +257,7 @@ class Settings(BaseSettings):
     routes: tuple[RouteSettings, ...] = Field(min_length=1)
     daemon: DaemonSettings = DaemonSettings()
     validation: ValidationSettings = ValidationSettings()
+    local: LocalSettings | None = None
 
     @classmethod
     def settings_customise_sources(
@@ -251,6 +270,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The environment overrides the file, key by key.
         return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _check_source(self) -> Self:
+        if self.daemon.source == "local":
+            if self.local is None:
+                raise ValueError('daemon.source = "local" needs a [local] section with base_dir')
+        else:
+            self.sftp.require_login()
+        return self
 
     @model_validator(mode="after")
     def _check_routes(self) -> Self:

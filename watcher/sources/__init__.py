@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +47,10 @@ class Source(Protocol):
 
     async def remove_dir(self, path: str) -> None:
         """Remove an empty folder; a missing one is fine."""
+        ...
+
+    def change_event(self, folders: Sequence[str]) -> asyncio.Event | None:
+        """An event set when something may have changed in ``folders``; None: poll only."""
         ...
 
     async def close(self) -> None: ...

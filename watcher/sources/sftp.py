@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import posixpath
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,9 @@ class SftpSource:
             self._conn, self._sftp = conn, sftp
             log.info("sftp.connected", server=self.address)
             return sftp
+
+    def change_event(self, folders: Sequence[str]) -> asyncio.Event | None:
+        return None  # SFTP has no notifications: the poll interval decides
 
     async def close(self) -> None:
         async with self._lock:
