@@ -29,17 +29,17 @@ async def _check_sftp(settings: Settings, say: Say) -> bool:
         say(True, f"SFTP login to {source.address} as {settings.sftp.username}, host key verified")
         healthy = True
         for route in settings.routes:
-            probe = posixpath.join(
-                route.inbox_path, f".isales-watcher-check-{secrets.token_hex(4)}"
-            )
+            # A template route's campaign folders are made by the business: probe their parent.
+            folder = route.parent if route.is_template else route.inbox_path
+            probe = posixpath.join(folder, f".isales-watcher-check-{secrets.token_hex(4)}")
             try:
-                await source.makedirs(route.inbox_path)
+                await source.makedirs(folder)
                 await source.write_file(probe, b"check\n")
                 await source.remove_file(probe)
-                say(True, f"route {route.name}: inbox {route.inbox_path} is writable")
+                say(True, f"route {route.name}: {folder} is writable")
             except WatcherError as exc:
                 healthy = False
-                say(False, f"route {route.name}: inbox {route.inbox_path} is not writable: {exc}")
+                say(False, f"route {route.name}: {folder} is not writable: {exc}")
         return healthy
     except WatcherError as exc:
         say(False, str(exc))

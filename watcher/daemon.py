@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import multiprocessing
 import posixpath
+import re
 from collections.abc import Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -36,6 +37,7 @@ log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF_S = 300.0
 _MAX_CLAIM_ATTEMPTS = 3
+_CAMPAIGN_FOLDER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _T = TypeVar("_T")
 
 
@@ -69,6 +71,7 @@ class Daemon:
         self._busy: set[str] = set()
         self._refusals: dict[str, tuple[RemoteEntry, int]] = {}
         self._recheck_in_s = settings.daemon.poll_interval_s
+        self._odd_folders: set[str] = set()
 
     def request_stop(self) -> None:
         """Stop intake and begin the drain (the first SIGTERM or Ctrl-C)."""
@@ -184,14 +187,16 @@ class Daemon:
 
     async def _watch(self, pipeline: Pipeline) -> None:
         failures = 0
-        changed = self._source.change_event([r.inbox_path for r in self.settings.routes])
+        changed = self._source.change_event(
+            [r.parent if r.is_template else r.inbox_path for r in self.settings.routes]
+        )
         while not self.stop.is_set():
             self._resume(pipeline, pipeline.ledger, at_start=False)
             self._recheck_in_s = self.settings.daemon.poll_interval_s
             if changed is not None:
                 changed.clear()
             try:
-                for route in self.settings.routes:
+                for route in await self._routes():
                     await self._scan(pipeline, route)
                 failures = 0
             except HostKeyError as exc:
@@ -206,6 +211,26 @@ class Daemon:
             else:
                 # Look again when a file may have settled, or at once when the disk says so.
                 await self._pause(self._recheck_in_s, changed)
+
+    async def _routes(self) -> list[RouteSettings]:
+        """The routes to scan now: template routes become one route per campaign folder."""
+        routes = []
+        for route in self.settings.routes:
+            if not route.is_template:
+                routes.append(route)
+                continue
+            for name in await self._source.list_folders(route.parent):
+                if _CAMPAIGN_FOLDER.match(name):
+                    routes.append(route.for_campaign(name))
+                elif not name.startswith(".") and name not in self._odd_folders:
+                    self._odd_folders.add(name)
+                    log.warning(
+                        "route.folder_ignored",
+                        route=route.name,
+                        folder=name,
+                        advice="a campaign folder is named by the campaign id",
+                    )
+        return routes
 
     async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
         inbox = route.inbox_path

@@ -68,11 +68,10 @@ class Pipeline:
         # One submission per campaign at a time: a lost answer then has one candidate task.
         self._campaign_locks: dict[str, asyncio.Lock] = {}
         self.driving: set[str] = set()
-        self._routes = {route.name: route for route in settings.routes}
 
     def _route(self, record: FileRecord) -> RouteSettings:
-        route = self._routes.get(record.route)
-        if route is None or route.campaign_id != record.campaign_id:
+        route = self.settings.route(record.route, record.campaign_id)
+        if route is None:
             # The route was renamed or removed since the claim: finish with what the row says.
             return RouteSettings(
                 name=record.route, inbox=record.inbox, campaign_id=record.campaign_id

@@ -29,6 +29,7 @@ __all__ = (
 
 DEFAULT_CONFIG = Path("/etc/isales-watcher/config.toml")
 _SCHEDULE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_CAMPAIGN_SLOT = "{campaign_id}"
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
 
 
@@ -191,8 +192,8 @@ class RouteSettings(_Section):
     """One drop folder and the campaign its files are imported into."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    inbox: str
-    campaign_id: str = Field(min_length=1)
+    inbox: str  # may end in /{campaign_id}: one folder per campaign, named by its id
+    campaign_id: str = ""
     pattern: str = "*.xlsx"
     schedule: str | None = None
     call_data_json: bool = False
@@ -204,7 +205,37 @@ class RouteSettings(_Section):
             raise ValueError(f"inbox: {self.inbox!r} must be an absolute path")
         if self.schedule is not None and not _SCHEDULE.match(self.schedule):
             raise ValueError(f"schedule: {self.schedule!r} is not HH:MM (00:00 to 23:59)")
+        if "{" in self.inbox:
+            if (
+                not self.inbox.rstrip("/").endswith("/" + _CAMPAIGN_SLOT)
+                or self.inbox.count("{") > 1
+            ):
+                raise ValueError(f"inbox: {_CAMPAIGN_SLOT} may only be the last folder of the path")
+            if self.campaign_id:
+                raise ValueError("campaign_id: leave it out when the inbox names the campaign")
+        elif not self.campaign_id:
+            raise ValueError("campaign_id: required (or end the inbox in /{campaign_id})")
         return self
+
+    @property
+    def is_template(self) -> bool:
+        """One inbox per campaign below :attr:`parent`, each named by the campaign id."""
+        return "{" in self.inbox
+
+    @property
+    def parent(self) -> str:
+        """The folder that holds the campaign folders of a template route."""
+        return posixpath.dirname(self.inbox.rstrip("/"))
+
+    def for_campaign(self, campaign_id: str) -> RouteSettings:
+        """The concrete route of one campaign folder of a template route."""
+        return self.model_copy(
+            update={
+                "name": f"{self.name}/{campaign_id}",
+                "inbox": posixpath.join(self.parent, campaign_id),
+                "campaign_id": campaign_id,
+            }
+        )
 
     @property
     def inbox_path(self) -> str:
@@ -290,12 +321,23 @@ class Settings(BaseSettings):
             raise ValueError("routes: two routes watch the same inbox")
         base = posixpath.normpath(self.sftp.base_path)
         for route in self.routes:
-            if base != "/" and not route.inbox_path.startswith(base + "/"):
+            if base != "/" and not (
+                route.parent if route.is_template else route.inbox_path
+            ).startswith(base + "/"):
                 raise ValueError(
                     f"routes.{route.name}.inbox: {route.inbox} is outside sftp.base_path {base}; "
                     "iSales can only import files below the server's default path"
                 )
         return self
+
+    def route(self, name: str, campaign_id: str) -> RouteSettings | None:
+        """The route a ledger row names, template routes expanded; None if it is gone."""
+        for route in self.routes:
+            if route.name == name and route.campaign_id == campaign_id:
+                return route
+            if route.is_template and name == f"{route.name}/{campaign_id}":
+                return route.for_campaign(campaign_id)
+        return None
 
     def relative_to_base(self, folder: str) -> str:
         """``folder`` as iSales wants ``filePath``: relative to the server's default path."""

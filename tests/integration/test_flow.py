@@ -167,3 +167,26 @@ async def test_a_duplicate_is_imported_again_on_an_operator_s_word(
     steps = ledger.transitions(row.id)
     ledger.close()
     assert any(s["actor"] == "ops-li" and "second call round" in s["reason"] for s in steps)
+
+
+async def test_one_folder_per_campaign(make_world, run_daemon, emulator, upload):
+    world = make_world()
+    text = world.config.read_text()
+    text = text.replace(
+        f'inbox = "{world.inbox}"\ncampaign_id = "{world.campaign}"',
+        f'inbox = "{world.inbox}/{{campaign_id}}"',
+    )
+    world.config.write_text(text)
+    for campaign in ("1647", "2001"):
+        (world.inbox / campaign).mkdir()
+    (world.inbox / "not a campaign").mkdir()
+    await run_daemon(world)
+    await upload(world.inbox / "1647" / "a.xlsx", xlsxwriter_bytes(rows_valid(3, seed=111)))
+    await upload(world.inbox / "2001" / "b.xlsx", xlsxwriter_bytes(rows_valid(3, seed=112)))
+    await wait_for((world.inbox / "1647" / "done" / "a.xlsx.result.txt").exists, what="a in done/")
+    await wait_for((world.inbox / "2001" / "done" / "b.xlsx.result.txt").exists, what="b in done/")
+    assert sorted((u.campaign_id, u.file_name) for u in emulator.uploads) == [
+        ("1647", "a.xlsx"),
+        ("2001", "b.xlsx"),
+    ]
+    assert "Campaign: 2001" in (world.inbox / "2001" / "done" / "b.xlsx.result.txt").read_text()

@@ -23,6 +23,10 @@ class Source(Protocol):
         """Regular files directly in ``folder`` (an absent folder is created, then empty)."""
         ...
 
+    async def list_folders(self, folder: str) -> list[str]:
+        """Names of the folders directly in ``folder`` (an absent folder is created, then empty)."""
+        ...
+
     async def read_range(self, path: str, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes of ``path`` from ``offset`` (negative: from the end)."""
         ...

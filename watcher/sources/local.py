@@ -63,7 +63,7 @@ class LocalSource:
             async for _ in watchfiles.awatch(
                 *folders,
                 stop_event=self._stop,
-                recursive=False,
+                recursive=True,  # campaign folders of template routes lie below
                 debounce=200,
                 force_polling=self._settings.force_polling or None,
             ):
@@ -90,6 +90,15 @@ class LocalSource:
                         stat = item.stat(follow_symlinks=False)
                         entries.append(RemoteEntry(item.name, stat.st_size, stat.st_mtime_ns))
             return entries
+        except OSError as exc:
+            raise SourceUnavailableError(f"listing {local}: {exc.strerror}") from None
+
+    async def list_folders(self, folder: str) -> list[str]:
+        local = self._local(folder)
+        try:
+            local.mkdir(parents=True, exist_ok=True)
+            with os.scandir(local) as listing:
+                return [item.name for item in listing if item.is_dir(follow_symlinks=False)]
         except OSError as exc:
             raise SourceUnavailableError(f"listing {local}: {exc.strerror}") from None
 

@@ -170,6 +170,20 @@ class SftpSource:
             if item.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR
         ]
 
+    async def list_folders(self, folder: str) -> list[str]:
+        async with self._session(f"listing {folder}") as sftp:
+            try:
+                names = [item async for item in sftp.scandir(folder)]
+            except asyncssh.SFTPNoSuchFile:
+                await sftp.makedirs(folder, exist_ok=True)
+                return []
+        return [
+            str(item.filename)
+            for item in names
+            if item.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY
+            and item.filename not in (".", "..")
+        ]
+
     async def read_range(self, path: str, offset: int, length: int) -> bytes:
         async with self._session(f"reading {path}") as sftp, sftp.open(path, "rb") as remote:
             if offset < 0:
