@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from datetime import UTC, datetime
 
 import structlog
 
@@ -51,7 +52,13 @@ async def track(
         the restart, because the row stays ``tracking``).
     """
     assert record.import_task_id is not None
-    deadline = time.monotonic() + timeout_s
+    # Counted from the submission, so that restarts do not stretch it.
+    elapsed_s = 0.0
+    if record.submitted_at is not None:
+        elapsed_s = (
+            datetime.now(UTC) - datetime.fromisoformat(record.submitted_at)
+        ).total_seconds()
+    deadline = time.monotonic() + timeout_s - max(0.0, elapsed_s)
     wait_s = poll_s
     while True:
         try:

@@ -189,6 +189,7 @@ async def test_an_uncertain_file_is_sent_again_only_on_an_operator_s_word(
     ledger.close()
     await wait_for(world.settled("done", "maybe.xlsx.result.txt").exists, 30, "maybe in done/")
     assert len(emulator.uploads) == 1
+    assert list((world.inbox / "processing").iterdir()) == []  # the ON HOLD receipts went too
     ledger = Ledger(world.state_dir / "ledger.sqlite3")
     actors = {t["actor"] for t in ledger.transitions(row.id)}
     ledger.close()
