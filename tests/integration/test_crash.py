@@ -45,6 +45,26 @@ async def _start(config: Path) -> asyncio.subprocess.Process:
         log.close()
 
 
+async def _kill_when(world, state: str) -> None:
+    """Start the daemon, SIGKILL it as soon as the ledger shows ``state``."""
+    daemon = await _start(world.config)
+    try:
+        await wait_for(lambda: _states(world.state_dir) == [state], 60, state)
+    finally:
+        daemon.kill()
+        await daemon.wait()
+
+
+async def _run_until_settled(world, name: str) -> None:
+    """Start the daemon again, wait for ``name`` in done/, stop it with SIGTERM (exit 0)."""
+    daemon = await _start(world.config)
+    try:
+        await wait_for(world.settled("done", f"{name}.result.txt").exists, 60, f"{name} in done/")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+
+
 async def test_sigkill_right_after_the_claim_then_restart_imports_exactly_once(
     make_world, emulator, upload, sshd, tmp_path
 ):
@@ -103,19 +123,9 @@ async def test_a_restart_while_tracking_finishes_the_tracking_without_a_second_i
     world = make_world()
     emulator.faults.script("upload", Fault(FaultKind.slow_import, delay_s=4))
     await upload(world.inbox / "tracked.xlsx", xlsxwriter_bytes(rows_valid(5, seed=71)))
-    daemon = await _start(world.config)
-    try:
-        await wait_for(lambda: _states(world.state_dir) == ["tracking"], 60, "tracking")
-    finally:
-        daemon.kill()
-        await daemon.wait()
+    await _kill_when(world, "tracking")
     assert len(emulator.uploads) == 1
-    daemon = await _start(world.config)
-    try:
-        await wait_for(world.settled("done", "tracked.xlsx.result.txt").exists, 60, "done/")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    await _run_until_settled(world, "tracked.xlsx")
     assert len(emulator.uploads) == 1
     assert "imported 5" in world.settled("done", "tracked.xlsx.result.txt").read_text()
     assert _states(world.state_dir) == ["done"]
@@ -130,18 +140,8 @@ async def test_a_crash_between_the_post_and_the_ledger_write_is_reconciled(
     world = make_world()
     emulator.faults.script("upload", Fault(FaultKind.delay, delay_s=5))
     await upload(world.inbox / "inflight.xlsx", xlsxwriter_bytes(rows_valid(5, seed=72)))
-    daemon = await _start(world.config)
-    try:
-        await wait_for(lambda: _states(world.state_dir) == ["submitting"], 60, "submitting")
-    finally:
-        daemon.kill()
-        await daemon.wait()
-    daemon = await _start(world.config)
-    try:
-        await wait_for(world.settled("done", "inflight.xlsx.result.txt").exists, 60, "done/")
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(daemon.wait(), 30) == 0
+    await _kill_when(world, "submitting")
+    await _run_until_settled(world, "inflight.xlsx")
     assert len(emulator.uploads) == 1
     calls = [c for c in emulator.calls if "uploadFileServer" in c.path]
     assert len(calls) == 1  # reconciled, never sent again

@@ -12,19 +12,22 @@ from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.isales.emulator import Emulator, RegisteredServer
 
 
-async def test_https_with_a_private_ca(make_world, run_daemon, upload, sshd, tmp_path):
-    ca_file, context = make_ca_and_server(tmp_path)
-    emu = Emulator(
+def _emulator(sshd) -> Emulator:
+    server = RegisteredServer(
+        "fs-9", sshd.host, sshd.port, sshd.username, str(sshd.root), sshd.connect_options()
+    )
+    return Emulator(
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         vdn_id=VDN,
         import_delay_s=0.1,
-        servers=[
-            RegisteredServer(
-                "fs-9", sshd.host, sshd.port, sshd.username, str(sshd.root), sshd.connect_options()
-            )
-        ],
+        servers=[server],
     )
+
+
+async def test_https_with_a_private_ca(make_world, run_daemon, upload, sshd, tmp_path):
+    ca_file, context = make_ca_and_server(tmp_path)
+    emu = _emulator(sshd)
     url = await emu.start(ssl_context=context)
     assert url.startswith("https://")
     try:
@@ -64,17 +67,7 @@ async def test_a_pinned_certificate_is_trusted_and_another_refused(
     import ssl as ssl_module
 
     _, context = make_ca_and_server(tmp_path)
-    emu = Emulator(
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-        vdn_id=VDN,
-        import_delay_s=0.1,
-        servers=[
-            RegisteredServer(
-                "fs-9", sshd.host, sshd.port, sshd.username, str(sshd.root), sshd.connect_options()
-            )
-        ],
-    )
+    emu = _emulator(sshd)
     url = await emu.start(ssl_context=context)
     der = ssl_module.PEM_cert_to_DER_cert((tmp_path / "server.pem").read_text())
     pin = hashlib.sha256(der).hexdigest()

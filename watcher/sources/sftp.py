@@ -157,29 +157,25 @@ class SftpSource:
         except asyncssh.SFTPError as exc:
             raise SourceUnavailableError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
 
-    async def list_files(self, folder: str) -> list[RemoteEntry]:
+    async def _listing(self, folder: str) -> list[asyncssh.SFTPName]:
         async with self._session(f"listing {folder}") as sftp:
             try:
-                names = [item async for item in sftp.scandir(folder)]
+                return [item async for item in sftp.scandir(folder)]
             except asyncssh.SFTPNoSuchFile:
                 await sftp.makedirs(folder, exist_ok=True)
                 return []
+
+    async def list_files(self, folder: str) -> list[RemoteEntry]:
         return [
             RemoteEntry(str(item.filename), item.attrs.size or 0, int(item.attrs.mtime or 0))
-            for item in names
+            for item in await self._listing(folder)
             if item.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR
         ]
 
     async def list_folders(self, folder: str) -> list[str]:
-        async with self._session(f"listing {folder}") as sftp:
-            try:
-                names = [item async for item in sftp.scandir(folder)]
-            except asyncssh.SFTPNoSuchFile:
-                await sftp.makedirs(folder, exist_ok=True)
-                return []
         return [
             str(item.filename)
-            for item in names
+            for item in await self._listing(folder)
             if item.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY
             and item.filename not in (".", "..")
         ]
