@@ -164,6 +164,7 @@ def make_world(
         route_extra: str = "",
         base_url: str | None = None,
         isales_extra: str = "allow_insecure_http = true",
+        control_listen: str = "",
     ) -> World:
         digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
         name = f"{request.node.originalname[:32]}-{digest}-{next(counter)}"
@@ -201,6 +202,7 @@ campaign_id = "c-{name}"
 poll_interval_s = 0.3
 settle_s = {settle_s}
 state_dir = "{state}"
+control_listen = "{control_listen}"
 shutdown_grace_s = 5
 {daemon_extra}
 """)

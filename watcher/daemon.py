@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from watcher.control import ControlServer
 from watcher.errors import (
     ConfigError,
     HostKeyError,
@@ -22,6 +23,7 @@ from watcher.errors import (
     WatcherError,
 )
 from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
+from watcher.health import Health
 from watcher.isales.client import IsalesClient, choose_server
 from watcher.ledger import Ledger
 from watcher.models import FileState, RemoteEntry
@@ -72,6 +74,7 @@ class Daemon:
         self._refusals: dict[str, tuple[RemoteEntry, int]] = {}
         self._recheck_in_s = settings.daemon.poll_interval_s
         self._odd_folders: set[str] = set()
+        self._control: ControlServer | None = None
 
     def request_stop(self) -> None:
         """Stop intake and begin the drain (the first SIGTERM or Ctrl-C)."""
@@ -82,12 +85,24 @@ class Daemon:
     async def run(self) -> None:
         """Run until stopped. Raises what made it stop when that was a failure."""
         daemon = self.settings.daemon
+        if self.settings.isales.base_url.startswith("http://"):
+            log.warning(
+                "isales.insecure_http",
+                base_url=self.settings.isales.base_url,
+                advice="allow_insecure_http is for test benches only",
+            )
         ledger = Ledger(daemon.state_dir / "ledger.sqlite3")
+        self.health = Health(self.settings, ledger, self._gate.waiting)
+        control = self._control = (
+            ControlServer(self.health, daemon.control_listen) if daemon.control_listen else None
+        )
         pool = ProcessPoolExecutor(
             daemon.validation_workers, mp_context=multiprocessing.get_context("forkserver")
         )
         try:
-            async with IsalesClient(self.settings.isales) as client:
+            if control is not None:
+                await control.start()
+            async with IsalesClient(self.settings.isales, on_call=self.health.api_call) as client:
                 server_id = await self._resolve_server_id(client)
                 if server_id is None:
                     return
@@ -99,13 +114,8 @@ class Daemon:
                     pool=pool,
                     server_id=server_id,
                     stop=self.stop,
+                    health=self.health,
                 )
-                if self.settings.isales.base_url.startswith("http://"):
-                    log.warning(
-                        "isales.insecure_http",
-                        base_url=self.settings.isales.base_url,
-                        advice="allow_insecure_http is for test benches only",
-                    )
                 self._resume(pipeline, ledger, at_start=True)
                 log.info(
                     "daemon.started",
@@ -117,11 +127,18 @@ class Daemon:
                 await self._drain()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+            if control is not None:
+                await control.close()
             await self._source.close()
             ledger.close()
             log.info("daemon.stopped")
         if self.failed is not None:
             raise self.failed
+
+    @property
+    def control_address(self) -> str:
+        """Where the control plane listens (host:port), once started."""
+        return self._control.address if self._control is not None else ""
 
     async def _pause(self, seconds: float, changed: asyncio.Event | None = None) -> None:
         waits = [asyncio.ensure_future(self.stop.wait())]
@@ -191,7 +208,9 @@ class Daemon:
             [r.parent if r.is_template else r.inbox_path for r in self.settings.routes]
         )
         while not self.stop.is_set():
+            self.health.beat()
             self._resume(pipeline, pipeline.ledger, at_start=False)
+            await self._probe_isales(pipeline)
             self._recheck_in_s = self.settings.daemon.poll_interval_s
             if changed is not None:
                 changed.clear()
@@ -199,6 +218,7 @@ class Daemon:
                 for route in await self._routes():
                     await self._scan(pipeline, route)
                 failures = 0
+                self.health.listing_ok()
             except HostKeyError as exc:
                 failures += 1
                 log.error("sftp.host_key_rejected", error=str(exc))
@@ -211,6 +231,15 @@ class Daemon:
             else:
                 # Look again when a file may have settled, or at once when the disk says so.
                 await self._pause(self._recheck_in_s, changed)
+
+    async def _probe_isales(self, pipeline: Pipeline) -> None:
+        """An idle daemon still asks iSales now and then, so that readiness means something."""
+        if self.health.api_age_s() < self.settings.daemon.api_probe_s:
+            return
+        try:
+            await pipeline.client.query_servers()
+        except WatcherError as exc:
+            log.warning("isales.probe_failed", error=str(exc))
 
     async def _routes(self) -> list[RouteSettings]:
         """The routes to scan now: template routes become one route per campaign folder."""

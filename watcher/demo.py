@@ -127,6 +127,7 @@ campaign_id = "{_CAMPAIGN}"
 poll_interval_s = 0.5
 settle_s = 1
 state_dir = "{root / "state"}"
+control_listen = "127.0.0.1:0"   # /healthz /readyz /metrics on a free port
 """)
     daemon = Daemon(load_settings(config))
     runner = asyncio.create_task(serve(daemon))
@@ -143,6 +144,7 @@ state_dir = "{root / "state"}"
         _say(f"\nDemo running. Inbox: {inbox}")
         _say(f"Dropped {valid} (valid) and {invalid} (invalid). Watch them land in")
         _say(f"  {inbox / 'done'}  and  {inbox / 'rejected'}")
+        _say(f"Health and metrics: http://{daemon.control_address}/metrics")
         _say("Drop your own .xlsx files into the inbox. Ctrl-C stops.\n")
         while once and not runner.done():
             if _settled(inbox, valid) and _settled(inbox, invalid):

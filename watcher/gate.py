@@ -101,6 +101,13 @@ class StabilityGate:
             return 0.0
         return now - seen.unchanged_since
 
+    def waiting(self) -> tuple[int, float]:
+        """How many files are being watched, and for how long the oldest has been unchanged."""
+        if not self._seen:
+            return 0, 0.0
+        now = self._clock()
+        return len(self._seen), max(now - seen.unchanged_since for seen in self._seen.values())
+
     def forget(self, key: str) -> None:
         self._seen.pop(key, None)
 

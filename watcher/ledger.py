@@ -327,6 +327,25 @@ class Ledger:
             )
         return self.get(file_id)
 
+    def state_summary(self) -> list[tuple[str, int, str | None]]:
+        """(state, files, since when the oldest unfinished one is in it) for every state."""
+        rows = self._db.execute(
+            "SELECT state, COUNT(*), MIN(updated_at) FROM files GROUP BY state"
+        ).fetchall()
+        return [
+            (state, count, oldest if FileState(state) in _UNFINISHED else None)
+            for state, count, oldest in rows
+        ]
+
+    def is_writable(self) -> bool:
+        """Whether a write transaction can be opened (the disk and the lock are fine)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            return False
+        return True
+
     def task_owner(self, campaign_id: str, task_id: str) -> FileRecord | None:
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND import_task_id = ?",

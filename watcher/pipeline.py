@@ -12,6 +12,7 @@ import structlog
 from watcher.claim import claim, resolve_claim
 from watcher.errors import LedgerError, SkipFileError, TransientError
 from watcher.gate import ZipVerdict
+from watcher.health import Health
 from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
@@ -54,6 +55,7 @@ class Pipeline:
         pool: Executor,
         server_id: str,
         stop: asyncio.Event,
+        health: Health,
     ) -> None:
         self.settings = settings
         self.source = source
@@ -62,6 +64,7 @@ class Pipeline:
         self.pool = pool
         self.server_id = server_id
         self.stop = stop
+        self.health = health
         self.work_dir = settings.daemon.state_dir / "work"
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._slots = asyncio.Semaphore(settings.daemon.max_parallel_files)
@@ -116,6 +119,7 @@ class Pipeline:
                 advanced = await self._step(record)
             except (TransientError, SkipFileError) as exc:
                 failures += 1
+                self.health.retries.labels(record.state.value).inc()
                 daemon = self.settings.daemon
                 wait_s = min(daemon.max_backoff_s, daemon.retry_backoff_s * 2.0 ** (failures - 1))
                 log.warning(
@@ -232,7 +236,8 @@ class Pipeline:
             ),
         )
         loop = asyncio.get_running_loop()
-        report = await loop.run_in_executor(self.pool, validate_file, str(local), options)
+        with self.health.validation_seconds.time():
+            report = await loop.run_in_executor(self.pool, validate_file, str(local), options)
         log.info(
             "file.validated",
             valid=report.is_valid,

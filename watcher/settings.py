@@ -257,6 +257,8 @@ class DaemonSettings(_Section):
     """How the daemon paces itself."""
 
     source: Literal["sftp", "local"] = "sftp"
+    control_listen: str = "127.0.0.1:9187"  # /healthz /readyz /metrics; "" turns it off
+    api_probe_s: float = Field(default=300.0, gt=0)  # an idle daemon still checks iSales
     poll_interval_s: float = Field(default=5.0, gt=0)
     settle_s: float = Field(default=10.0, ge=0)
     incomplete_timeout_s: float = Field(default=3600.0, gt=0)

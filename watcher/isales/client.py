@@ -6,7 +6,8 @@ import asyncio
 import json
 import posixpath
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -113,6 +114,12 @@ def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
     return chosen
 
 
+def _call_name(path: str) -> str:
+    """``uploadFileServer`` for ``…/calldatafile/uploadFileServer/{campaignId}``."""
+    parts = path.split("/")
+    return parts[-2] if "calldatafile" in parts else parts[-1]
+
+
 def _retry_hook(exc: Exception) -> bool | float:
     if isinstance(exc, ApiUnavailableError):
         return exc.retry_after_s if exc.retry_after_s is not None else True
@@ -161,8 +168,13 @@ class IsalesClient:
     :class:`ApiAmbiguousError` so that the caller can reconcile instead of re-sending.
     """
 
-    def __init__(self, settings: IsalesSettings) -> None:
+    def __init__(
+        self,
+        settings: IsalesSettings,
+        on_call: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
         self._settings = settings
+        self._on_call = on_call  # (call name, seconds, succeeded): for metrics and readiness
         self._signer = Signer(
             settings.access_key.get_secret_value(), settings.secret_key.get_secret_value()
         )
@@ -269,6 +281,17 @@ class IsalesClient:
         raise AssertionError("unreachable")
 
     async def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        started = time.monotonic()
+        ok = False
+        try:
+            reply = await self._send(path, body)
+            ok = True
+            return reply
+        finally:
+            if self._on_call is not None:
+                self._on_call(_call_name(path), time.monotonic() - started, ok)
+
+    async def _send(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         assert self._session is not None, "use the client as an async context manager"
         text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
         at = datetime.now(UTC)
