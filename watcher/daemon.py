@@ -27,6 +27,7 @@ from watcher.health import Health
 from watcher.isales.client import IsalesClient, choose_server
 from watcher.ledger import Ledger
 from watcher.models import FileState, RemoteEntry
+from watcher.notify import Notifier
 from watcher.pipeline import Pipeline
 from watcher.settings import RouteSettings, Settings
 from watcher.sources import Source
@@ -75,6 +76,7 @@ class Daemon:
         self._recheck_in_s = settings.daemon.poll_interval_s
         self._odd_folders: set[str] = set()
         self._control: ControlServer | None = None
+        self._notifier = Notifier()
 
     def request_stop(self) -> None:
         """Stop intake and begin the drain (the first SIGTERM or Ctrl-C)."""
@@ -123,7 +125,11 @@ class Daemon:
                     server_id=server_id,
                 )
                 self.ready.set()
+                self._notifier.ready(f"watching {len(self.settings.routes)} route(s)")
+                watchdog = asyncio.create_task(self._feed_watchdog())
                 await self._watch(pipeline)
+                self._notifier.stopping()
+                watchdog.cancel()
                 await self._drain()
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
@@ -231,6 +237,19 @@ class Daemon:
             else:
                 # Look again when a file may have settled, or at once when the disk says so.
                 await self._pause(self._recheck_in_s, changed)
+
+    async def _feed_watchdog(self) -> None:
+        """Ping systemd's watchdog only while the watch loop goes round: a hang means a restart."""
+        interval_s = self._notifier.watchdog_s
+        if interval_s is None:
+            return
+        while not self.stop.is_set():
+            alive, details = self.health.liveness()
+            if alive:
+                self._notifier.watchdog()
+            else:
+                log.error("daemon.stuck", **details)
+            await self._pause(interval_s)
 
     async def _probe_isales(self, pipeline: Pipeline) -> None:
         """An idle daemon still asks iSales now and then, so that readiness means something."""
