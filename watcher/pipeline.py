@@ -39,6 +39,11 @@ GATE_REASONS = {
         "'Excel Workbook (*.xlsx)' without a password."
     ),
 }
+_GATE_KINDS = {  # the problem kind whose advice the receipt gives
+    ZipVerdict.incomplete: "unreadable",
+    ZipVerdict.not_zip: "not_xlsx",
+    ZipVerdict.old_excel: "old_xls",
+}
 _MAX_CRASHES = 3
 
 
@@ -93,7 +98,7 @@ class Pipeline:
         ):
             return record
         report = Report()
-        report.add("unreadable", None, None, "", GATE_REASONS[verdict])
+        report.add(_GATE_KINDS[verdict], None, None, "", GATE_REASONS[verdict])
         return self.ledger.transition(
             record.id,
             FileState.settling,

@@ -190,3 +190,29 @@ async def test_one_folder_per_campaign(make_world, run_daemon, emulator, upload)
         ("2001", "b.xlsx"),
     ]
     assert "Campaign: 2001" in (world.inbox / "2001" / "done" / "b.xlsx.result.txt").read_text()
+
+
+async def test_the_gate_rejects_broken_files_and_ignores_temporary_names(
+    make_world, run_daemon, emulator, upload
+):
+    from tests.corpus import GOOD, xls_file
+
+    world = make_world(daemon_extra="incomplete_timeout_s = 2\n")
+    await run_daemon(world)
+    await upload(world.inbox / "text.xlsx", b"sessionId,called\n1,[]\n")
+    await upload(world.inbox / "old.xlsx", xls_file())
+    await upload(world.inbox / "cut.xlsx", GOOD[: len(GOOD) // 2])  # an upload that died
+    await upload(world.inbox / ".hidden.xlsx", GOOD)
+    await upload(world.inbox / "~$lock.xlsx", GOOD)
+    await upload(world.inbox / "big.xlsx.part", GOOD)
+    for name, words in (
+        ("text.xlsx", "not an .xlsx workbook"),
+        ("old.xlsx", "Excel 97-2003"),
+        ("cut.xlsx", "not a complete .xlsx"),
+    ):
+        receipt = world.settled("rejected", f"{name}.result.txt")
+        await wait_for(receipt.exists, 30, f"{name} in rejected/")
+        assert words in receipt.read_text(), receipt.read_text()
+    for name in (".hidden.xlsx", "~$lock.xlsx", "big.xlsx.part"):
+        assert (world.inbox / name).exists(), name
+    assert emulator.uploads == []

@@ -120,7 +120,7 @@ class UploadRecord:
 
 
 def _timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "+00:00")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")  # 2022-03-11T07:27:09.000+00:00
 
 
 def _reply(code: str = "0200000", desc: str = "success", **extra: Any) -> aiohttp.web.Response:
