@@ -283,10 +283,12 @@ class Daemon:
     async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
         inbox = route.inbox_path
         entries = await self._source.list_files(inbox)
-        keys = []
-        for entry in entries:
-            key = posixpath.join(inbox, entry.name)
-            keys.append(key)
+        keys = [posixpath.join(inbox, entry.name) for entry in entries]
+        self._gate.retain(keys, inbox + "/")
+        taken = 0
+        # Oldest first, and a bounded number of claims per pass: a folder of 100,000 files is
+        # worked through in order instead of all at once.
+        for key, entry in sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime):
             if key in self._busy or not is_candidate(entry.name, route.pattern):
                 continue
             if self._is_refused(key, entry):
@@ -305,7 +307,10 @@ class Daemon:
                 continue
             self._busy.add(key)
             self._spawn(self._take(pipeline, route, entry, key, verdict))
-        self._gate.retain(keys, inbox + "/")
+            taken += 1
+            if taken >= self.settings.daemon.max_claims_per_poll:
+                self._recheck_in_s = min(self._recheck_in_s, 0.2)  # the rest: right after
+                break
 
     async def _probe(self, path: str, entry: RemoteEntry) -> ZipVerdict:
         head = await self._source.read_range(path, 0, 8)

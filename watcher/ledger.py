@@ -175,7 +175,7 @@ class Ledger:
     def find(self, prefix: str) -> list[FileRecord]:
         """Rows whose id starts with ``prefix`` (operators type short ids)."""
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM files WHERE id LIKE ? ORDER BY id", (prefix + "%",)
+            f"SELECT {_COLUMNS} FROM files WHERE id LIKE ? ORDER BY rowid", (prefix + "%",)
         )
         return [_record(r) for r in rows]
 
@@ -184,13 +184,13 @@ class Ledger:
     ) -> list[FileRecord]:
         """The newest rows, optionally only those in ``states``."""
         if states is None:
-            query = f"SELECT {_COLUMNS} FROM files ORDER BY id DESC LIMIT ?"
+            query = f"SELECT {_COLUMNS} FROM files ORDER BY rowid DESC LIMIT ?"
             args: list[Any] = [limit]
         else:
             wanted = list(states)
             marks = ",".join("?" * len(wanted))
             query = (
-                f"SELECT {_COLUMNS} FROM files WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?"
+                f"SELECT {_COLUMNS} FROM files WHERE state IN ({marks}) ORDER BY rowid DESC LIMIT ?"
             )
             args = [*wanted, limit]
         return [_record(r) for r in self._db.execute(query, args)]
@@ -199,7 +199,7 @@ class Ledger:
         """Rows the daemon still has to carry forward, oldest first."""
         marks = ",".join("?" * len(_UNFINISHED))
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM files WHERE state IN ({marks}) ORDER BY id", _UNFINISHED
+            f"SELECT {_COLUMNS} FROM files WHERE state IN ({marks}) ORDER BY rowid", _UNFINISHED
         )
         return [_record(r) for r in rows]
 
@@ -291,7 +291,7 @@ class Ledger:
         row = db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND sha256 = ? AND id != ?"
             f" AND (state IN ({marks}) OR (state = ? AND import_task_id IS NOT NULL"
-            f" AND outcome = ?)) ORDER BY id LIMIT 1",
+            f" AND outcome = ?)) ORDER BY rowid LIMIT 1",
             (me.campaign_id, me.sha256, me.id, *IMPORTED_STATES, FileState.settling, Outcome.done),
         ).fetchone()
         return _record(row) if row else None

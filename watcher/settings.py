@@ -264,6 +264,7 @@ class DaemonSettings(_Section):
     incomplete_timeout_s: float = Field(default=3600.0, gt=0)
     state_dir: Path = Field(default_factory=_default_state_dir)
     max_parallel_files: int = Field(default=2, ge=1, le=64)
+    max_claims_per_poll: int = Field(default=50, ge=1)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     retry_backoff_s: float = Field(default=2.0, gt=0)  # first wait after a failed step
     max_backoff_s: float = Field(default=300.0, gt=0)

@@ -216,3 +216,25 @@ async def test_the_gate_rejects_broken_files_and_ignores_temporary_names(
     for name in (".hidden.xlsx", "~$lock.xlsx", "big.xlsx.part"):
         assert (world.inbox / name).exists(), name
     assert emulator.uploads == []
+
+
+async def test_a_crowded_inbox_is_worked_through_oldest_first(make_world, run_daemon, emulator):
+    import os
+    import sqlite3
+
+    world = make_world(daemon_extra="max_claims_per_poll = 4\n")
+    names = [f"f{i:02d}.xlsx" for i in range(20)]
+    for i, name in enumerate(names):
+        path = world.inbox / name
+        path.write_bytes(xlsxwriter_bytes(rows_valid(2, seed=200 + i)))
+        os.utime(path, (1_700_000_000 + (20 - i) * 60,) * 2)  # f19 is the oldest
+    await run_daemon(world)
+    await wait_for(
+        lambda: all(world.settled("done", f"{n}.result.txt").exists() for n in names),
+        60,
+        "all 20 files in done/",
+    )
+    with sqlite3.connect(world.state_dir / "ledger.sqlite3") as db:
+        claimed = [name for (name,) in db.execute("SELECT name FROM files ORDER BY rowid")]
+    assert claimed[:4] == ["f19.xlsx", "f18.xlsx", "f17.xlsx", "f16.xlsx"]
+    assert len(emulator.uploads) == 20
