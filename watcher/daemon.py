@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing
 import posixpath
 import re
+import signal
 from collections.abc import Coroutine
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
@@ -46,6 +47,11 @@ _T = TypeVar("_T")
 
 class _StopRequestedError(Exception):
     """A stop was requested while waiting."""
+
+
+def _leave_signals_to_the_daemon() -> None:
+    """In a validation worker: Ctrl-C reaches the whole process group; the daemon decides."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _make_source(settings: Settings) -> Source:
@@ -99,7 +105,9 @@ class Daemon:
             ControlServer(self.health, daemon.control_listen) if daemon.control_listen else None
         )
         pool = ProcessPoolExecutor(
-            daemon.validation_workers, mp_context=multiprocessing.get_context("forkserver")
+            daemon.validation_workers,
+            mp_context=multiprocessing.get_context("forkserver"),
+            initializer=_leave_signals_to_the_daemon,
         )
         try:
             if control is not None:

@@ -219,9 +219,6 @@ class Emulator:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def uploads_for(self, campaign_id: str) -> list[UploadRecord]:
-        return [u for u in self.uploads if u.campaign_id == campaign_id]
-
     # -- signature ---------------------------------------------------------------------------
 
     @aiohttp.web.middleware
