@@ -166,7 +166,8 @@ def _ledger(args: argparse.Namespace) -> int:
     ledger = Ledger(settings.daemon.state_dir / "ledger.sqlite3")
     try:
         if args.ledger_command == "list":
-            for record in ledger.rows(limit=args.limit):
+            states = [FileState(args.state)] if args.state else None
+            for record in ledger.rows(states, limit=args.limit):
                 _print(
                     f"{record.id}  {record.state.value:<10}  {record.route:<16}  {record.name}"
                     f"  {record.reason or ''}"
@@ -314,6 +315,11 @@ def _parser() -> argparse.ArgumentParser:
     ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
     listing = ledger_commands.add_parser("list", parents=[config], help="the newest files")
     listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument(
+        "--state",
+        choices=[s.value for s in FileState],
+        help="only files in this state (say, uncertain)",
+    )
     show = ledger_commands.add_parser("show", parents=[config], help="one file and its history")
     show.add_argument("id", help="a ledger id or its beginning")
     reprocess = ledger_commands.add_parser(
