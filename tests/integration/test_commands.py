@@ -78,6 +78,11 @@ async def test_ledger_list_show_and_reprocess(make_world, run_daemon, upload):
     assert "done" in output
     assert "a.xlsx" in output
     file_id = output.split()[0]
+    code, output = await cli(
+        "ledger", "list", "--state", "uncertain", "--config", str(world.config)
+    )
+    assert code == 0
+    assert output.strip() == ""
     code, output = await cli("ledger", "show", file_id[:12], "--config", str(world.config))
     assert code == 0
     assert "claimed -> submitting" in output
