@@ -17,6 +17,7 @@ from pathlib import Path
 from watcher import __version__
 from watcher.daemon import Daemon
 from watcher.errors import ConfigError, LedgerError, WatcherError
+from watcher.ledger import Ledger
 from watcher.logs import configure_logging
 from watcher.models import FileRecord, FileState
 from watcher.settings import DEFAULT_CONFIG, Settings, load_settings
@@ -156,9 +157,65 @@ async def _bring_back(settings: Settings, record: FileRecord) -> None:
         await source.close()
 
 
-def _ledger(args: argparse.Namespace) -> int:
-    from watcher.ledger import Ledger
+_SHOWN_FIELDS = (
+    "id",
+    "state",
+    "route",
+    "campaign_id",
+    "inbox",
+    "name",
+    "size_bytes",
+    "sha256",
+    "import_task_id",
+    "outcome",
+    "reason",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "settled_path",
+)
 
+
+def _ledger_list(ledger: Ledger, args: argparse.Namespace) -> int:
+    states = [FileState(args.state)] if args.state else None
+    for record in ledger.rows(states, limit=args.limit):
+        _print(
+            f"{record.id}  {record.state.value:<10}  {record.route:<16}  {record.name}"
+            f"  {record.reason or ''}"
+        )
+    return EX_OK
+
+
+def _ledger_show(ledger: Ledger, record: FileRecord) -> int:
+    for key in _SHOWN_FIELDS:
+        _print(f"{key:>15}: {getattr(record, key)}")
+    _print("    transitions:")
+    for step in ledger.transitions(record.id):
+        _print(
+            f"      {step['at']}  {step['from_state'] or '-'} -> {step['to_state']}"
+            f"  ({step['actor']}) {step['reason'] or ''}"
+        )
+    return EX_OK
+
+
+def _ledger_reprocess(
+    ledger: Ledger, record: FileRecord, settings: Settings, args: argparse.Namespace
+) -> int:
+    who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
+    try:
+        if record.state is FileState.rejected:
+            asyncio.run(_bring_back(settings, record))
+        record = ledger.reprocess(record.id, actor=who, reason=args.reason)
+    except WatcherError as exc:
+        return _fail(f"cannot reprocess {record.id}: {exc}", EX_INVALID)
+    _print(
+        f"{record.id} will be sent to iSales again (by {who}: {args.reason}); "
+        "a running daemon picks it up within one poll"
+    )
+    return EX_OK
+
+
+def _ledger(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -166,57 +223,13 @@ def _ledger(args: argparse.Namespace) -> int:
     ledger = Ledger(settings.daemon.state_dir / "ledger.sqlite3")
     try:
         if args.ledger_command == "list":
-            states = [FileState(args.state)] if args.state else None
-            for record in ledger.rows(states, limit=args.limit):
-                _print(
-                    f"{record.id}  {record.state.value:<10}  {record.route:<16}  {record.name}"
-                    f"  {record.reason or ''}"
-                )
-            return EX_OK
+            return _ledger_list(ledger, args)
         found = ledger.find(args.id)
         if len(found) != 1:
             return _fail(f"{len(found)} ledger rows match {args.id!r}", EX_INVALID)
-        record = found[0]
         if args.ledger_command == "reprocess":
-            who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
-            try:
-                if record.state is FileState.rejected:
-                    asyncio.run(_bring_back(settings, record))
-                record = ledger.reprocess(record.id, actor=who, reason=args.reason)
-            except WatcherError as exc:
-                return _fail(f"cannot reprocess {record.id}: {exc}", EX_INVALID)
-            except LedgerError as exc:
-                return _fail(str(exc), EX_INVALID)
-            _print(
-                f"{record.id} will be sent to iSales again (by {who}: {args.reason}); "
-                "a running daemon picks it up within one poll"
-            )
-            return EX_OK
-        for key in (
-            "id",
-            "state",
-            "route",
-            "campaign_id",
-            "inbox",
-            "name",
-            "size_bytes",
-            "sha256",
-            "import_task_id",
-            "outcome",
-            "reason",
-            "created_at",
-            "updated_at",
-            "submitted_at",
-            "settled_path",
-        ):
-            _print(f"{key:>15}: {getattr(record, key)}")
-        _print("    transitions:")
-        for step in ledger.transitions(record.id):
-            _print(
-                f"      {step['at']}  {step['from_state'] or '-'} -> {step['to_state']}"
-                f"  ({step['actor']}) {step['reason'] or ''}"
-            )
-        return EX_OK
+            return _ledger_reprocess(ledger, found[0], settings, args)
+        return _ledger_show(ledger, found[0])
     finally:
         ledger.close()
 

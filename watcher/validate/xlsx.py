@@ -131,27 +131,36 @@ class SheetReader:
             raise WorkbookRejected(
                 "not_xlsx", f"not an .xlsx workbook (not a ZIP: {exc})"
             ) from None
-        names = {info.filename for info in archive.infolist()}
-        if "xl/vbaProject.bin" in names or any(
-            n.endswith(".bin") and "vba" in n.lower() for n in names
-        ):
+        try:
+            self._check_parts(archive)
+            self._check_sizes(archive)
+        except WorkbookRejected:
+            archive.close()
+            raise
+        return archive
+
+    @staticmethod
+    def _check_parts(archive: zipfile.ZipFile) -> None:
+        names = set(archive.NameToInfo)
+        if any(n.lower().endswith("vbaproject.bin") for n in names):
             raise WorkbookRejected("macros", "the workbook contains macros (VBA)")
         if any(n.startswith("xl/externalLinks/") for n in names):
             raise WorkbookRejected("external_links", "the workbook links to other files")
-        if "xl/workbook.xml" not in names and not any(n.endswith("workbook.xml") for n in names):
+        if "xl/workbook.xml" not in names:
             raise WorkbookRejected("not_xlsx", "the ZIP holds no Excel workbook (xl/workbook.xml)")
+
+    def _check_sizes(self, archive: zipfile.ZipFile) -> None:
         total = 0
         for info in archive.infolist():
             total += info.file_size
             if info.flag_bits & 0x1:
                 raise WorkbookRejected("encrypted", "a part of the workbook is encrypted")
-            if info.file_size > 1 << 20 and info.file_size > self.limits.max_ratio * max(
-                info.compress_size, 1
-            ):
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size > 1 << 20 and ratio > self.limits.max_ratio:
                 raise WorkbookRejected(
                     "too_large",
-                    f"{info.filename} inflates {info.file_size / max(info.compress_size, 1):,.0f}"
-                    f" times (a ZIP bomb?); the limit is {self.limits.max_ratio:g}",
+                    f"{info.filename} inflates {ratio:,.0f} times (a ZIP bomb?); "
+                    f"the limit is {self.limits.max_ratio:g}",
                 )
         if total > self.limits.max_uncompressed_bytes:
             raise WorkbookRejected(
@@ -159,7 +168,6 @@ class SheetReader:
                 f"the workbook inflates to {total / 1e9:.1f} GB; the limit is "
                 f"{self.limits.max_uncompressed_bytes / 1e9:.1f} GB",
             )
-        return archive
 
     def _xml(self, name: str, max_bytes: int = 50_000_000) -> ElementTree.Element:
         info = self._zip.getinfo(name)
@@ -341,7 +349,7 @@ class SheetReader:
             return raw == "1" if raw else None
         return (html.unescape(raw) if "&" in raw else raw) if raw else None
 
-    def _fast_rows(
+    def _fast_rows(  # noqa: C901 - the hot loop, kept flat on purpose
         self, start_byte: int = 0, stop_byte: int | None = None
     ) -> Generator[Row, None, None]:
         # The hot loop of validation: locals only, and the common cell kinds inline.
