@@ -10,7 +10,7 @@ from pathlib import Path
 import structlog
 
 from watcher.claim import claim, resolve_claim
-from watcher.errors import LedgerError, SkipFileError, TransientError
+from watcher.errors import FileGoneError, LedgerError, SkipFileError, TransientError
 from watcher.gate import ZipVerdict
 from watcher.health import Health
 from watcher.isales.client import IsalesClient
@@ -122,6 +122,9 @@ class Pipeline:
         while not record.state.is_terminal and not self.stop.is_set():
             try:
                 advanced = await self._step(record)
+            except FileGoneError as exc:
+                failures += 1
+                advanced = await self._gone(record, exc, failures)
             except (TransientError, SkipFileError) as exc:
                 failures += 1
                 self.health.retries.labels(record.state.value).inc()
@@ -154,6 +157,19 @@ class Pipeline:
             if advanced.state is FileState.uncertain:
                 await self._parked_receipt(advanced)
             record = advanced
+
+    async def _gone(self, record: FileRecord, exc: FileGoneError, failures: int) -> FileRecord:
+        if record.state is FileState.claimed:
+            # Someone took the file out of processing/ before it was sent: nothing to send.
+            log.warning("file.vanished", error=str(exc))
+            return self.ledger.transition(
+                record.id,
+                FileState.lost,
+                expect=FileState.claimed,
+                reason=f"the file was removed from processing/ before it was sent ({exc})",
+            )
+        await self._pause(min(self.settings.daemon.max_backoff_s, 2.0**failures))
+        return self.ledger.get(record.id)
 
     async def _parked_receipt(self, record: FileRecord) -> None:
         try:

@@ -63,3 +63,33 @@ async def test_a_file_that_cannot_be_claimed_is_tried_three_times_not_forever(
     assert all("the claim did not happen" in (r.reason or "") for r in rows)
     assert (world.inbox / "stuck.xlsx").exists()
     assert emulator.uploads == []
+
+
+async def test_a_file_taken_out_of_processing_is_recorded_as_lost(make_world, run_daemon, emulator):
+    from watcher.models import RemoteEntry
+
+    world = make_world()
+    # A claim whose file somebody deleted from processing/ while the daemon was down.
+    ledger = Ledger(world.state_dir / "ledger.sqlite3")
+    row = ledger.insert_claim(
+        route="x",
+        campaign_id=world.campaign,
+        inbox=str(world.inbox),
+        entry=RemoteEntry("gone.xlsx", 10, 1),
+    )
+    ledger.transition(row.id, FileState.claimed, expect=FileState.claiming)
+    ledger.close()
+    await run_daemon(world)
+
+    def lost() -> bool:
+        check = Ledger(world.state_dir / "ledger.sqlite3")
+        try:
+            return check.get(row.id).state is FileState.lost
+        finally:
+            check.close()
+
+    await wait_for(lost, 20, "the row marked lost")
+    check = Ledger(world.state_dir / "ledger.sqlite3")
+    assert "removed from processing/" in (check.get(row.id).reason or "")
+    check.close()
+    assert emulator.uploads == []
