@@ -194,7 +194,7 @@ class Pipeline:
                         self.client,
                         self.ledger,
                         record,
-                        cause="the daemon stopped while the request was in flight",
+                        cause="the answer to uploadFileServer was lost (a crash or a failure)",
                         grace_s=self.settings.isales.reconcile_grace_s,
                         poll_s=self.settings.isales.track_poll_s,
                     )

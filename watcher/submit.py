@@ -9,7 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
-from watcher.errors import ApiAmbiguousError, ApiRejectedError
+from watcher.errors import (
+    ApiAmbiguousError,
+    ApiRejectedError,
+    ApiTrustError,
+    ApiUnavailableError,
+    SignatureRefusedError,
+)
 from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, ImportTask, Outcome
@@ -109,9 +115,9 @@ async def submit(
         return await reconcile(
             client, ledger, record, cause=str(exc), grace_s=reconcile_grace_s, poll_s=poll_s
         )
-    except Exception as exc:
-        # Provably not sent (ApiUnavailableError, SignatureRefusedError) or cancelled before it
-        # left: anything else was mapped to ApiAmbiguousError by the client.
+    except (ApiUnavailableError, SignatureRefusedError, ApiTrustError) as exc:
+        # Provably not sent: it may go again later. Anything unexpected leaves the row in
+        # ``submitting``, and the next pass reconciles it.
         ledger.transition(
             record.id, FileState.claimed, expect=FileState.submitting, reason=f"not sent: {exc}"
         )
