@@ -238,3 +238,15 @@ async def test_a_crowded_inbox_is_worked_through_oldest_first(make_world, run_da
         claimed = [name for (name,) in db.execute("SELECT name FROM files ORDER BY rowid")]
     assert claimed[:4] == ["f19.xlsx", "f18.xlsx", "f17.xlsx", "f16.xlsx"]
     assert len(emulator.uploads) == 20
+
+
+async def test_a_chinese_file_name_with_spaces(make_world, run_daemon, emulator, upload):
+    world = make_world()
+    name = "三月 外呼名单 (第2批).xlsx"
+    await run_daemon(world)
+    await upload(world.inbox / name, xlsxwriter_bytes(rows_valid(3, seed=131)))
+    await wait_for(world.settled("done", f"{name}.result.txt").exists, what="the file in done/")
+    [call] = emulator.uploads
+    assert call.file_name == name
+    assert call.fetched_sha256 is not None
+    assert name in world.settled("done", f"{name}.result.txt").read_text()
