@@ -71,3 +71,25 @@ def test_unfinished_rows_survive_a_reopen(tmp_path):
     assert [r.id for r in again.unfinished()] == [row.id]
     assert again.find(row.id[:10])[0].name == "a.xlsx"
     again.close()
+
+
+def test_a_ledger_of_the_first_schema_is_migrated(tmp_path):
+    import sqlite3
+
+    from watcher import ledger as module
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(module._SCHEMA[0] + "; PRAGMA user_version=1;")
+    db.execute(
+        "INSERT INTO files (id, route, campaign_id, inbox, name, size_bytes, mtime, state,"
+        " created_at, updated_at) VALUES ('a', 'r', 'c', '/in', 'x.xlsx', 1, 1, 'done', 't', 't')"
+    )
+    db.commit()
+    db.close()
+    migrated = Ledger(path)
+    assert migrated._db.execute("PRAGMA user_version").fetchone()[0] == len(module._SCHEMA)
+    record = migrated.get("a")
+    assert record.state is FileState.done
+    assert record.force_submit == 0
+    migrated.close()
