@@ -13,7 +13,7 @@ from typing import IO
 
 from watcher.errors import WorkbookRejected
 
-__all__ = ("CHUNK_BYTES", "SharedStrings", "TextPieces", "rich_text")
+__all__ = ("CHUNK_BYTES", "BytePieces", "SharedStrings", "TextPieces", "rich_text")
 
 CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
 _TEXT = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>")
@@ -71,6 +71,40 @@ class TextPieces:
             pending, pending_chars = [text[cut:]], len(text) - cut
 
 
+class BytePieces:
+    """Cut a byte stream into pieces that each end on ``separator`` (an ASCII tag end).
+
+    Cutting after an ASCII character never splits a UTF-8 sequence, so each piece decodes alone;
+    pieces that need no decoding (the common shared strings) are never decoded at all.
+    """
+
+    def __init__(self, stream: IO[bytes], separator: bytes, limit_bytes: int, what: str) -> None:
+        self._stream = stream
+        self._separator = separator
+        self._limit_bytes = limit_bytes
+        self._what = what
+
+    def __iter__(self) -> Iterator[bytes]:
+        rest = b""
+        while data := self._stream.read(CHUNK_BYTES):
+            data = rest + data
+            cut = data.rfind(self._separator)
+            if cut < 0:
+                rest = data
+                if len(rest) > self._limit_bytes:
+                    raise WorkbookRejected(
+                        "cell_too_long",
+                        f"{self._what} is larger than "
+                        f"{self._limit_bytes:,} bytes; Excel cannot have made it",
+                    )
+                continue
+            cut += len(self._separator)
+            rest = data[cut:]
+            yield data[:cut]
+        if rest:
+            yield rest
+
+
 class SharedStrings:
     """The shared-strings table as one UTF-8 buffer and an array of offsets (compact in memory)."""
 
@@ -86,6 +120,16 @@ class SharedStrings:
         base = len(self.buffer)
         self.buffer += data
         lengths = map(len, data.split(b"\x00")[:-1])
+        self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
+
+    def extend_utf8(self, strings: list[bytes]) -> None:
+        """Add strings that are already UTF-8 bytes, as found in the XML."""
+        if not strings:
+            return
+        data = b"\x00".join(strings) + b"\x00"
+        base = len(self.buffer)
+        self.buffer += data
+        lengths = map(len, strings)
         self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
 
     def __getitem__(self, index: int) -> str:

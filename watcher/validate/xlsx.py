@@ -21,7 +21,7 @@ from typing import IO, Any
 from xml.etree import ElementTree
 
 from watcher.errors import WorkbookRejected
-from watcher.validate.text import SharedStrings, TextPieces, rich_text
+from watcher.validate.text import BytePieces, SharedStrings, TextPieces, rich_text
 
 __all__ = ("FastPathUnsupported", "Limits", "Row", "SheetReader", "WorkbookRejected")
 
@@ -41,6 +41,9 @@ _FAST_CELL = re.compile(
 )
 _SHARED_STRING = re.compile(
     r'<si><t(?: xml:space="preserve")?>([^<]*)</t></si>|<si>(.*?)</si>|<si/>', re.S
+)
+_SHARED_STRING_BYTES = re.compile(
+    rb'<si><t(?: xml:space="preserve")?>([^<]*)</t></si>|<si>(.*?)</si>|<si/>', re.S
 )
 _DATE_CODE = re.compile(r"[ydhs]|m")
 _BUILTIN_DATE_FORMATS = frozenset([*range(14, 23), *range(27, 37), *range(45, 48), *range(50, 59)])
@@ -253,10 +256,15 @@ class SheetReader:
             return strings
         self._refuse_dtd(self._head(name), name)
         with self._zip.open(name) as stream:
-            chunks = TextPieces(stream, "</si>", self.limits.max_cell_chars * 8, "a shared string")
-            for text in chunks:
-                found = _SHARED_STRING.findall(text)
-                if "&" in text or "<r>" in text or "<rPh" in text or "<t/>" in text:
+            pieces = BytePieces(stream, b"</si>", self.limits.max_cell_chars * 8, "a shared string")
+            for piece in pieces:
+                plain_found = None
+                if not (b"&" in piece or b"<r>" in piece or b"<rPh" in piece or b"<t/>" in piece):
+                    plain_found = _SHARED_STRING_BYTES.findall(piece)
+                    if any(rich for _, rich in plain_found):
+                        plain_found = None  # an <si> with more than one plain <t>
+                if plain_found is None:
+                    found = _SHARED_STRING.findall(piece.decode())
                     strings.extend(
                         [
                             (html.unescape(plain) if "&" in plain else plain)
@@ -266,7 +274,8 @@ class SheetReader:
                         ]
                     )
                 else:
-                    strings.extend([plain for plain, _ in found])
+                    # Plain text needs no decoding: the UTF-8 bytes go to the table as they are.
+                    strings.extend_utf8([plain for plain, _ in plain_found])
         return strings
 
     # -- reading ---------------------------------------------------------------------------------
