@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 import html
 import re
 from array import array
@@ -13,7 +12,7 @@ from typing import IO
 
 from watcher.errors import WorkbookRejected
 
-__all__ = ("CHUNK_BYTES", "BytePieces", "SharedStrings", "TextPieces", "rich_text")
+__all__ = ("CHUNK_BYTES", "BytePieces", "SharedStrings", "rich_text")
 
 CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
 _TEXT = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>")
@@ -28,49 +27,6 @@ def rich_text(inner: str) -> str:
     return html.unescape(text) if "&" in text else text
 
 
-class TextPieces:
-    """Decode a byte stream into text pieces that each end on ``separator``."""
-
-    def __init__(self, stream: IO[bytes], separator: str, limit_chars: int, what: str) -> None:
-        self.position = 0  # bytes read from the stream when the last piece was cut
-        self._stream = stream
-        self._separator = separator
-        self._limit_chars = limit_chars
-        self._what = what
-
-    def __iter__(self) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")()
-        pending: list[str] = []
-        pending_chars = 0
-        while True:
-            data = self._stream.read(CHUNK_BYTES)
-            self.position += len(data)
-            text = decoder.decode(data, final=not data)
-            if not data:
-                rest = "".join(pending) + text
-                if rest:
-                    yield rest
-                return
-            cut = text.rfind(self._separator)
-            if cut < 0:
-                pending.append(text)
-                pending_chars += len(text)
-                if pending_chars > self._limit_chars:
-                    raise WorkbookRejected(
-                        "cell_too_long",
-                        f"{self._what} is larger than "
-                        f"{self._limit_chars:,} characters; Excel cannot "
-                        "have made it",
-                    )
-                continue
-            cut += len(self._separator)
-            if pending:
-                yield "".join(pending) + text[:cut]
-            else:
-                yield text[:cut]
-            pending, pending_chars = [text[cut:]], len(text) - cut
-
-
 class BytePieces:
     """Cut a byte stream into pieces that each end on ``separator`` (an ASCII tag end).
 
@@ -79,6 +35,7 @@ class BytePieces:
     """
 
     def __init__(self, stream: IO[bytes], separator: bytes, limit_bytes: int, what: str) -> None:
+        self.position = 0  # bytes read from the stream when the last piece was cut
         self._stream = stream
         self._separator = separator
         self._limit_bytes = limit_bytes
@@ -87,6 +44,7 @@ class BytePieces:
     def __iter__(self) -> Iterator[bytes]:
         rest = b""
         while data := self._stream.read(CHUNK_BYTES):
+            self.position += len(data)
             data = rest + data
             cut = data.rfind(self._separator)
             if cut < 0:

@@ -21,7 +21,7 @@ from typing import IO, Any
 from xml.etree import ElementTree
 
 from watcher.errors import WorkbookRejected
-from watcher.validate.text import BytePieces, SharedStrings, TextPieces, rich_text
+from watcher.validate.text import BytePieces, SharedStrings, rich_text
 
 __all__ = ("FastPathUnsupported", "Limits", "Row", "SheetReader", "WorkbookRejected")
 
@@ -34,9 +34,9 @@ _ENCRYPTION_INFO = "EncryptionInfo".encode("utf-16-le")
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 _FAST_CELL = re.compile(
-    r'<c r="([A-Z]{1,3})(\d+)"(?: s="(\d+)")?(?: t="([a-zA-Z]+)")?(?: [a-zA-Z:]+="[^"]*")*(?:/>|>'
-    r"(?:<f>[^<]*</f>|<f [^>]*/>|<f [^>]*>[^<]*</f>)?"
-    r'(?:<v>([^<]*)</v>|<is><t(?: xml:space="preserve")?>([^<]*)</t></is>|<is>(.*?)</is>)?</c>)',
+    rb'<c r="([A-Z]{1,3})(\d+)"(?: s="(\d+)")?(?: t="([a-zA-Z]+)")?(?: [a-zA-Z:]+="[^"]*")*(?:/>|>'
+    rb"(?:<f>[^<]*</f>|<f [^>]*/>|<f [^>]*>[^<]*</f>)?"
+    rb'(?:<v>([^<]*)</v>|<is><t(?: xml:space="preserve")?>([^<]*)</t></is>|<is>(.*?)</is>)?</c>)',
     re.S,
 )
 _SHARED_STRING = re.compile(
@@ -66,6 +66,7 @@ class Limits:
 
 
 _COLUMNS: dict[str, int] = {}  # column letters to index, filled as letters are met
+_BYTE_COLUMNS: dict[bytes, int] = {}
 
 
 def _column(letters: str) -> int:
@@ -361,34 +362,35 @@ class SheetReader:
     def _fast_rows(  # noqa: C901 - the hot loop, kept flat on purpose
         self, start_byte: int = 0, stop_byte: int | None = None
     ) -> Generator[Row, None, None]:
-        # The hot loop of validation: locals only, and the common cell kinds inline.
+        # The hot loop of validation. It works on bytes: a shared-string index, a number or a
+        # column letter is ASCII and never needs decoding; only text values are decoded.
         findall = _FAST_CELL.findall
         strings = self._strings
         assert strings is not None
         buffer, ends = strings.buffer, strings.ends
         string_count = len(ends) - 1
-        column_of = _COLUMNS.get
+        column_of = _BYTE_COLUMNS.get
         value_of = self._value
+        date_styles = self._date_styles
         max_chars = self.limits.max_cell_chars
-        current = ""
+        current = b""
         values: list[Any] = []
         total = self._zip.getinfo(self._part).file_size
         with self._sheet_stream() as stream:
             head = self._head(self._part, 4096).decode("utf-8", "replace")
             if re.search(r"<\w+:(worksheet|sheetData|row|c)[\s>]", head):
                 raise FastPathUnsupported("namespace prefix")
-            pieces = TextPieces(stream, "</row>", self.limits.max_row_bytes, "a row")
-            for text in pieces:
+            pieces = BytePieces(stream, b"</row>", self.limits.max_row_bytes, "a row")
+            for piece in pieces:
                 # Pieces are cut the same way in every process, so parts never overlap.
                 if pieces.position <= start_byte:
                     continue
                 if stop_byte is not None and pieces.position > stop_byte:
                     break
-                read = pieces.position - start_byte
                 if self._progress is not None:
-                    self._progress(read, (stop_byte or total) - start_byte)
-                cells = findall(text)
-                if text.count("<c ") + text.count("<c>") + text.count("<c/") != len(cells):
+                    self._progress(pieces.position - start_byte, (stop_byte or total) - start_byte)
+                cells = findall(piece)
+                if piece.count(b"<c ") + piece.count(b"<c>") + piece.count(b"<c/") != len(cells):
                     raise FastPathUnsupported("cell tags the tokeniser does not understand")
                 for letters, number, style, kind, raw, inline, rich in cells:
                     if number != current:
@@ -397,30 +399,47 @@ class SheetReader:
                         current, values = number, []
                     column = column_of(letters)
                     if column is None:
-                        column = _column(letters)
+                        column = _BYTE_COLUMNS[letters] = _column(letters.decode())
                     if column != len(values):
                         if column < len(values):
                             raise FastPathUnsupported("cells out of order")
                         values.extend([None] * (column - len(values)))
-                    if kind == "s":
+                    if kind == b"s":
                         index = int(raw)
                         if index >= string_count:
                             raise WorkbookRejected(
                                 "unreadable",
-                                f"cell {letters}{number} refers "
-                                f"to shared string {index}, which does not exist",
+                                f"cell {letters.decode()}{number.decode()} refers to shared "
+                                f"string {index}, which does not exist",
                             )
                         values.append(buffer[ends[index] : ends[index + 1] - 1].decode())
-                    elif kind == "inlineStr" and not rich and "&" not in inline:
-                        if len(inline) > max_chars:
+                    elif not kind or kind == b"n":
+                        if not raw:
+                            values.append(None)
+                            continue
+                        value: Any = int(raw) if raw.isdigit() else _number(raw.decode())
+                        if style and int(style) in date_styles:
+                            value = self.date(value)
+                        values.append(value)
+                    elif kind == b"inlineStr" and not rich and b"&" not in inline:
+                        text = inline.decode()
+                        if len(text) > max_chars:
                             raise WorkbookRejected(
                                 "cell_too_long",
-                                f"cell {letters}{number} holds "
-                                "more text than Excel allows (32,767 characters)",
+                                f"cell {letters.decode()}{number.decode()} holds more text than "
+                                "Excel allows (32,767 characters)",
                             )
-                        values.append(inline)
+                        values.append(text)
                     else:
-                        values.append(value_of(kind, style, raw, inline, rich))
+                        values.append(
+                            value_of(
+                                kind.decode(),
+                                style.decode(),
+                                raw.decode(),
+                                inline.decode(),
+                                rich.decode(),
+                            )
+                        )
         if values and _has_content(values):
             yield int(current), values
 
