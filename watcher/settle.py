@@ -49,9 +49,10 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
     except FileGoneError:
         if not await source.exists(target):
             log.warning("file.vanished", file_id=record.id, path=record.processing_path)
-    for suffix in (".result.txt", ".result.json"):  # receipts of an earlier parking, if any
-        with contextlib.suppress(FileGoneError):
-            await source.remove_file(record.processing_path + suffix)
+    if record.force_submit:  # sent again after a parking: its ON HOLD receipts may be here
+        for suffix in (".result.txt", ".result.json"):
+            with contextlib.suppress(FileGoneError):
+                await source.remove_file(record.processing_path + suffix)
     await source.remove_dir(record.processing_dir)
     # The .txt receipt is written last: when a person sees it, everything else is in place.
     await source.write_file(
