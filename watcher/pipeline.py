@@ -249,7 +249,8 @@ class Pipeline:
         limits = self.settings.validation
         options = ValidationOptions(
             call_data_json=route.call_data_json,
-            duplicates_are_errors=route.duplicates_are_errors,
+            duplicate_session_ids_are_errors=route.duplicate_session_ids_are_errors,
+            duplicate_numbers_are_errors=route.duplicate_numbers_are_errors,
             workers=limits.processes_per_file,
             limits=Limits(
                 max_uncompressed_bytes=limits.max_unpacked_bytes,

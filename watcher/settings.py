@@ -197,7 +197,8 @@ class RouteSettings(_Section):
     pattern: str = "*.xlsx"
     schedule: str | None = None
     call_data_json: bool = False
-    duplicates_are_errors: bool = False
+    duplicate_session_ids_are_errors: bool = False  # a warning unless set
+    duplicate_numbers_are_errors: bool = False  # the same calledNo on several rows
 
     @model_validator(mode="after")
     def _check(self) -> Self:

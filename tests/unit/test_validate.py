@@ -146,3 +146,29 @@ def test_the_template_command_writes_a_valid_template(tmp_path):
     report = validate_file(out)
     assert report.is_valid
     assert report.data_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "errors"),
+    [
+        ({}, set()),
+        ({"duplicate_session_ids_are_errors": True}, {"duplicate_session_id"}),
+        ({"duplicate_numbers_are_errors": True}, {"duplicate_called_no"}),
+    ],
+)
+def test_repeats_are_warnings_unless_a_route_says_otherwise(tmp_path, options, errors):
+    from watcher.validate import ValidationOptions
+
+    rows = rows_valid(5)
+    rows[3][0] = rows[1][0]  # a sessionId again
+    rows[4][1] = rows[2][1]  # a number again
+    path = tmp_path / "repeats.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows))
+    report = validate_file(path, ValidationOptions(**options))
+    assert report.counts == {"duplicate_session_id": 1, "duplicate_called_no": 1}
+    assert {k for k in report.counts if report.is_error(k)} == errors
+    assert report.is_valid == (not errors)
+    assert {(p.row, p.kind) for p in report.examples} == {
+        (5, "duplicate_session_id"),
+        (6, "duplicate_called_no"),
+    }

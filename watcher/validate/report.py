@@ -185,7 +185,8 @@ class ValidationOptions:
     """Per-route choices."""
 
     call_data_json: bool = False
-    duplicates_are_errors: bool = False
+    duplicate_session_ids_are_errors: bool = False
+    duplicate_numbers_are_errors: bool = False
     workers: int = 2  # processes for one big file (a fork shares the strings table)
     split_min_bytes: int = 32 << 20  # below this much sheet XML, a second process costs more
     examples_per_kind: int = 20
@@ -194,9 +195,12 @@ class ValidationOptions:
     @property
     def promoted_kinds(self) -> frozenset[str]:
         """Warnings this route treats as errors."""
-        if self.duplicates_are_errors:
-            return frozenset({"duplicate_session_id", "duplicate_called_no"})
-        return frozenset()
+        promoted = set()
+        if self.duplicate_session_ids_are_errors:
+            promoted.add("duplicate_session_id")
+        if self.duplicate_numbers_are_errors:
+            promoted.add("duplicate_called_no")
+        return frozenset(promoted)
 
 
 @dataclass(frozen=True, slots=True)
