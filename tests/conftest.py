@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -270,3 +271,18 @@ async def run_daemon() -> AsyncIterator[Callable[[World], Awaitable[Daemon]]]:
     for daemon, task in running:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
+
+
+async def cli(*args: str) -> tuple[int, str]:
+    """Run ``isales-watcher ARGS`` in a process; (exit code, stdout and stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watcher",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode or 0, output.decode()

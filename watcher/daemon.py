@@ -321,8 +321,7 @@ class Daemon:
                 break
 
     async def _probe(self, path: str, entry: RemoteEntry) -> ZipVerdict:
-        head = await self._source.read_range(path, 0, 8)
-        tail = await self._source.read_range(path, -TAIL_BYTES, TAIL_BYTES)
+        head, tail = await self._source.read_ends(path, entry.size_bytes, 8, TAIL_BYTES)
         return check_zip(head, tail, entry.size_bytes)
 
     async def _take(

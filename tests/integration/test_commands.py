@@ -7,22 +7,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ACCESS_KEY, SECRET_KEY, free_port, wait_for
+from tests.conftest import ACCESS_KEY, SECRET_KEY, cli, free_port, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
-
-
-async def cli(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watcher",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        stdin=asyncio.subprocess.DEVNULL,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    return process.returncode or 0, output.decode()
 
 
 async def test_check_passes_on_a_good_setup(make_world):

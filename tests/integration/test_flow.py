@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from tests.conftest import wait_for
+from tests.conftest import cli, wait_for
 from tests.workbooks import openpyxl_bytes, rows_valid, xlsxwriter_bytes
 
 
@@ -123,8 +123,6 @@ async def test_the_configured_unpacked_size_limit_rejects_a_workbook(
 async def test_a_duplicate_is_imported_again_on_an_operator_s_word(
     make_world, run_daemon, emulator, upload
 ):
-    import asyncio
-    import sys
 
     world = make_world()
     data = xlsxwriter_bytes(rows_valid(5, seed=91))
@@ -141,10 +139,7 @@ async def test_a_duplicate_is_imported_again_on_an_operator_s_word(
     ledger = Ledger(world.state_dir / "ledger.sqlite3")
     [row] = [r for r in ledger.rows() if r.name == "round2.xlsx"]
     ledger.close()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "watcher",
+    code, output = await cli(
         "ledger",
         "reprocess",
         row.id,
@@ -154,11 +149,8 @@ async def test_a_duplicate_is_imported_again_on_an_operator_s_word(
         "second call round, agreed with the business",
         "--by",
         "ops-li",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await process.communicate()
-    assert process.returncode == 0, output
+    assert code == 0, output
     await wait_for(world.settled("done", "round2.xlsx.result.txt").exists, 30, "round2 in done/")
     assert not world.settled("rejected", "round2.xlsx").exists()
     assert not world.settled("rejected", "round2.xlsx.result.txt").exists()

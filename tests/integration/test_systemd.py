@@ -65,34 +65,22 @@ def _unit_for_this_machine(tmp_path: Path) -> Path:
     return unit
 
 
-def _need_systemd_analyze() -> str:
+def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.fail("systemd-analyze is missing: apt-get install systemd (run .ci/run)")
-    return tool
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=60)
 
 
 def test_the_unit_verifies_cleanly(tmp_path):
-    tool = _need_systemd_analyze()
-    result = subprocess.run(
-        [tool, "verify", "--man=no", str(_unit_for_this_machine(tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _analyze("verify", "--man=no", str(_unit_for_this_machine(tmp_path)))
     # verify exits 0 on typos and bad values too, so its output must be empty as well.
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
 
 
 def test_the_unit_is_hardened(tmp_path):
-    tool = _need_systemd_analyze()
-    result = subprocess.run(
-        [tool, "security", "--offline=yes", str(_unit_for_this_machine(tmp_path))],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _analyze("security", "--offline=yes", str(_unit_for_this_machine(tmp_path)))
     level = re.search(r"Overall exposure level for .*: (\d+\.\d+) (\w+)", result.stdout)
     assert level is not None, result.stdout + result.stderr
     assert float(level.group(1)) <= 2.0, level.group(0)

@@ -27,8 +27,11 @@ class Source(Protocol):
         """Names of the folders directly in ``folder`` (an absent folder is created, then empty)."""
         ...
 
-    async def read_range(self, path: str, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes of ``path`` from ``offset`` (negative: from the end)."""
+    async def read_ends(
+        self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
+    ) -> tuple[bytes, bytes]:
+        """The first ``head_bytes`` and the last ``tail_bytes`` of a file of ``size_bytes``,
+        in one open (the gate asks this of every stable candidate)."""
         ...
 
     async def makedirs(self, path: str) -> None: ...

@@ -180,14 +180,13 @@ class SftpSource:
             and item.filename not in (".", "..")
         ]
 
-    async def read_range(self, path: str, offset: int, length: int) -> bytes:
+    async def read_ends(
+        self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
+    ) -> tuple[bytes, bytes]:
         async with self._session(f"reading {path}") as sftp, sftp.open(path, "rb") as remote:
-            if offset < 0:
-                size = (await remote.stat()).size or 0
-                offset = max(0, size + offset)
-            await remote.seek(offset)
-            data: bytes = await remote.read(length)
-            return data
+            head: bytes = await remote.read(head_bytes, 0)
+            tail: bytes = await remote.read(tail_bytes, max(0, size_bytes - tail_bytes))
+            return head, tail
 
     async def makedirs(self, path: str) -> None:
         async with self._session(f"creating {path}") as sftp:
