@@ -113,12 +113,16 @@ LogLevel VERBOSE
 
 @pytest.fixture
 async def emulator(sshd: Sshd) -> AsyncIterator[Emulator]:
-    """The iSales emulator over real HTTP, with the sshd registered as file server ``fs-1``."""
+    """The iSales emulator over real HTTP, with the sshd registered as file server ``fs-1``.
+
+    No campaign exists until a test adds one (``make_world`` adds its route's).
+    """
     emu = Emulator(
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         vdn_id=VDN,
         import_delay_s=0.2,
+        campaigns=set(),  # make_world registers the campaign of each route it writes
         servers=[
             RegisteredServer(
                 "fs-1",
@@ -207,6 +211,7 @@ control_listen = "{control_listen}"
 shutdown_grace_s = 5
 {daemon_extra}
 """)
+        emulator.campaigns.add(f"c-{name}")
         return World(config, inbox, state, f"c-{name}")
 
     return make

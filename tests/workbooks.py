@@ -14,7 +14,7 @@ def rows_valid(count: int, seed: int = 0) -> list[list[object]]:
     return [
         [
             f"s{seed}-{i}",
-            f'[{{"calledNo":"139{seed % 100:02d}{i:06d}"}}]',
+            f'[{{"calledNo":"139{seed % 100:02d}{i + 1:06d}"}}]',
             "95555",
             f'{{"n":{i}}}',
             "vip",

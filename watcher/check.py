@@ -22,6 +22,21 @@ async def list_servers(settings: Settings) -> list[FileServer]:
         return await client.query_servers()
 
 
+def _zone_line(settings: Settings, client: IsalesClient) -> tuple[bool, str]:
+    """Where iSales' zone-less times are placed (beginTime, schedules), and its clock."""
+    skew = f"its clock is {client.clock_skew_s:+.0f} s from ours"
+    if settings.isales.server_utc_offset:
+        zone = f"UTC{settings.isales.server_utc_offset} (isales.server_utc_offset)"
+    elif client.date_zone is not None:
+        zone = f"{client.date_zone} (from its Date header)"
+    else:
+        return True, (
+            f"iSales' Date header is GMT, so its own zone is unknown; {skew}. If its beginTime "
+            "values carry no zone, or a route has a schedule, set isales.server_utc_offset"
+        )
+    return True, f"iSales times without a zone are read as {zone}; {skew}"
+
+
 async def _check_sftp(settings: Settings, say: Say) -> bool:
     source = SftpSource(settings.sftp)
     try:
@@ -49,12 +64,15 @@ async def _check_sftp(settings: Settings, say: Say) -> bool:
 
 
 async def _check_isales(settings: Settings, say: Say) -> bool:
+    configured = [settings.isales.server_id] if settings.isales.server_id else None
     try:
-        servers = await list_servers(settings)
+        async with IsalesClient(settings.isales) as client:
+            servers = await client.query_servers(configured, retry=False)
     except WatcherError as exc:
         say(False, f"iSales at {settings.isales.base_url}: {exc}")
         return False
     say(True, f"iSales at {settings.isales.base_url} accepted the signature (queryServer)")
+    say(*_zone_line(settings, client))
     try:
         server = choose_server(servers, settings)
     except ConfigError as exc:

@@ -215,6 +215,34 @@ def _ledger_reprocess(
     return EX_OK
 
 
+def _ledger_resolve(
+    ledger: Ledger, record: FileRecord, settings: Settings, args: argparse.Namespace
+) -> int:
+    from watcher.resolve import resolve_imported
+
+    who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
+    try:
+        if args.imported:
+            record = asyncio.run(
+                resolve_imported(
+                    settings, ledger, record, args.imported, actor=who, reason=args.reason
+                )
+            )
+            _print(
+                f"{record.id} is now tracked as import task {args.imported} (by {who}); a running "
+                "daemon follows it to its end and settles the file within one poll"
+            )
+        else:
+            record = ledger.resolve(record.id, task_id=None, actor=who, reason=args.reason)
+            _print(
+                f"{record.id} was not imported (by {who}: {args.reason}); a running daemon sends "
+                "it once more within one poll"
+            )
+    except WatcherError as exc:
+        return _fail(f"cannot resolve {record.id}: {exc}", EX_INVALID)
+    return EX_OK
+
+
 def _ledger(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
@@ -229,6 +257,8 @@ def _ledger(args: argparse.Namespace) -> int:
             return _fail(f"{len(found)} ledger rows match {args.id!r}", EX_INVALID)
         if args.ledger_command == "reprocess":
             return _ledger_reprocess(ledger, found[0], settings, args)
+        if args.ledger_command == "resolve":
+            return _ledger_resolve(ledger, found[0], settings, args)
         return _ledger_show(ledger, found[0])
     finally:
         ledger.close()
@@ -343,6 +373,22 @@ def _parser() -> argparse.ArgumentParser:
     reprocess.add_argument("id", help="a ledger id or its beginning")
     reprocess.add_argument("--reason", required=True, help="why (kept in the ledger)")
     reprocess.add_argument("--by", help="who asks (default: the login name)")
+    resolve = ledger_commands.add_parser(
+        "resolve",
+        parents=[config],
+        help="settle an uncertain file from what iSales shows: --imported TASK_ID or "
+        "--not-imported (audited)",
+    )
+    resolve.add_argument("id", help="a ledger id or its beginning")
+    verdict = resolve.add_mutually_exclusive_group(required=True)
+    verdict.add_argument(
+        "--imported", metavar="TASK_ID", help="iSales imported it as this task: track it"
+    )
+    verdict.add_argument(
+        "--not-imported", action="store_true", help="iSales did not import it: send it once more"
+    )
+    resolve.add_argument("--reason", required=True, help="what you saw (kept in the ledger)")
+    resolve.add_argument("--by", help="who decides (default: the login name)")
     ledger.set_defaults(handler=_ledger)
 
     check = commands.add_parser(
@@ -377,14 +423,41 @@ def _parser() -> argparse.ArgumentParser:
         required=True,
         help="host keys of the file servers (fetches verify them)",
     )
-    fake.add_argument("--campaign", action="append", help="campaigns that exist (default: any)")
+    fake.add_argument(
+        "--campaign",
+        action="append",
+        required=True,
+        metavar="ID",
+        help="a campaign that exists (repeatable, at least one; others are answered 0200007)",
+    )
     fake.add_argument(
         "--fault",
         action="append",
         default=[],
         metavar="ENDPOINT=FAULT",
         help="script a fault: upload|query_tasks|query_server|*=503, 429:2, delay:5, "
-        "drop_after_accept, accept_then_502, fail_import:MSG, slow_import:60, skew:300",
+        "drop_after_accept, accept_then_502|503|504, accept_then_status:504, fail_import:MSG, "
+        "slow_import:60, skew:300, broken_body, redirect, redirect:/elsewhere, reject_4xx, "
+        "null_server, string_list, bad_count, bad_begin_time",
+    )
+    fake.add_argument(
+        "--blacklist",
+        action="append",
+        default=[],
+        metavar="NUMBER|*SUFFIX",
+        help="a blacklisted called number, or *SUFFIX for all numbers ending so "
+        "(repeatable; default *0000)",
+    )
+    fake.add_argument(
+        "--utc-offset",
+        default="+00:00",
+        metavar="+HH:MM",
+        help="the server's time zone (default +00:00)",
+    )
+    fake.add_argument(
+        "--naive-times",
+        action="store_true",
+        help="write beginTime/endTime in the server's local time without an offset",
     )
     fake.add_argument("--chaos", type=float, default=0.0, help="probability of a random fault")
     fake.add_argument("--seed", type=int, default=1)

@@ -26,7 +26,7 @@ from watcher.errors import (
 from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
 from watcher.health import Health
 from watcher.isales.client import IsalesClient, choose_server
-from watcher.ledger import Ledger
+from watcher.ledger import Ledger, utc_now
 from watcher.models import FileState, RemoteEntry
 from watcher.notify import Notifier
 from watcher.pipeline import Pipeline
@@ -82,6 +82,7 @@ class Daemon:
         self._recheck_in_s = settings.daemon.poll_interval_s
         self._odd_folders: set[str] = set()
         self._control: ControlServer | None = None
+        self._api_probe: asyncio.Task[None] | None = None
         self._notifier = Notifier()
 
     def request_stop(self) -> None:
@@ -112,7 +113,11 @@ class Daemon:
         try:
             if control is not None:
                 await control.start()
-            async with IsalesClient(self.settings.isales, on_call=self.health.api_call) as client:
+            async with IsalesClient(
+                self.settings.isales,
+                on_call=self.health.api_call,
+                max_wait_s=daemon.max_backoff_s,
+            ) as client:
                 server_id = await self._resolve_server_id(client)
                 if server_id is None:
                     return
@@ -140,6 +145,8 @@ class Daemon:
                 watchdog.cancel()
                 await self._drain()
         finally:
+            if self._api_probe is not None:
+                self._api_probe.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
             if control is not None:
                 await control.close()
@@ -164,9 +171,10 @@ class Daemon:
 
     async def _resolve_server_id(self, client: IsalesClient) -> str | None:
         failures = 0
+        configured = [self.settings.isales.server_id] if self.settings.isales.server_id else None
         while not self.stop.is_set():
             try:
-                servers = await self._unless_stopped(client.query_servers())
+                servers = await self._unless_stopped(client.query_servers(configured))
             except _StopRequestedError:
                 return None
             except TransientError as exc:
@@ -224,7 +232,8 @@ class Daemon:
         while not self.stop.is_set():
             self.health.beat()
             self._resume(pipeline, pipeline.ledger, at_start=False)
-            await self._probe_isales(pipeline)
+            self._recheck(pipeline)
+            self._probe_isales(pipeline)
             self._recheck_in_s = self.settings.daemon.poll_interval_s
             if changed is not None:
                 changed.clear()
@@ -259,14 +268,33 @@ class Daemon:
                 log.error("daemon.stuck", **details)
             await self._pause(interval_s)
 
-    async def _probe_isales(self, pipeline: Pipeline) -> None:
-        """An idle daemon still asks iSales now and then, so that readiness means something."""
-        if self.health.api_age_s() < self.settings.daemon.api_probe_s:
+    def _probe_isales(self, pipeline: Pipeline) -> None:
+        """An idle daemon still asks iSales now and then, so that readiness means something.
+
+        In the background, once, without retries: a slow or busy iSales never holds up the loop.
+        """
+        if (
+            self._api_probe is not None
+            or self.health.api_age_s() < self.settings.daemon.api_probe_s
+        ):
             return
-        try:
-            await pipeline.client.query_servers()
-        except WatcherError as exc:
-            log.warning("isales.probe_failed", error=str(exc))
+
+        async def probe() -> None:
+            try:
+                await pipeline.client.query_servers(retry=False)
+            except WatcherError as exc:
+                log.warning("isales.probe_failed", error=str(exc))
+            finally:
+                self._api_probe = None
+
+        self._api_probe = asyncio.create_task(probe())
+
+    def _recheck(self, pipeline: Pipeline) -> None:
+        """Reconcile again the parked files whose next look is due."""
+        for record in pipeline.ledger.due_rechecks(utc_now()):
+            if record.id not in pipeline.driving:
+                pipeline.driving.add(record.id)
+                self._spawn(pipeline.recheck(record))
 
     async def _routes(self) -> list[RouteSettings]:
         """The routes to scan now: template routes become one route per campaign folder."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = (
     "ApiAmbiguousError",
     "ApiRejectedError",
+    "ApiReplyError",
     "ApiTrustError",
     "ApiUnavailableError",
     "ClaimConflictError",
@@ -16,6 +17,7 @@ __all__ = (
     "SignatureRefusedError",
     "SkipFileError",
     "SourceUnavailableError",
+    "TaskTakenError",
     "TransientError",
     "WatcherError",
     "WorkbookRejected",
@@ -64,6 +66,14 @@ class ApiTrustError(TransientError):
 class ApiAmbiguousError(WatcherError):
     """The request may or may not have taken effect (timeout after sending, 5xx, broken body)."""
 
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class ApiReplyError(ApiAmbiguousError):
+    """A reply of an unexpected shape: the request may have taken effect; the reply is unusable."""
+
 
 class SkipFileError(WatcherError):
     """An expected race: another actor moved the file first. Nothing to do."""
@@ -96,6 +106,10 @@ class ApiRejectedError(RejectFileError):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(f"{message} (iSales code {code})")
         self.code = code
+
+
+class TaskTakenError(WatcherError):
+    """An import task already belongs to another file version: it cannot be adopted."""
 
 
 class LedgerError(WatcherError):

@@ -8,12 +8,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from watcher.errors import LedgerError
+from watcher.errors import LedgerError, TaskTakenError
 from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
 
-__all__ = ("IMPORTED_STATES", "Ledger", "new_file_id", "utc_now")
+__all__ = ("IMPORTED_STATES", "DuplicatesBy", "Ledger", "new_file_id", "utc_now")
+
+DuplicatesBy = Literal["rows", "bytes", "off"]
+Field = str | int | None
 
 # A row in one of these states has (or may have) reached iSales: the same content is a duplicate.
 IMPORTED_STATES = (FileState.submitting, FileState.tracking, FileState.uncertain, FileState.done)
@@ -57,11 +60,32 @@ _SCHEMA = [
     """
     ALTER TABLE files ADD COLUMN force_submit INTEGER NOT NULL DEFAULT 0;
     """,
+    # version 3: the same list is the same rows; a task once owned stays owned; uncertain files
+    # are reconciled again on a schedule
+    """
+    ALTER TABLE files ADD COLUMN rows_fingerprint TEXT;
+    ALTER TABLE files ADD COLUMN data_rows INTEGER;
+    ALTER TABLE files ADD COLUMN recheck_at TEXT;
+    ALTER TABLE files ADD COLUMN rechecks INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX files_rows ON files (campaign_id, rows_fingerprint);
+    CREATE INDEX files_recheck ON files (recheck_at) WHERE recheck_at IS NOT NULL;
+    CREATE TABLE owned_tasks (
+        campaign_id TEXT NOT NULL,
+        task_id     TEXT NOT NULL,
+        file_id     TEXT NOT NULL REFERENCES files (id),
+        at          TEXT NOT NULL,
+        PRIMARY KEY (campaign_id, task_id)
+    );
+    INSERT OR IGNORE INTO owned_tasks (campaign_id, task_id, file_id, at)
+        SELECT campaign_id, import_task_id, id, updated_at FROM files
+        WHERE import_task_id IS NOT NULL;
+    """,
 ]
 
 _COLUMNS = (
     "id, route, campaign_id, inbox, name, size_bytes, mtime, state, sha256, import_task_id,"
-    " outcome, reason, details, created_at, updated_at, submitted_at, settled_path, force_submit"
+    " outcome, reason, details, created_at, updated_at, submitted_at, settled_path, force_submit,"
+    " rows_fingerprint, data_rows, recheck_at, rechecks"
 )
 
 
@@ -203,6 +227,14 @@ class Ledger:
         )
         return [_record(r) for r in rows]
 
+    def has_been(self, file_id: str, state: FileState) -> bool:
+        """Whether the row was ever in ``state``."""
+        row = self._db.execute(
+            "SELECT 1 FROM transitions WHERE file_id = ? AND to_state = ? LIMIT 1",
+            (file_id, state),
+        ).fetchone()
+        return row is not None
+
     def transitions(self, file_id: str) -> list[dict[str, Any]]:
         rows = self._db.execute(
             "SELECT from_state, to_state, at, actor, reason FROM transitions"
@@ -219,12 +251,15 @@ class Ledger:
         expect: FileState | tuple[FileState, ...],
         reason: str | None = None,
         actor: str = "daemon",
-        **fields: str | None,
+        **fields: Field,
     ) -> FileRecord:
         """Move a row to ``to_state`` if it is still in ``expect``; set ``fields`` with it.
 
+        Setting ``import_task_id`` also records the task as owned by this row, for good.
+
         Raises:
             LedgerError: the row was not in an expected state (a bug, or two daemons on one ledger).
+            TaskTakenError: another row owns (or once owned) that import task.
         """
         expected = (expect,) if isinstance(expect, FileState) else expect
         assignments = "".join(f", {name} = ?" for name in fields)
@@ -233,6 +268,9 @@ class Ledger:
             if row is None or FileState(row["state"]) not in expected:
                 found = row["state"] if row else "no row"
                 raise LedgerError(f"file {file_id}: expected state {expected}, found {found}")
+            task_id = fields.get("import_task_id")
+            if isinstance(task_id, str):
+                self._own(db, file_id, task_id)
             db.execute(
                 f"UPDATE files SET state = ?, updated_at = ?, reason = COALESCE(?, reason)"
                 f"{assignments} WHERE id = ?",
@@ -241,7 +279,26 @@ class Ledger:
             self._log(db, file_id, FileState(row["state"]), to_state, actor, reason)
         return self.get(file_id)
 
-    def update(self, file_id: str, **fields: str | None) -> FileRecord:
+    def _own(self, db: sqlite3.Connection, file_id: str, task_id: str) -> None:
+        (campaign_id,) = db.execute(
+            "SELECT campaign_id FROM files WHERE id = ?", (file_id,)
+        ).fetchone()
+        owner = db.execute(
+            "SELECT file_id FROM owned_tasks WHERE campaign_id = ? AND task_id = ?",
+            (campaign_id, task_id),
+        ).fetchone()
+        if owner is not None and owner["file_id"] != file_id:
+            raise TaskTakenError(
+                f"import task {task_id} of campaign {campaign_id} belongs to file "
+                f"{owner['file_id']}"
+            )
+        db.execute(
+            "INSERT OR IGNORE INTO owned_tasks (campaign_id, task_id, file_id, at)"
+            " VALUES (?, ?, ?, ?)",
+            (campaign_id, task_id, file_id, utc_now()),
+        )
+
+    def update(self, file_id: str, **fields: Field) -> FileRecord:
         """Set fields without changing the state."""
         assignments = ", ".join(f"{name} = ?" for name in fields)
         with self._transaction() as db:
@@ -251,7 +308,7 @@ class Ledger:
             )
         return self.get(file_id)
 
-    def begin_submit(self, file_id: str) -> FileRecord:
+    def begin_submit(self, file_id: str, duplicates: DuplicatesBy = "rows") -> FileRecord:
         """Mark a row ``submitting`` unless the same content was already imported for its campaign.
 
         The check and the write are one transaction, so two copies of a list racing each other
@@ -264,7 +321,7 @@ class Ledger:
             me = _record(
                 db.execute(f"SELECT {_COLUMNS} FROM files WHERE id = ?", (file_id,)).fetchone()
             )
-            earlier = None if me.force_submit else self._imported_twin(db, me)
+            earlier = None if me.force_submit else self._imported_twin(db, me, duplicates)
             if earlier is not None:
                 return earlier
             if me.state is not FileState.claimed:
@@ -277,22 +334,41 @@ class Ledger:
             self._log(db, file_id, me.state, FileState.submitting, "daemon", None)
         return self.get(file_id)
 
-    def imported_twin(self, record: FileRecord) -> FileRecord | None:
-        """An earlier row with the same campaign and content that reached iSales, if any.
+    def imported_twin(
+        self, record: FileRecord, duplicates: DuplicatesBy = "rows"
+    ) -> FileRecord | None:
+        """An earlier row of the same campaign with the same list that reached iSales, if any.
 
-        None for a row an operator asked to send again.
+        The same list is the same bytes, or (``duplicates = "rows"``) also the same data rows
+        however the file was written. None for a row an operator asked to send again.
         """
         if record.force_submit:
             return None
-        return self._imported_twin(self._db, record)
+        return self._imported_twin(self._db, record, duplicates)
 
-    def _imported_twin(self, db: sqlite3.Connection, me: FileRecord) -> FileRecord | None:
+    def _imported_twin(
+        self, db: sqlite3.Connection, me: FileRecord, duplicates: DuplicatesBy
+    ) -> FileRecord | None:
+        if duplicates == "off":
+            return None
+        same = "sha256 = ?"
+        keys: list[Any] = [me.sha256]
+        if duplicates == "rows" and me.rows_fingerprint is not None:
+            same = "(sha256 = ? OR rows_fingerprint = ?)"
+            keys.append(me.rows_fingerprint)
         marks = ",".join("?" * len(IMPORTED_STATES))
         row = db.execute(
-            f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND sha256 = ? AND id != ?"
+            f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND {same} AND id != ?"
             f" AND (state IN ({marks}) OR (state = ? AND import_task_id IS NOT NULL"
             f" AND outcome = ?)) ORDER BY rowid LIMIT 1",
-            (me.campaign_id, me.sha256, me.id, *IMPORTED_STATES, FileState.settling, Outcome.done),
+            (
+                me.campaign_id,
+                *keys,
+                me.id,
+                *IMPORTED_STATES,
+                FileState.settling,
+                Outcome.done,
+            ),
         ).fetchone()
         return _record(row) if row else None
 
@@ -314,7 +390,8 @@ class Ledger:
                 )
             db.execute(
                 "UPDATE files SET state = ?, force_submit = 1, import_task_id = NULL,"
-                " outcome = NULL, settled_path = NULL, updated_at = ?, reason = ? WHERE id = ?",
+                " outcome = NULL, settled_path = NULL, recheck_at = NULL, updated_at = ?,"
+                " reason = ? WHERE id = ?",
                 (FileState.claimed, utc_now(), f"reprocess: {reason}", file_id),
             )
             self._log(
@@ -325,6 +402,38 @@ class Ledger:
                 actor,
                 f"reprocess: {reason}",
             )
+        return self.get(file_id)
+
+    def resolve(self, file_id: str, *, task_id: str | None, actor: str, reason: str) -> FileRecord:
+        """Settle an ``uncertain`` file on an operator's word, audited.
+
+        With ``task_id`` (the operator found the import in iSales) the row tracks that task;
+        without, it was not imported and goes back to ``claimed`` to be sent once more (still
+        subject to the duplicate check against other files).
+
+        Raises:
+            LedgerError: the row is not ``uncertain``.
+            TaskTakenError: another row owns that task.
+        """
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+            if row is None or row["state"] != FileState.uncertain:
+                found = row["state"] if row else "no such row"
+                raise LedgerError(f"file {file_id} is {found}; only an uncertain file is resolved")
+            if task_id is not None:
+                self._own(db, file_id, task_id)
+                to_state, why = (
+                    FileState.tracking,
+                    f"resolved: imported as task {task_id}: {reason}",
+                )
+            else:
+                to_state, why = FileState.claimed, f"resolved: not imported: {reason}"
+            db.execute(
+                "UPDATE files SET state = ?, import_task_id = ?, recheck_at = NULL,"
+                " updated_at = ?, reason = ? WHERE id = ?",
+                (to_state, task_id, utc_now(), why, file_id),
+            )
+            self._log(db, file_id, FileState.uncertain, to_state, actor, why)
         return self.get(file_id)
 
     def state_summary(self) -> list[tuple[str, int, str | None]]:
@@ -347,11 +456,37 @@ class Ledger:
         return True
 
     def task_owner(self, campaign_id: str, task_id: str) -> FileRecord | None:
+        """The row that owns, or once owned, an import task (a reprocess does not free it)."""
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND import_task_id = ?",
+            "SELECT file_id FROM owned_tasks WHERE campaign_id = ? AND task_id = ?",
             (campaign_id, task_id),
         ).fetchone()
-        return _record(row) if row else None
+        return self.get(row["file_id"]) if row else None
+
+    def owned_tasks(self, campaign_id: str) -> set[str]:
+        """Every import task of the campaign that a row owns or once owned."""
+        rows = self._db.execute(
+            "SELECT task_id FROM owned_tasks WHERE campaign_id = ?", (campaign_id,)
+        )
+        return {r["task_id"] for r in rows}
+
+    def unresolved(self, campaign_id: str) -> list[FileRecord]:
+        """Rows of the campaign whose submission's outcome is not known: they may own a task."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND import_task_id IS NULL"
+            " AND submitted_at IS NOT NULL AND state IN (?, ?) ORDER BY rowid",
+            (campaign_id, FileState.submitting, FileState.uncertain),
+        )
+        return [_record(r) for r in rows]
+
+    def due_rechecks(self, now: str) -> list[FileRecord]:
+        """Uncertain rows whose next reconciliation is due."""
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE recheck_at IS NOT NULL AND recheck_at <= ?"
+            " AND state = ? ORDER BY recheck_at",
+            (now, FileState.uncertain),
+        )
+        return [_record(r) for r in rows]
 
 
 _UNFINISHED = (

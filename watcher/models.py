@@ -86,6 +86,10 @@ class FileRecord:
     submitted_at: str | None
     settled_path: str | None
     force_submit: int = 0  # an operator asked to send it again (ledger reprocess)
+    rows_fingerprint: str | None = None  # the normalised data rows (validation), see duplicates
+    data_rows: int | None = None  # data rows validation counted: an adopted task must match
+    recheck_at: str | None = None  # an uncertain file is reconciled again at this time
+    rechecks: int = 0  # how often it was reconciled again
 
     @property
     def processing_dir(self) -> str:

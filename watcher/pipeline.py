@@ -10,7 +10,13 @@ from pathlib import Path
 import structlog
 
 from watcher.claim import claim, resolve_claim
-from watcher.errors import FileGoneError, LedgerError, SkipFileError, TransientError
+from watcher.errors import (
+    ApiUnavailableError,
+    FileGoneError,
+    LedgerError,
+    SkipFileError,
+    TransientError,
+)
 from watcher.gate import ZipVerdict
 from watcher.health import Health
 from watcher.isales.client import IsalesClient
@@ -19,8 +25,8 @@ from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
 from watcher.settings import RouteSettings, Settings
 from watcher.settle import settle, write_parked_receipt
 from watcher.sources import Source
-from watcher.submit import reconcile, reject_duplicate, submit, with_details
-from watcher.track import track
+from watcher.submit import Reconciler, reject_duplicate, submit, with_details
+from watcher.track import Tracker, track
 from watcher.validate import Report, ValidationOptions, validate_file
 from watcher.validate.xlsx import Limits
 
@@ -45,6 +51,8 @@ _GATE_KINDS = {  # the problem kind whose advice the receipt gives
     ZipVerdict.old_excel: "old_xls",
 }
 _MAX_CRASHES = 3
+# A busy iSales (429, "called too frequently") is asked again this often before the file waits.
+_SEND_ATTEMPTS = 4
 
 
 class Pipeline:
@@ -76,6 +84,8 @@ class Pipeline:
         # One submission per campaign at a time: a lost answer then has one candidate task.
         self._campaign_locks: dict[str, asyncio.Lock] = {}
         self.driving: set[str] = set()
+        self.reconciler = Reconciler(client, ledger, settings.isales)
+        self.tracker = Tracker(client, poll_s=settings.isales.track_poll_s, stop=stop)
 
     def _route(self, record: FileRecord) -> RouteSettings:
         route = self.settings.route(record.route, record.campaign_id)
@@ -130,6 +140,8 @@ class Pipeline:
                 self.health.retries.labels(record.state.value).inc()
                 daemon = self.settings.daemon
                 wait_s = min(daemon.max_backoff_s, daemon.retry_backoff_s * 2.0 ** (failures - 1))
+                if isinstance(exc, ApiUnavailableError) and exc.retry_after_s is not None:
+                    wait_s = min(daemon.max_backoff_s, max(wait_s, exc.retry_after_s))
                 log.warning(
                     "file.step_failed", state=record.state.value, error=str(exc), retry_in_s=wait_s
                 )
@@ -157,6 +169,23 @@ class Pipeline:
             if advanced.state is FileState.uncertain:
                 await self._parked_receipt(advanced)
             record = advanced
+
+    async def recheck(self, record: FileRecord) -> None:
+        """Reconcile a parked file again; carry it on when its task is found."""
+        self.driving.add(record.id)
+        try:
+            async with self._campaign_lock(record.campaign_id):
+                current = self.ledger.get(record.id)
+                if current.state is not FileState.uncertain or current.recheck_at is None:
+                    return  # an operator settled it meanwhile
+                advanced = await self.reconciler.recheck(current)
+            if advanced.state is FileState.uncertain:
+                if advanced.reason != current.reason:
+                    await self._parked_receipt(advanced)
+                return
+            await self._drive(advanced)
+        finally:
+            self.driving.discard(record.id)
 
     async def _gone(self, record: FileRecord, exc: FileGoneError, failures: int) -> FileRecord:
         if record.state is FileState.claimed:
@@ -190,22 +219,18 @@ class Pipeline:
                 return await self._check_and_submit(record)
             case FileState.submitting:
                 async with self._campaign_lock(record.campaign_id):
-                    return await reconcile(
-                        self.client,
-                        self.ledger,
+                    return await self.reconciler.reconcile(
                         record,
-                        cause="the answer to uploadFileServer was lost (a crash or a failure)",
-                        grace_s=self.settings.isales.reconcile_grace_s,
-                        poll_s=self.settings.isales.track_poll_s,
+                        cause="the daemon stopped or failed before the answer to uploadFileServer "
+                        "was recorded",
                     )
             case FileState.tracking:
                 return await track(
-                    self.client,
+                    self.tracker,
                     self.ledger,
                     record,
                     poll_s=self.settings.isales.track_poll_s,
                     timeout_s=self.settings.isales.track_timeout_s,
-                    stop=self.stop,
                 )
             case FileState.settling:
                 return await settle(self.source, self.ledger, record)
@@ -221,9 +246,23 @@ class Pipeline:
             local.unlink(missing_ok=True)
         if record.state is not FileState.claimed:
             return record
-        # Once the POST starts it must finish: a cancelled request would be ambiguous.
-        async with self._campaign_lock(record.campaign_id):
-            return await asyncio.shield(self._submit(record, route))
+        for attempt in range(1, _SEND_ATTEMPTS + 1):
+            try:
+                # Once the POST starts it must finish: a cancelled request would be ambiguous.
+                async with self._campaign_lock(record.campaign_id):
+                    return await asyncio.shield(self._submit(record, route))
+            except ApiUnavailableError as exc:
+                # Provably not sent, and the row is claimed again: wait without the campaign
+                # lock, so that a long Retry-After holds up nothing but this file.
+                if attempt == _SEND_ATTEMPTS or exc.retry_after_s is None:
+                    raise
+                wait_s = min(self.settings.daemon.max_backoff_s, exc.retry_after_s)
+                log.info("file.send_postponed", error=str(exc), retry_in_s=wait_s)
+                await self._pause(wait_s)
+                if self.stop.is_set():
+                    raise
+                record = self.ledger.get(record.id)
+        raise AssertionError("unreachable")
 
     def _campaign_lock(self, campaign_id: str) -> asyncio.Lock:
         return self._campaign_locks.setdefault(campaign_id, asyncio.Lock())
@@ -236,14 +275,13 @@ class Pipeline:
             route=route,
             server_id=self.server_id,
             file_path=self.settings.relative_to_base(record.processing_dir),
-            reconcile_grace_s=self.settings.isales.reconcile_grace_s,
-            poll_s=self.settings.isales.track_poll_s,
+            reconciler=self.reconciler,
         )
 
     async def _check(self, record: FileRecord, route: RouteSettings, local: Path) -> FileRecord:
         sha256 = await self.source.download(record.processing_path, local)
         record = self.ledger.update(record.id, sha256=sha256)
-        twin = self.ledger.imported_twin(record)
+        twin = self.ledger.imported_twin(record, "bytes" if route.duplicates != "off" else "off")
         if twin is not None:
             return reject_duplicate(self.ledger, record, twin)
         limits = self.settings.validation
@@ -268,7 +306,12 @@ class Pipeline:
         )
         details = with_details(record, validation=report.as_json())
         if report.is_valid:
-            return self.ledger.update(record.id, details=details)
+            return self.ledger.update(
+                record.id,
+                details=details,
+                data_rows=report.data_rows,
+                rows_fingerprint=report.rows_fingerprint,
+            )
         errors = report.error_count
         return self.ledger.transition(
             record.id,

@@ -90,7 +90,11 @@ def receipt_text(record: FileRecord) -> str:
         lines.append(f"Why: {record.reason}")
         lines.append("An operator will check in iSales. Do not drop the file again meanwhile.")
     elif record.outcome is Outcome.done:
-        lines.append(f"Result: IMPORTED. iSales import task {record.import_task_id} finished.")
+        matched = details.get("reconciliation") or {}
+        if matched.get("task_id") == record.import_task_id and record.import_task_id:
+            lines.append(f"Result: IMPORTED ({matched['verdict']}).")
+        else:
+            lines.append(f"Result: IMPORTED. iSales import task {record.import_task_id} finished.")
     else:
         lines.append("Result: REJECTED. Nothing from this file was imported.")
         lines.append(f"Why: {record.reason}")
@@ -100,9 +104,14 @@ def receipt_text(record: FileRecord) -> str:
         lines.extend(_import_lines(details["import"]))
     if "duplicate_of" in details:
         twin = details["duplicate_of"]
+        same = "rows" if twin.get("same") == "rows" else "content"
         lines.append(
-            f"The same content was imported before as {twin['name']} (ledger {twin['ledger_id']}, "
+            f"The same {same} were imported before as {twin['name']} (ledger {twin['ledger_id']}, "
             f"import task {twin.get('import_task_id') or 'unknown'}, {twin['received_at']})."
+            if same == "rows"
+            else f"The same content was imported before as {twin['name']} (ledger "
+            f"{twin['ledger_id']}, import task {twin.get('import_task_id') or 'unknown'}, "
+            f"{twin['received_at']})."
         )
         lines.append(
             "To import it again on purpose, ask an operator: isales-watcher ledger reprocess"

@@ -6,6 +6,7 @@ import os
 import posixpath
 import re
 import tomllib
+from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
@@ -31,6 +32,23 @@ DEFAULT_CONFIG = Path("/etc/isales-watcher/config.toml")
 _SCHEDULE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 _CAMPAIGN_SLOT = "{campaign_id}"
 _FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}=?$")
+_UTC_OFFSET = re.compile(r"^(?:UTC)?([+-])([01]\d|2[0-3]):?([0-5]\d)$")
+_HOST_HEADER = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$")
+# The headers the client sends, hence the only ones it can sign. "locale" only when configured.
+SIGNABLE_HEADERS = ("content-type", "host", "locale")
+
+
+def parse_utc_offset(text: str) -> timezone:
+    """``+08:00``, ``-0530`` or ``UTC+08:00`` as a fixed zone.
+
+    Raises:
+        ValueError: not such an offset.
+    """
+    match = _UTC_OFFSET.match(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a UTC offset such as +08:00")
+    sign = 1 if match.group(1) == "+" else -1
+    return timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
 
 
 def _read_secret(values: dict[str, Any], key: str) -> None:
@@ -72,11 +90,23 @@ class IsalesSettings(_Section):
     server_id: str = ""
     allow_insecure_http: bool = False
     signed_headers: tuple[str, ...] = ("host",)
+    host_header: str = ""  # the Host sent and signed; default host:port of base_url
+    locale: str | None = None  # e.g. en_US: iSales answers resultDesc/errMsg in that language
     request_timeout_s: float = Field(default=30.0, gt=0)
     track_poll_s: float = Field(default=10.0, gt=0)
     track_timeout_s: float = Field(default=6 * 3600.0, gt=0)
     # After a lost answer, how long to keep looking for the import task before parking the file.
     reconcile_grace_s: float = Field(default=120.0, ge=0)
+    # How long after our POST ended an import task may begin and still be ours.
+    reconcile_window_s: float = Field(default=300.0, gt=0)
+    # An adopted task's record count must equal the data rows validation counted.
+    reconcile_by_counts: bool = True
+    # How long an uncertain file is reconciled again, with back-off, before only an operator can.
+    reconcile_horizon_s: float = Field(default=24 * 3600.0, gt=0)
+    reconcile_recheck_s: float = Field(default=30.0, gt=0)  # the first wait; doubles to 1 h
+    # The zone of times iSales writes without one (beginTime) and of scheduled imports;
+    # default: the offset of the server's Date header when it gives one.
+    server_utc_offset: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -99,12 +129,49 @@ class IsalesSettings(_Section):
             )
         if self.ca_file is not None and not self.ca_file.is_file():
             raise ValueError(f"ca_file: {self.ca_file} does not exist")
+        self._check_headers()
+        if self.server_utc_offset is not None:
+            try:
+                parse_utc_offset(self.server_utc_offset)
+            except ValueError as exc:
+                raise ValueError(f"server_utc_offset: {exc}") from None
         if self.tls_fingerprint is not None and len(self.certificate_pin or b"") != 32:
             raise ValueError(
                 "tls_fingerprint: expected the SHA-256 of the certificate as 64 hex digits "
                 "(openssl x509 -noout -fingerprint -sha256 -in cert.pem)"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lower_case_headers(cls, values: Any) -> Any:
+        if isinstance(values, dict) and isinstance(values.get("signed_headers"), list | tuple):
+            values = dict(values)
+            names = {str(name).strip().lower() for name in values["signed_headers"]}
+            values["signed_headers"] = tuple(sorted(names))
+        return values
+
+    def _check_headers(self) -> None:
+        sent = set(SIGNABLE_HEADERS) if self.locale else set(SIGNABLE_HEADERS) - {"locale"}
+        unknown = sorted(set(self.signed_headers) - sent)
+        if unknown:
+            raise ValueError(
+                f"signed_headers: {', '.join(unknown)} is not sent by the client "
+                f"(it sends {', '.join(sorted(sent))})"
+            )
+        if "host" not in self.signed_headers:
+            raise ValueError("signed_headers: must include host (the C2 signature requires it)")
+        if self.host_header and not _HOST_HEADER.match(self.host_header):
+            raise ValueError(f"host_header: {self.host_header!r} is not host or host:port")
+        if self.locale is not None and not re.match(r"^[a-z]{2}_[A-Z]{2}$", self.locale):
+            raise ValueError(f"locale: {self.locale!r} is not a locale such as en_US or zh_CN")
+
+    @property
+    def server_zone(self) -> timezone | None:
+        """The configured zone of the server's zone-less times, if any."""
+        if self.server_utc_offset is None:
+            return None
+        return parse_utc_offset(self.server_utc_offset)
 
     @property
     def certificate_pin(self) -> bytes | None:
@@ -118,8 +185,10 @@ class IsalesSettings(_Section):
             return b""
 
     @property
-    def host_header(self) -> str:
-        """The ``Host`` value sent and signed: always ``host:port``, as iSales expects."""
+    def sent_host(self) -> str:
+        """The ``Host`` value sent and signed: ``host:port``, as iSales expects, unless set."""
+        if self.host_header:
+            return self.host_header
         parts = urlsplit(self.base_url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         return f"{parts.hostname}:{port}"
@@ -199,6 +268,8 @@ class RouteSettings(_Section):
     call_data_json: bool = False
     duplicate_session_ids_are_errors: bool = False  # a warning unless set
     duplicate_numbers_are_errors: bool = False  # the same calledNo on several rows
+    # What makes a file a duplicate of an earlier import: the same data rows, the same bytes.
+    duplicates: Literal["rows", "bytes", "off"] = "rows"
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -49,7 +49,8 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
     except FileGoneError:
         if not await source.exists(target):
             log.warning("file.vanished", file_id=record.id, path=record.processing_path)
-    if record.force_submit:  # sent again after a parking: its ON HOLD receipts may be here
+    if record.force_submit or ledger.has_been(record.id, FileState.uncertain):
+        # Parked once: its ON HOLD receipts may be here.
         for suffix in (".result.txt", ".result.json"):
             with contextlib.suppress(FileGoneError):
                 await source.remove_file(record.processing_path + suffix)

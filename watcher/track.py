@@ -1,11 +1,17 @@
-"""Track: poll ``queryDataImportTask`` until our import task is finished or failed."""
+"""Track: poll ``queryDataImportTask`` until an import task is finished or failed.
+
+One :class:`Tracker` serves every file in flight: each round asks once per campaign for all of
+its tasks in flight. The ``importTaskIds`` filter is only in the vendor's sample, not in the
+parameter table, so a reply that ignores it is paged through until the tasks are found.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -15,12 +21,14 @@ from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, ImportTask, Outcome
 from watcher.submit import with_details
 
-__all__ = ("track",)
+__all__ = ("Tracker", "track")
 
 log = structlog.get_logger(__name__)
 
 _BACKOFF = 1.5
 _MAX_FACTOR = 6.0
+_IDS_PER_CALL = 100
+_MAX_PAGES = 50
 
 
 def _counts(task: ImportTask) -> dict[str, object]:
@@ -36,71 +44,162 @@ def _counts(task: ImportTask) -> dict[str, object]:
     }
 
 
+class Tracker:
+    """Waits for import tasks to end, with one query per campaign per round.
+
+    Args:
+        client: the iSales client.
+        poll_s: the first pause between rounds; it grows to 6x while nothing ends.
+        stop: when set, every waiter returns ``None``.
+    """
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def __init__(self, client: IsalesClient, *, poll_s: float, stop: asyncio.Event) -> None:
+        self._client = client
+        self._poll_s = poll_s
+        self._stop = stop
+        self._waiting: dict[str, dict[str, list[asyncio.Future[ImportTask]]]] = {}
+        self._rounds: dict[str, asyncio.Task[None]] = {}
+        self._news: dict[str, asyncio.Event] = {}
+
+    async def wait(self, campaign_id: str, task_id: str, timeout_s: float) -> ImportTask | None:
+        """The task once it has ended; None after ``timeout_s`` or when the daemon stops."""
+        future: asyncio.Future[ImportTask] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(campaign_id, {}).setdefault(task_id, []).append(future)
+        self._news.setdefault(campaign_id, asyncio.Event()).set()
+        if campaign_id not in self._rounds:
+            self._rounds[campaign_id] = asyncio.create_task(self._run(campaign_id))
+        stopping = asyncio.ensure_future(self._stop.wait())
+        waits: list[asyncio.Future[Any]] = [future, stopping]
+        try:
+            await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            waiters = self._waiting.get(campaign_id, {}).get(task_id, [])
+            if future in waiters:
+                waiters.remove(future)
+                if not waiters:
+                    self._waiting[campaign_id].pop(task_id, None)
+        return future.result() if future.done() and not future.cancelled() else None
+
+    async def _run(self, campaign_id: str) -> None:
+        wait_s = self._poll_s
+        news = self._news[campaign_id]
+        try:
+            while self._waiting.get(campaign_id) and not self._stop.is_set():
+                news.clear()
+                if self._round_ended_some(campaign_id, await self._round(campaign_id)):
+                    wait_s = self._poll_s
+                else:
+                    wait_s = min(wait_s * _BACKOFF, self._poll_s * _MAX_FACTOR)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await news.wait()  # a new file in flight: ask at once
+                if news.is_set():
+                    wait_s = self._poll_s
+        finally:
+            self._rounds.pop(campaign_id, None)
+
+    def _round_ended_some(self, campaign_id: str, found: dict[str, ImportTask]) -> bool:
+        ended = False
+        for task_id, task in found.items():
+            if not task.is_finished:
+                continue
+            for future in self._waiting.get(campaign_id, {}).pop(task_id, []):
+                if not future.done():
+                    future.set_result(task)
+                    ended = True
+        return ended
+
+    async def _round(self, campaign_id: str) -> dict[str, ImportTask]:
+        wanted = list(self._waiting.get(campaign_id, {}))
+        found: dict[str, ImportTask] = {}
+        try:
+            for start in range(0, len(wanted), _IDS_PER_CALL):
+                chunk = wanted[start : start + _IDS_PER_CALL]
+                page = await self._client.query_tasks(campaign_id, chunk)
+                found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
+            missing = set(wanted) - set(found)
+            if missing:
+                found.update(await self._page_through(campaign_id, missing))
+        except (TransientError, ApiAmbiguousError, ApiRejectedError) as exc:
+            log.warning("file.track_failed", campaign_id=campaign_id, error=str(exc))
+        return found
+
+    async def _page_through(self, campaign_id: str, missing: set[str]) -> dict[str, ImportTask]:
+        """The filter was ignored (or the tasks are not listed yet): read the listing itself."""
+        found: dict[str, ImportTask] = {}
+        offset = 0
+        for _ in range(_MAX_PAGES):
+            page = await self._client.query_tasks(campaign_id, offset=offset)
+            found.update((t.task_id, t) for t in page.tasks if t.task_id in missing)
+            offset += len(page.tasks)
+            if len(found) == len(missing) or not page.tasks or offset >= page.total:
+                break
+        return found
+
+
+def _deadline_from(record: FileRecord) -> datetime | None:
+    """A scheduled import's clock starts at its hour; any other at the submission."""
+    details = json.loads(record.details) if record.details else {}
+    scheduled = details.get("scheduled_at")
+    if isinstance(scheduled, str):
+        return datetime.fromisoformat(scheduled)
+    return datetime.fromisoformat(record.submitted_at) if record.submitted_at else None
+
+
 async def track(
-    client: IsalesClient,
+    tracker: Tracker,
     ledger: Ledger,
     record: FileRecord,
     *,
     poll_s: float,
     timeout_s: float,
-    stop: asyncio.Event,
 ) -> FileRecord | None:
     """Wait for the import to end and record its counts.
 
     Returns:
-        The row in ``settling``, or ``None`` if the daemon is stopping (tracking resumes after
-        the restart, because the row stays ``tracking``).
+        The row in ``settling`` or parked, or ``None`` if the daemon is stopping (tracking
+        resumes after the restart, because the row stays ``tracking``).
     """
     assert record.import_task_id is not None
-    # Counted from the submission, so that restarts do not stretch it.
-    elapsed_s = 0.0
-    if record.submitted_at is not None:
-        elapsed_s = (
-            datetime.now(UTC) - datetime.fromisoformat(record.submitted_at)
-        ).total_seconds()
-    deadline = time.monotonic() + timeout_s - max(0.0, elapsed_s)
-    wait_s = poll_s
-    while True:
-        try:
-            tasks, _ = await client.query_tasks(record.campaign_id, [record.import_task_id])
-        except (TransientError, ApiAmbiguousError, ApiRejectedError) as exc:
-            log.warning("file.track_failed", file_id=record.id, error=str(exc))
-            tasks = []
-        task = next((t for t in tasks if t.task_id == record.import_task_id), None)
-        if task is not None and task.is_finished:
-            finished = task.status == "2"
-            reason = (
-                None
-                if finished
-                else f"iSales could not import the file: {task.err_msg or 'no reason given'}"
-            )
-            record = ledger.transition(
-                record.id,
-                FileState.settling,
-                expect=FileState.tracking,
-                outcome=Outcome.done if finished else Outcome.rejected,
-                reason=reason,
-                details=with_details(record, **{"import": _counts(task)}),
-            )
-            log.info(
-                "file.import_ended",
-                file_id=record.id,
-                status=task.status,
-                succ_num=task.succ_num,
-                fail_num=task.fail_num,
-            )
-            return record
-        if time.monotonic() > deadline:
-            return ledger.transition(
-                record.id,
-                FileState.uncertain,
-                expect=FileState.tracking,
-                reason=f"import task {record.import_task_id} had not ended after {timeout_s:g} s; "
-                "check it in iSales, then settle the file with 'isales-watcher ledger'",
-            )
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait_s):
-                await stop.wait()
-        if stop.is_set():
+    started = _deadline_from(record)
+    elapsed_s = (datetime.now(UTC) - started).total_seconds() if started else 0.0
+    # Counted from the submission, so that restarts do not stretch it; asked at least once.
+    remaining_s = max(timeout_s - elapsed_s, poll_s * 3)
+    task = await tracker.wait(record.campaign_id, record.import_task_id, remaining_s)
+    if task is None:
+        if tracker.stopping:
             return None
-        wait_s = min(wait_s * _BACKOFF, poll_s * _MAX_FACTOR)
+        return ledger.transition(
+            record.id,
+            FileState.uncertain,
+            expect=FileState.tracking,
+            reason=f"import task {record.import_task_id} had not ended after {timeout_s:g} s; "
+            "check it in iSales, then settle the file with 'isales-watcher ledger'",
+        )
+    finished = task.status == "2"
+    reason = (
+        None
+        if finished
+        else f"iSales could not import the file: {task.err_msg or 'no reason given'}"
+    )
+    record = ledger.transition(
+        record.id,
+        FileState.settling,
+        expect=FileState.tracking,
+        outcome=Outcome.done if finished else Outcome.rejected,
+        reason=reason,
+        details=with_details(record, **{"import": _counts(task)}),
+    )
+    log.info(
+        "file.import_ended",
+        file_id=record.id,
+        status=task.status,
+        succ_num=task.succ_num,
+        fail_num=task.fail_num,
+    )
+    return record

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 import stamina
 import structlog
 
-from tests.conftest import wait_for
+from tests.conftest import cli, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.isales.faults import Fault, FaultKind
 from watcher.ledger import Ledger
@@ -43,7 +45,8 @@ async def drop_and_settle(world, upload, name="list.xlsx", seed=0, outcome="done
 @pytest.mark.parametrize(
     ("fault", "retried_in_place"),
     [
-        (Fault(FaultKind.status, status=503), True),
+        (Fault(FaultKind.accept_then_503), False),  # a gateway forwarded it, then failed
+        (Fault(FaultKind.accept_then_504), False),
         (Fault(FaultKind.status, status=429, retry_after_s=0.6), True),
         (Fault(FaultKind.delay, delay_s=2.0), False),  # the answer comes after our timeout
         (Fault(FaultKind.drop_after_accept), False),
@@ -51,7 +54,8 @@ async def drop_and_settle(world, upload, name="list.xlsx", seed=0, outcome="done
         (Fault(FaultKind.broken_body), False),
     ],
     ids=[
-        "503",
+        "503-after-accept",
+        "504-after-accept",
         "429-retry-after",
         "timeout-after-accept",
         "drop-after-accept",
@@ -163,13 +167,31 @@ async def test_the_signed_header_set_is_configurable(make_world, run_daemon, emu
     assert len(emulator.uploads) == 1
 
 
-async def test_a_scheduled_route_sends_hour_and_minute(make_world, run_daemon, emulator, upload):
-    world = make_world(isales_extra=FAST, daemon_extra=DAEMON, route_extra='schedule = "02:30"')
+async def test_a_scheduled_import_is_tracked_from_its_hour(
+    make_world, run_daemon, emulator, upload
+):
+    # 02:30 server time, submitted at any other time of day: it runs at the next 02:30, which
+    # may be nearly a day away. Tracking must wait for it, not give up after track_timeout_s.
+    emulator.utc_offset = timedelta(hours=8)
+    world = make_world(
+        isales_extra=FAST + '\ntrack_timeout_s = 2\nserver_utc_offset = "+08:00"',
+        daemon_extra=DAEMON,
+        route_extra='schedule = "02:30"',
+    )
     await run_daemon(world)
-    text = await drop_and_settle(world, upload)
+    await upload(world.inbox / "later.xlsx", xlsxwriter_bytes(rows_valid(4)))
+    await wait_for(lambda: len(emulator.uploads) == 1, 30, "the scheduled upload")
     [call] = emulator.uploads
     assert (call.hour, call.minute) == ("2", "30")
-    assert "Scheduled import time: 02:30" in text
+    await asyncio.sleep(4)  # twice track_timeout_s: still waiting for its hour, not parked
+    assert states(world) == [FileState.tracking]
+    assert call.scheduled_for is not None
+    emulator.advance((call.scheduled_for - emulator.now()).total_seconds() + 1)
+    receipt = world.settled("done", "later.xlsx.result.txt")
+    await wait_for(receipt.exists, 30, "later.xlsx in done/")
+    text = receipt.read_text()
+    assert "Scheduled import time: 02:30 server time (UTC+08:00)" in text
+    assert "imported 4" in text
 
 
 async def test_an_uncertain_file_is_sent_again_only_on_an_operator_s_word(
@@ -184,9 +206,22 @@ async def test_an_uncertain_file_is_sent_again_only_on_an_operator_s_word(
     assert emulator.uploads == []
     ledger = Ledger(world.state_dir / "ledger.sqlite3")
     [row] = ledger.rows()
-    assert "0 unowned import tasks" in (row.reason or "")
-    ledger.reprocess(row.id, actor="ops-anna", reason="checked in iSales: not imported")
+    assert "no unowned import task began in its time window" in (row.reason or "")
     ledger.close()
+    code, output = await cli(
+        "ledger",
+        "resolve",
+        row.id,
+        "--not-imported",
+        "--reason",
+        "checked in iSales: not imported",
+        "--by",
+        "ops-anna",
+        "--config",
+        str(world.config),
+    )
+    assert code == 0, output
+    assert "sends it once more" in output
     await wait_for(world.settled("done", "maybe.xlsx.result.txt").exists, 30, "maybe in done/")
     assert len(emulator.uploads) == 1
     assert list((world.inbox / "processing").iterdir()) == []  # the ON HOLD receipts went too

@@ -171,6 +171,7 @@ async def test_one_folder_per_campaign(make_world, run_daemon, emulator, upload)
     world.config.write_text(text)
     for campaign in ("1647", "2001"):
         (world.inbox / campaign).mkdir()
+        emulator.campaigns.add(campaign)
     (world.inbox / "not a campaign").mkdir()
     await run_daemon(world)
     await upload(world.inbox / "1647" / "a.xlsx", xlsxwriter_bytes(rows_valid(3, seed=111)))

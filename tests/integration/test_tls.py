@@ -22,6 +22,7 @@ def _emulator(sshd) -> Emulator:
         vdn_id=VDN,
         import_delay_s=0.1,
         servers=[server],
+        campaigns=set(),
     )
 
 
@@ -32,6 +33,7 @@ async def test_https_with_a_private_ca(make_world, run_daemon, upload, sshd, tmp
     assert url.startswith("https://")
     try:
         world = make_world(base_url=url, isales_extra=f'ca_file = "{ca_file}"')
+        emu.campaigns.add(world.campaign)
         await run_daemon(world)
         await upload(world.inbox / "tls.xlsx", xlsxwriter_bytes(rows_valid(3, seed=21)))
         await wait_for(world.settled("done", "tls.xlsx.result.txt").exists, 30, "tls.xlsx in done/")
@@ -42,7 +44,9 @@ async def test_https_with_a_private_ca(make_world, run_daemon, upload, sshd, tmp
 
 async def test_an_unverifiable_certificate_is_refused(make_world, run_daemon, sshd, tmp_path):
     _, context = make_ca_and_server(tmp_path)
-    emu = Emulator(access_key=ACCESS_KEY, secret_key=SECRET_KEY, vdn_id=VDN, servers=[])
+    emu = Emulator(
+        access_key=ACCESS_KEY, secret_key=SECRET_KEY, vdn_id=VDN, servers=[], campaigns=set()
+    )
     url = await emu.start(ssl_context=context)
     try:
         world = make_world(base_url=url, isales_extra="")
@@ -73,6 +77,7 @@ async def test_a_pinned_certificate_is_trusted_and_another_refused(
     pin = hashlib.sha256(der).hexdigest()
     try:
         world = make_world(base_url=url, isales_extra=f'tls_fingerprint = "{pin}"')
+        emu.campaigns.add(world.campaign)
         await run_daemon(world)
         await upload(world.inbox / "pin.xlsx", xlsxwriter_bytes(rows_valid(3, seed=22)))
         await wait_for(world.settled("done", "pin.xlsx.result.txt").exists, 30, "pin.xlsx in done/")

@@ -67,7 +67,7 @@ def test_a_good_file_loads_with_the_secret_read_from_its_file(files):
     settings = load_settings(write(files))
     assert settings.isales.secret_key.get_secret_value() == "s3cret-value"
     assert "s3cret" not in repr(settings)
-    assert settings.isales.host_header == "10.0.0.5:28443"
+    assert settings.isales.sent_host == "10.0.0.5:28443"
     assert (
         settings.relative_to_base("/home/sftp/inbox/spring/processing/x")
         == "/inbox/spring/processing/x"

@@ -9,9 +9,9 @@ import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 from email.utils import parsedate_to_datetime
-from types import TracebackType
+from types import SimpleNamespace, TracebackType
 from typing import Any, Self
 
 import aiohttp
@@ -21,6 +21,7 @@ import structlog
 from watcher.errors import (
     ApiAmbiguousError,
     ApiRejectedError,
+    ApiReplyError,
     ApiTrustError,
     ApiUnavailableError,
     ConfigError,
@@ -30,13 +31,22 @@ from watcher.isales.signer import Signer, format_timestamp
 from watcher.models import ImportTask
 from watcher.settings import IsalesSettings, Settings
 
-__all__ = ("RESULT_MESSAGES", "FileServer", "IsalesClient", "choose_server", "describe_code")
+__all__ = (
+    "RESULT_MESSAGES",
+    "FileServer",
+    "IsalesClient",
+    "TaskPage",
+    "choose_server",
+    "describe_code",
+)
 
 log = structlog.get_logger(__name__)
 
 SUCCESS = "0200000"
 _MAX_SKEW_S = 60.0
 TOO_FREQUENT = "0200022"
+_MAX_REPLY_BYTES = 8 << 20
+_GATEWAY = (502, 503, 504)
 
 RESULT_MESSAGES = {
     "0200001": "iSales refused a parameter",
@@ -66,6 +76,14 @@ def describe_code(code: str, desc: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of ``queryDataImportTask``: the tasks and the total the server reports."""
+
+    tasks: list[ImportTask]
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
 class FileServer:
     """A file server registered in iSales."""
 
@@ -79,8 +97,10 @@ class FileServer:
 def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
     """The registered file server the daemon watches: configured, or matched by host, port, user.
 
+    Its default path must be ``sftp.base_path``: ``filePath`` is sent relative to it.
+
     Raises:
-        ConfigError: none or several match; the message lists what is registered.
+        ConfigError: none or several match, or the paths differ; the message says what is there.
     """
     configured = settings.isales.server_id
     sftp = settings.sftp
@@ -91,12 +111,12 @@ def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
                 f"isales.server_id: {configured} is not a file server of VDN "
                 f"{settings.isales.vdn_id} (see: isales-watcher servers)"
             )
-        return matches[0]
-    matches = [
-        s
-        for s in servers
-        if s.ip == sftp.host and str(s.port) == str(sftp.port) and s.user_name == sftp.username
-    ]
+    else:
+        matches = [
+            s
+            for s in servers
+            if s.ip == sftp.host and str(s.port) == str(sftp.port) and s.user_name == sftp.username
+        ]
     if len(matches) != 1:
         found = ", ".join(f"{s.server_id}={s.user_name}@{s.ip}:{s.port}" for s in servers)
         raise ConfigError(
@@ -105,11 +125,19 @@ def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
             "set isales.server_id"
         )
     chosen = matches[0]
-    if chosen.file_path and posixpath.normpath(chosen.file_path) != posixpath.normpath(
-        sftp.base_path
-    ):
+    if chosen.file_path is None:
         log.warning(
-            "isales.base_path_differs", registered=chosen.file_path, configured=sftp.base_path
+            "isales.default_path_unknown",
+            server_id=chosen.server_id,
+            configured=sftp.base_path,
+            advice="iSales reports no default path for this server; filePath is sent relative "
+            "to sftp.base_path",
+        )
+    elif posixpath.normpath(chosen.file_path) != posixpath.normpath(sftp.base_path):
+        raise ConfigError(
+            f"sftp.base_path: {sftp.base_path} is not the default path that iSales has for file "
+            f"server {chosen.server_id} ({_shown(chosen.file_path)}); iSales would look for the "
+            "files in the wrong folder. Set sftp.base_path to the registered default path"
         )
     return chosen
 
@@ -118,12 +146,6 @@ def _call_name(path: str) -> str:
     """``uploadFileServer`` for ``…/calldatafile/uploadFileServer/{campaignId}``."""
     parts = path.split("/")
     return parts[-2] if "calldatafile" in parts else parts[-1]
-
-
-def _retry_hook(exc: Exception) -> bool | float:
-    if isinstance(exc, ApiUnavailableError):
-        return exc.retry_after_s if exc.retry_after_s is not None else True
-    return False
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -135,52 +157,158 @@ def _retry_after(value: str | None) -> float | None:
         pass
     try:
         return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
 
 
-def _int(value: Any) -> int | None:
+def _shown(value: object, limit: int = 80) -> str:
+    """A value from the peer, safe to put in a message: printable, short."""
+    text = str(value)
+    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return text + ("..." if len(str(value)) > limit else "")
+
+
+def _items(reply: Mapping[str, Any], key: str, call: str) -> list[Mapping[str, Any]]:
+    """A list of objects in a reply; ``null`` or missing is an empty list."""
+    value = reply.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ApiReplyError(f"{call}: field {key!r} is {type(value).__name__}, expected a list")
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise ApiReplyError(
+                f"{call}: {key}[{index}] is {type(item).__name__}, expected an object"
+            )
+    return value
+
+
+def _count(reply: Mapping[str, Any], call: str, default: int) -> int:
+    value = reply.get("count")
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ApiReplyError(f"{call}: field 'count' is {type(value).__name__}, expected a number")
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except ValueError:
+        raise ApiReplyError(f"{call}: field 'count' is {_shown(value)!r}, not a number") from None
+
+
+def _text(item: Mapping[str, Any], key: str, where: str) -> str | None:
+    """A field that must be a string (a number is accepted as its digits), or null."""
+    value = item.get(key)
+    if value is None:
         return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ApiReplyError(f"{where}: field {key!r} is {type(value).__name__}, expected a string")
 
 
-def _task(item: Mapping[str, Any]) -> ImportTask:
+def _number(item: Mapping[str, Any], key: str, where: str) -> int | None:
+    value = item.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ApiReplyError(f"{where}: field {key!r} is {type(value).__name__}, expected a number")
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiReplyError(f"{where}: field {key!r} is {_shown(value)!r}, not a number") from None
+
+
+def _task(item: Mapping[str, Any], index: int) -> ImportTask:
+    where = f"queryDataImportTask: result[{index}]"
+    task_id = _text(item, "id", where)
+    if not task_id:
+        raise ApiReplyError(f"{where}: the task has no 'id'")
+    begin_time = item.get("beginTime")
+    if begin_time is not None and not isinstance(begin_time, str):
+        raise ApiReplyError(
+            f"{where}: field 'beginTime' is {type(begin_time).__name__}, expected a string"
+        )
     return ImportTask(
-        task_id=str(item.get("id")),
-        status=str(item.get("status")),
-        succ_num=_int(item.get("succNum")),
-        repeat_num=_int(item.get("repeatNum")),
-        fail_num=_int(item.get("failNum")),
-        black_num=_int(item.get("blackNum")),
-        err_msg=str(item.get("errMsg") or ""),
-        begin_time=item.get("beginTime"),
-        end_time=item.get("endTime"),
+        task_id=task_id,
+        status=_text(item, "status", where) or "",
+        succ_num=_number(item, "succNum", where),
+        repeat_num=_number(item, "repeatNum", where),
+        fail_num=_number(item, "failNum", where),
+        black_num=_number(item, "blackNum", where),
+        err_msg=_shown(item.get("errMsg") or "", 500),
+        begin_time=begin_time,
+        end_time=_text(item, "endTime", where),
     )
+
+
+def _server(item: Mapping[str, Any], index: int) -> FileServer | None:
+    where = f"queryServer: server[{index}]"
+    server_id = _text(item, "serverId", where)
+    if not server_id:
+        return None  # an entry without an id cannot be chosen
+    return FileServer(
+        server_id=server_id,
+        ip=_text(item, "ip", where),
+        port=_text(item, "port", where),
+        user_name=_text(item, "userName", where),
+        file_path=_text(item, "filePath", where),
+    )
+
+
+@dataclass(slots=True)
+class _Progress:
+    """Whether any part of a request may have left this process (set by an aiohttp trace)."""
+
+    headers_sent: bool = False
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession, context: SimpleNamespace, params: object
+) -> None:
+    progress = context.trace_request_ctx
+    if isinstance(progress, _Progress):
+        progress.headers_sent = True
 
 
 class IsalesClient:
     """Signed calls to one CC-iSales tenant (VDN).
 
     Reads (queryServer, queryDataImportTask) are retried on any transient failure. The import call
-    is retried only when the request provably had no effect; anything else surfaces as
-    :class:`ApiAmbiguousError` so that the caller can reconcile instead of re-sending.
+    is sent once: a failure that provably happened before the request left is
+    :class:`ApiUnavailableError` (the caller may send it again); anything later is
+    :class:`ApiAmbiguousError`, so that the caller reconciles instead of re-sending. Redirects
+    are never followed, and every error text is built here, never from a library's ``repr``.
+
+    Args:
+        settings: the ``[isales]`` section.
+        on_call: called with (call name, seconds, succeeded), for metrics and readiness.
+        max_wait_s: the longest a ``Retry-After`` is honoured.
     """
 
     def __init__(
         self,
         settings: IsalesSettings,
         on_call: Callable[[str, float, bool], None] | None = None,
+        *,
+        max_wait_s: float = 300.0,
     ) -> None:
         self._settings = settings
-        self._on_call = on_call  # (call name, seconds, succeeded): for metrics and readiness
+        self._on_call = on_call
+        self._max_wait_s = max_wait_s
         self._signer = Signer(
             settings.access_key.get_secret_value(), settings.secret_key.get_secret_value()
         )
         self._session: aiohttp.ClientSession | None = None
         self._prefix = f"/rest/isales/v1/openapi/campaigns/{settings.vdn_id}"
         self._reported_skew_s = 0.0
+        self.clock_skew_s = 0.0  # the server's clock minus ours, from its latest Date header
+        self.date_zone: timezone | None = None  # the zone of the Date header, if not GMT
+
+    @property
+    def server_zone(self) -> timezone | None:
+        """The zone of the server's zone-less times: configured, else its Date header's."""
+        return self._settings.server_zone or self.date_zone
 
     async def __aenter__(self) -> Self:
         context: ssl.SSLContext | aiohttp.Fingerprint | bool = True
@@ -189,10 +317,13 @@ class IsalesClient:
             context = aiohttp.Fingerprint(self._settings.certificate_pin)
         elif self._settings.ca_file is not None:
             context = ssl.create_default_context(cafile=str(self._settings.ca_file))
+        tracing = aiohttp.TraceConfig()
+        tracing.on_request_headers_sent.append(_on_headers_sent)
         self._session = aiohttp.ClientSession(
             base_url=self._settings.base_url.rstrip("/"),
             connector=aiohttp.TCPConnector(ssl=context, limit=8),
             timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[tracing],
         )
         return self
 
@@ -202,37 +333,42 @@ class IsalesClient:
         if self._session is not None:
             await self._session.close()
 
-    async def query_servers(self) -> list[FileServer]:
-        """Every file server registered for the VDN (paged)."""
+    async def query_servers(
+        self, server_ids: list[str] | None = None, *, retry: bool = True
+    ) -> list[FileServer]:
+        """Every file server registered for the VDN (paged), or those named."""
         servers: list[FileServer] = []
+        offset = 0
         while True:
-            body = {"offset": len(servers), "limit": 100}
-            reply = await self._read(f"{self._prefix}/file/queryServer", body)
-            page = reply.get("server") or []
+            body: dict[str, Any] = {"offset": offset, "limit": 100}
+            if server_ids:
+                body["serverIds"] = server_ids
+            reply = await self._read(f"{self._prefix}/file/queryServer", body, retry=retry)
+            page = _items(reply, "server", "queryServer")
             servers.extend(
-                FileServer(
-                    server_id=str(item.get("serverId")),
-                    ip=item.get("ip"),
-                    port=None if item.get("port") is None else str(item.get("port")),
-                    user_name=item.get("userName"),
-                    file_path=item.get("filePath"),
-                )
-                for item in page
+                server
+                for index, item in enumerate(page)
+                if (server := _server(item, offset + index)) is not None
             )
-            if not page or len(servers) >= int(reply.get("count") or 0):
+            offset += len(page)
+            if not page or offset >= _count(reply, "queryServer", offset):
                 return servers
 
     async def query_tasks(
         self, campaign_id: str, task_ids: list[str] | None = None, *, offset: int = 0
-    ) -> tuple[list[ImportTask], int]:
-        """One page (100) of import tasks of a campaign, and the total count."""
+    ) -> TaskPage:
+        """One page (100) of import tasks of a campaign, and the total count.
+
+        ``task_ids`` is passed as the ``importTaskIds`` filter, which a server may ignore.
+        """
         body: dict[str, Any] = {"offset": offset, "limit": 100}
         if task_ids:
             body["importTaskIds"] = task_ids
         path = f"{self._prefix}/calldatafile/queryDataImportTask/{campaign_id}"
         reply = await self._read(path, body)
-        tasks = [_task(item) for item in reply.get("result") or []]
-        return tasks, int(reply.get("count") or len(tasks))
+        items = _items(reply, "result", "queryDataImportTask")
+        tasks = [_task(item, offset + index) for index, item in enumerate(items)]
+        return TaskPage(tasks, _count(reply, "queryDataImportTask", offset + len(tasks)))
 
     async def upload(
         self,
@@ -243,13 +379,14 @@ class IsalesClient:
         file_name: str,
         hour_minute: tuple[str, str] | None,
     ) -> str:
-        """Ask iSales to import a file from the file server; returns the import task id.
+        """Ask iSales to import a file from the file server, once; returns the import task id.
 
         Raises:
-            ApiUnavailableError: provably not acted on, after the bounded retries.
+            ApiUnavailableError: provably not acted on (the caller may send it again later).
             ApiAmbiguousError: the outcome is unknown; never send it again blindly.
             ApiRejectedError: iSales refused it.
             SignatureRefusedError: HTTP 401.
+            ApiTrustError: the certificate cannot be verified; nothing was sent.
         """
         body: dict[str, Any] = {"serverId": server_id, "fileName": file_name}
         if file_path:
@@ -257,24 +394,30 @@ class IsalesClient:
         if hour_minute is not None:
             body["hour"], body["minute"] = hour_minute
         path = f"{self._prefix}/calldatafile/uploadFileServer/{campaign_id}"
-        async for attempt in stamina.retry_context(
-            on=_retry_hook, attempts=5, timeout=120, wait_initial=1.0, wait_max=30.0
-        ):
-            with attempt:
-                reply = await self._call(path, body)
+        reply = await self._call(path, body)
         task_id = reply.get("importTaskId")
-        if not task_id:
-            raise ApiAmbiguousError("iSales accepted the import but returned no importTaskId")
-        return str(task_id)
+        if isinstance(task_id, int) and not isinstance(task_id, bool):
+            task_id = str(task_id)
+        if not isinstance(task_id, str) or not task_id.strip():
+            raise ApiReplyError(
+                "uploadFileServer: iSales answered success without a usable importTaskId "
+                f"({type(task_id).__name__})"
+            )
+        return task_id.strip()
 
-    async def _read(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        """A call without side effects: every transient failure may be retried."""
+    async def _read(self, path: str, body: dict[str, Any], *, retry: bool = True) -> dict[str, Any]:
+        """A call without side effects: every transient or ambiguous failure may be retried."""
+        if not retry:
+            return await self._call(path, body)
 
         def hook(exc: Exception) -> bool | float:
-            return True if isinstance(exc, ApiAmbiguousError) else _retry_hook(exc)
+            if isinstance(exc, ApiUnavailableError | ApiAmbiguousError):
+                wait_s = exc.retry_after_s
+                return True if wait_s is None else min(wait_s, self._max_wait_s)
+            return False
 
         async for attempt in stamina.retry_context(
-            on=hook, attempts=5, timeout=120, wait_initial=1.0, wait_max=30.0
+            on=hook, attempts=5, timeout=None, wait_initial=1.0, wait_max=30.0
         ):
             with attempt:
                 return await self._call(path, body)
@@ -291,89 +434,178 @@ class IsalesClient:
             if self._on_call is not None:
                 self._on_call(_call_name(path), time.monotonic() - started, ok)
 
-    async def _send(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        assert self._session is not None, "use the client as an async context manager"
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        at = datetime.now(UTC)
+    def _headers(self, path: str, text: str, at: datetime) -> dict[str, str]:
         headers = {
-            "Host": self._settings.host_header,
+            "Host": self._settings.sent_host,
             "Content-Type": "application/json; charset=UTF-8",
         }
+        if self._settings.locale:
+            headers["locale"] = self._settings.locale
         signed = {
             name: value
             for name, value in headers.items()
             if name.lower() in self._settings.signed_headers
         }
         headers["Authorization"] = self._signer.authorization("POST", path, signed, text, at=at)
+        return headers
+
+    async def _send(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        assert self._session is not None, "use the client as an async context manager"
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        at = datetime.now(UTC)
+        call = _call_name(path)
+        progress = _Progress()
         try:
             async with asyncio.timeout(self._settings.request_timeout_s):
-                async with self._session.post(path, data=text.encode(), headers=headers) as resp:
-                    raw = await resp.read()
+                async with self._session.post(
+                    path,
+                    data=text.encode(),
+                    headers=self._headers(path, text, at),
+                    allow_redirects=False,
+                    trace_request_ctx=progress,
+                ) as resp:
+                    raw = await self._body(resp, call)
                     status, reply_headers = resp.status, resp.headers
-        except aiohttp.ServerFingerprintMismatch as exc:
-            raise ApiTrustError(
-                f"the TLS certificate of {self._settings.base_url} is not the pinned one "
-                f"(got sha256 {exc.got.hex()}); check isales.tls_fingerprint"
-            ) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise ApiTrustError(
-                f"cannot verify the TLS certificate of {self._settings.base_url}: "
-                f"{exc.certificate_error}; set isales.ca_file to the CA that signed it"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            # Raised before a single byte of the request went out: DNS, refused, TLS handshake.
-            raise ApiUnavailableError(f"cannot connect to iSales: {exc}") from None
-        except TimeoutError:
-            raise ApiAmbiguousError(
-                f"iSales did not answer within {self._settings.request_timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise ApiAmbiguousError(f"the connection to iSales broke: {exc!r}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._failure(exc, call, sent=progress.headers_sent) from None
         self._check_clock(reply_headers.get("Date"))
-        return self._interpret(path, status, reply_headers, raw, at)
+        return self._interpret(call, status, reply_headers, raw, at)
+
+    @staticmethod
+    async def _body(resp: aiohttp.ClientResponse, call: str) -> bytes:
+        raw = await resp.content.read(_MAX_REPLY_BYTES + 1)
+        if len(raw) > _MAX_REPLY_BYTES:
+            raise ApiReplyError(f"{call}: the reply is larger than {_MAX_REPLY_BYTES >> 20} MB")
+        return raw
+
+    def _failure(self, exc: BaseException, call: str, *, sent: bool) -> Exception:
+        """Our own words for a transport failure: whether the request may have left, and why."""
+        where = f"iSales at {self._settings.sent_host}"
+        if isinstance(exc, aiohttp.ServerFingerprintMismatch):
+            return ApiTrustError(
+                f"the TLS certificate of {where} is not the pinned one "
+                f"(got sha256 {exc.got.hex()}); check isales.tls_fingerprint"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            why = getattr(exc.certificate_error, "verify_message", None) or "untrusted"
+            return ApiTrustError(
+                f"cannot verify the TLS certificate of {where}: {_shown(why, 200)}; "
+                "set isales.ca_file to the CA that signed it"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            reason = exc.os_error.strerror or type(exc.os_error).__name__
+            return ApiUnavailableError(f"{call}: cannot connect to {where}: {_shown(reason)}")
+        timeout_s = self._settings.request_timeout_s
+        if not sent:
+            what = "no connection within" if isinstance(exc, TimeoutError) else "connection failed"
+            return ApiUnavailableError(
+                f"{call}: {what} {timeout_s:g} s to {where}; nothing was sent"
+                if isinstance(exc, TimeoutError)
+                else f"{call}: {what} before the request was sent ({type(exc).__name__})"
+            )
+        if isinstance(exc, TimeoutError):
+            return ApiAmbiguousError(f"{call}: {where} did not answer within {timeout_s:g} s")
+        return ApiAmbiguousError(
+            f"{call}: the connection to {where} broke after the request was sent "
+            f"({type(exc).__name__})"
+        )
 
     def _check_clock(self, date_header: str | None) -> None:
-        """Warn when the server's clock and ours disagree: signatures carry our time."""
+        """Note the server's clock and zone; warn when its clock and ours disagree."""
         if not date_header:
             return
         try:
-            skew_s = (parsedate_to_datetime(date_header) - datetime.now(UTC)).total_seconds()
-        except (TypeError, ValueError):
+            server_now = parsedate_to_datetime(date_header)
+            skew_s = (server_now - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError, OverflowError):
             return
+        offset = server_now.utcoffset()
+        if offset:  # a Date in the server's own zone ("+0800") tells the zone
+            self.date_zone = timezone(offset)
+        self.clock_skew_s = skew_s
         if abs(skew_s) > _MAX_SKEW_S and abs(skew_s - self._reported_skew_s) > _MAX_SKEW_S / 2:
             log.warning(
                 "isales.clock_skew",
                 skew_s=round(skew_s),
-                server_date=date_header,
+                server_date=_shown(date_header),
                 advice="synchronise this host's clock (NTP); iSales may refuse signatures",
             )
             self._reported_skew_s = skew_s
 
     def _interpret(
-        self, path: str, status: int, headers: Mapping[str, str], raw: bytes, at: datetime
+        self, call: str, status: int, headers: Mapping[str, str], raw: bytes, at: datetime
     ) -> dict[str, Any]:
+        if 300 <= status < 400:
+            location = _shown(headers.get("Location") or "nowhere", 200)
+            raise ApiUnavailableError(
+                f"{call}: iSales answered HTTP {status} redirecting to {location}; redirects are "
+                "not followed: set isales.base_url to the address that answers"
+            )
         if status == 401:
             raise SignatureRefusedError(
-                "signature refused (HTTP 401): check access_key/secret_key and the clock; "
-                f"signed at {format_timestamp(at)} for Host {self._settings.host_header}"
+                f"signature refused (HTTP 401): check access_key/secret_key and the clock; "
+                f"signed at {format_timestamp(at)} for Host {self._settings.sent_host}"
             )
-        if status in (429, 503):
+        retry_after_s = _retry_after(headers.get("Retry-After"))
+        if status == 429:
             raise ApiUnavailableError(
-                f"iSales is busy (HTTP {status})",
-                retry_after_s=_retry_after(headers.get("Retry-After")),
+                f"{call}: iSales is busy (HTTP 429)", retry_after_s=retry_after_s
             )
         if status >= 500:
-            raise ApiAmbiguousError(f"iSales answered HTTP {status}")
+            # A gateway may have forwarded the request before failing: never provably unsent.
+            kind = "a gateway error" if status in _GATEWAY else "a server error"
+            raise ApiAmbiguousError(
+                f"{call}: iSales answered HTTP {status} ({kind})", retry_after_s=retry_after_s
+            )
+        reply = self._json(call, status, raw)
         if status != 200:
-            raise ApiRejectedError(f"http-{status}", f"iSales answered HTTP {status} for {path}")
+            return self._refused(call, status, reply)
+        if reply is None:
+            raise ApiReplyError(f"{call}: iSales answered HTTP 200 with a body that is not JSON")
+        return self._outcome(call, reply)
+
+    @staticmethod
+    def _json(call: str, status: int, raw: bytes) -> dict[str, Any] | None:
         try:
             reply = json.loads(raw)
-            code = str(reply.get("resultCode", reply.get("returnCode")))
-        except (ValueError, AttributeError):
-            raise ApiAmbiguousError("iSales answered with a body that is not JSON") from None
+        except ValueError:
+            return None
+        if not isinstance(reply, dict):
+            if status == 200:
+                raise ApiReplyError(
+                    f"{call}: the reply is a JSON {type(reply).__name__}, expected an object"
+                )
+            return None
+        return reply
+
+    def _outcome(self, call: str, reply: dict[str, Any]) -> dict[str, Any]:
+        code = reply.get("resultCode", reply.get("returnCode"))
+        if not isinstance(code, str | int) or isinstance(code, bool):
+            raise ApiReplyError(f"{call}: the reply has no resultCode")
+        code = str(code)
         if code == SUCCESS:
-            return dict(reply)
+            return reply
         desc = reply.get("resultDesc") or reply.get("returnDesc")
+        desc = _shown(desc, 300) if desc else None
         if code == TOO_FREQUENT:
-            raise ApiUnavailableError(describe_code(code, desc))
-        raise ApiRejectedError(code, describe_code(code, desc))
+            raise ApiUnavailableError(f"{call}: {describe_code(code, desc)}")
+        raise ApiRejectedError(_shown(code, 20), describe_code(code, desc))
+
+    def _refused(self, call: str, status: int, reply: dict[str, Any] | None) -> dict[str, Any]:
+        """A 4xx other than 401 and 429: the body's resultCode decides when there is one."""
+        if reply is not None and ("resultCode" in reply or "returnCode" in reply):
+            self._outcome(call, reply)  # raises for anything but success
+            raise ApiRejectedError(f"http-{status}", f"{call}: iSales answered HTTP {status}")
+        if status in (404, 405):
+            raise ApiUnavailableError(
+                f"{call}: iSales answered HTTP {status}: no such call at this address; check "
+                "isales.base_url and isales.vdn_id"
+            )
+        if status == 408:
+            raise ApiUnavailableError(f"{call}: iSales timed out reading the request (HTTP 408)")
+        if status == 403:
+            raise SignatureRefusedError(
+                f"{call}: iSales refused access (HTTP 403): check that the access key may use "
+                "this call and VDN"
+            )
+        raise ApiRejectedError(f"http-{status}", f"{call}: iSales answered HTTP {status}")

@@ -1,13 +1,20 @@
 """An emulator of the three CC-iSales calls the daemon uses, for tests, ``demo`` and staging.
 
-It checks the C2 signature and the request fields like the real server, and it imports like the
-real server: some time after ``uploadFileServer`` it fetches the file over SFTP from the registered
-file server and moves the task from "0" to "1" to "2" (or "3" with ``errMsg``).
+It is at least as strict as the vendor's documents: it checks the C2 signature, that the campaign
+exists, and every request field's type and range. It imports like the real server: some time after
+``uploadFileServer`` (or at the scheduled hour and minute) it fetches the file over SFTP from the
+registered file server and moves the task from "0" to "1" to "2" (or "3" with ``errMsg``), with
+counts that vary like a real server's (repeated numbers, blacklisted numbers, rows without one).
+
+Its clock can be moved (:meth:`Emulator.advance`), and it can show its times in a zone of its own,
+with or without the offset, because real servers do both.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import io
@@ -18,8 +25,10 @@ import re
 import secrets
 import ssl
 import time
+from collections import Counter
+from collections.abc import Callable, Container, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
 from typing import Any
 
@@ -28,10 +37,19 @@ import asyncssh
 import structlog
 from python_calamine import CalamineError, CalamineWorkbook
 
-from watcher.isales.faults import Fault, FaultKind, FaultPlan
+from watcher.isales.faults import SHAPES, Fault, FaultKind, FaultPlan, gateway_status, reshape
 from watcher.isales.signer import Signer
 
-__all__ = ("Call", "Emulator", "RegisteredServer", "TaskRecord", "UploadRecord")
+__all__ = (
+    "VENDOR_SAMPLE_SERVER",
+    "Blacklist",
+    "Call",
+    "Emulator",
+    "ImportCounts",
+    "RegisteredServer",
+    "TaskRecord",
+    "UploadRecord",
+)
 
 log = structlog.get_logger(__name__)
 
@@ -45,13 +63,21 @@ _ENDPOINTS = {
     "uploadFileServer": "upload",
     "queryDataImportTask": "query_tasks",
 }
+_PREFIX = "/rest/isales/v1/openapi/campaigns/{vdn}"
+_UPLOAD_FIELDS = frozenset({"serverId", "filePath", "fileName", "hour", "minute"})
+
+# The first entry of the vendor's own queryServer example: a server with no address at all.
+VENDOR_SAMPLE_SERVER: dict[str, str | None] = {
+    "port": None,
+    "ip": None,
+    "filePath": None,
+    "userName": "10",
+    "serverId": "164681924997097701747271557174",
+}
 
 
 def _endpoint(path: str) -> str:
     return next((name for part, name in _ENDPOINTS.items() if f"/{part}" in path), "*")
-
-
-_PREFIX = "/rest/isales/v1/openapi/campaigns/{vdn}"
 
 
 @dataclass(frozen=True)
@@ -76,31 +102,79 @@ class RegisteredServer:
     connect_options: dict[str, Any] = field(default_factory=dict)  # extra asyncssh.connect kwargs
 
 
+class Blacklist:
+    """The called numbers iSales refuses (``blackNum``): exact numbers, or numbers ending so.
+
+    A ``Container[str]``; any other container (a plain ``set``) can take its place.
+    """
+
+    __slots__ = ("numbers", "suffixes")
+
+    def __init__(self, numbers: Iterable[str] = (), *, suffixes: Iterable[str] = ("0000",)) -> None:
+        self.numbers = set(numbers)
+        self.suffixes = tuple(suffixes)
+
+    def __contains__(self, number: object) -> bool:
+        return isinstance(number, str) and (
+            number in self.numbers or any(number.endswith(s) for s in self.suffixes)
+        )
+
+    def add(self, number: str) -> None:
+        self.numbers.add(number)
+
+    def __repr__(self) -> str:
+        return f"Blacklist({sorted(self.numbers)!r}, suffixes={self.suffixes!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class ImportCounts:
+    """How the rows of one import ended."""
+
+    succ_num: int = 0
+    repeat_num: int = 0
+    fail_num: int = 0
+    black_num: int = 0
+
+
 @dataclass
 class TaskRecord:
-    """An import task the emulator runs."""
+    """An import task the emulator runs (or one an operator made by hand in the console)."""
 
     task_id: str
     campaign_id: str
+    created_at: datetime  # aware; the listing is newest first by this
     status: str = "0"
     succ_num: int | None = None
-    fail_num: int | None = None
     repeat_num: int | None = None
+    fail_num: int | None = None
+    black_num: int | None = None
     err_msg: str = ""
-    begin_time: str | None = None
-    end_time: str | None = None
+    begun_at: datetime | None = None  # aware
+    ended_at: datetime | None = None  # aware
 
-    def as_json(self) -> dict[str, Any]:
+    def finish(self, counts: ImportCounts, at: datetime) -> None:
+        self.succ_num, self.repeat_num = counts.succ_num, counts.repeat_num
+        self.fail_num, self.black_num = counts.fail_num, counts.black_num
+        self.status, self.ended_at = "2", max(at, self.begun_at or at)
+
+    def fail(self, err_msg: str, at: datetime) -> None:
+        self.status, self.err_msg, self.ended_at = "3", err_msg, max(at, self.begun_at or at)
+
+    def as_json(self, show: Callable[[datetime], str]) -> dict[str, Any]:
+        """The task as ``queryDataImportTask`` lists it; ``show`` formats a time."""
         reply: dict[str, Any] = {"id": self.task_id, "status": self.status, "errMsg": self.err_msg}
         for key, value in (
             ("succNum", self.succ_num),
-            ("failNum", self.fail_num),
             ("repeatNum", self.repeat_num),
-            ("beginTime", self.begin_time),
-            ("endTime", self.end_time),
+            ("failNum", self.fail_num),
+            ("blackNum", self.black_num),
         ):
             if value is not None:
                 reply[key] = value
+        if self.begun_at is not None:
+            reply["beginTime"] = show(self.begun_at)
+        if self.ended_at is not None:
+            reply["endTime"] = show(self.ended_at)
         return reply
 
 
@@ -115,12 +189,17 @@ class UploadRecord:
     hour: str | None
     minute: str | None
     task_id: str
+    scheduled_for: datetime | None = None  # aware: when a scheduled import starts
     fetched_sha256: str | None = None
     fetch_error: str | None = None
 
 
-def _timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")  # 2022-03-11T07:27:09.000+00:00
+class _RefusedError(Exception):
+    """A request the server answers with an error code (HTTP 200, as iSales does)."""
+
+    def __init__(self, code: str, desc: str) -> None:
+        super().__init__(desc)
+        self.code, self.desc = code, desc
 
 
 def _reply(code: str = "0200000", desc: str = "success", **extra: Any) -> aiohttp.web.Response:
@@ -128,41 +207,150 @@ def _reply(code: str = "0200000", desc: str = "success", **extra: Any) -> aiohtt
     return aiohttp.web.json_response(body)
 
 
-def _count_rows(data: bytes) -> tuple[int, int]:
-    """(rows with a ``called`` value, rows without) after the header, like an importer would."""
+# -- request fields --------------------------------------------------------------------------
+
+
+def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int:
+    value = body.get(name)
+    if value is None:
+        raise _RefusedError("02000001", f"{name} is required")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _RefusedError("02000006", f"{name} must be an integer")
+    if not low <= value <= high:
+        raise _RefusedError("02000007", f"{name} must be {low} to {high}")
+    return value
+
+
+def _page(body: dict[str, Any]) -> slice:
+    offset = _int_field(body, "offset", 0, 2**31 - 1)
+    return slice(offset, offset + _int_field(body, "limit", 1, 100))
+
+
+def _id_list(body: dict[str, Any], name: str) -> list[str] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _RefusedError("02000006", f"{name} must be a list of strings")
+    return value
+
+
+def _text_fields(body: dict[str, Any]) -> tuple[str, str, str]:
+    """serverId, fileName (required) and filePath (optional) of an upload."""
+    extra = set(body) - _UPLOAD_FIELDS
+    if extra:
+        raise _RefusedError("02000011", f"unexpected parameters {sorted(extra)}")
+    values = [body.get(name) for name in ("serverId", "fileName", "filePath")]
+    if not all(value is None or isinstance(value, str) for value in values):
+        raise _RefusedError("02000006", "serverId, fileName and filePath must be strings")
+    server_id, file_name, file_path = values
+    if not server_id or not file_name:
+        raise _RefusedError("02000001", "serverId and fileName are required")
+    return server_id, file_name, file_path or ""
+
+
+def _clock_field(name: str, value: object, high: int) -> int:
+    if not isinstance(value, str):
+        raise _RefusedError("02000006", f"{name} must be a string")
+    if not re.fullmatch(r"\d{1,2}", value) or int(value) > high:
+        raise _RefusedError("02000007", f"{name} must be 0 to {high}")
+    return int(value)
+
+
+def _schedule(body: dict[str, Any]) -> tuple[int, int] | None:
+    hour, minute = body.get("hour"), body.get("minute")
+    if hour is None and minute is None:
+        return None
+    if hour is None or minute is None:
+        raise _RefusedError("02000010", "hour and minute must be set together")
+    return _clock_field("hour", hour, 23), _clock_field("minute", minute, 59)
+
+
+# -- the file, as an importer reads it -------------------------------------------------------
+
+
+def _cell_text(cell: object) -> str:
+    if isinstance(cell, float) and cell.is_integer():
+        return str(int(cell))  # a number typed into the sheet, not 13800138000.0
+    return "" if cell is None else str(cell).strip()
+
+
+def _called_cells(data: bytes) -> Iterator[str]:
+    """The ``called`` cell of every non-empty data row below the header row."""
     workbook = CalamineWorkbook.from_filelike(io.BytesIO(data))
-    rows = workbook.get_sheet_by_index(0).iter_rows()
     called_col: int | None = None
-    good = bad = 0
-    for row in rows:
-        cells = [str(c).strip() if c is not None else "" for c in row]
+    for row in workbook.get_sheet_by_index(0).iter_rows():
+        cells = [_cell_text(c) for c in row]
         if called_col is None:
             for index, cell in enumerate(cells):
                 if re.match(r"(?i)^called\b", cell):
                     called_col = index
             continue
-        if not any(cells):
-            continue
-        if called_col < len(cells) and cells[called_col]:
-            good += 1
-        else:
-            bad += 1
+        if any(cells):
+            yield cells[called_col] if called_col < len(cells) else ""
     if called_col is None:
         raise ValueError("no header row with a called column")
-    return good, bad
+
+
+def _parse_lenient(text: str) -> object:
+    """JSON, or the single-quoted form people type by hand (``[{'calledNo':1234566}]``)."""
+    for parse in (json.loads, ast.literal_eval):
+        with contextlib.suppress(ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            return parse(text)
+    return None
+
+
+def _called_number(cell: str) -> str | None:
+    """The row's (first) called number; ``None`` when it has none."""
+    value = _parse_lenient(cell)
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list):
+        numbers = [
+            item.get("calledNo")
+            for item in value
+            if isinstance(item, dict) and item.get("calledNo")
+        ]
+        return str(numbers[0]) if numbers else None
+    return cell or None  # a bare number, as a lenient importer takes it
+
+
+def _tally_rows(data: bytes, blacklist: Container[str]) -> ImportCounts:
+    seen: set[str] = set()
+    tally: Counter[str] = Counter()
+    for cell in _called_cells(data):
+        number = _called_number(cell)
+        if number is None:
+            tally["fail_num"] += 1
+        elif number in seen:
+            tally["repeat_num"] += 1
+        elif number in blacklist:
+            tally["black_num"] += 1
+        else:
+            tally["succ_num"] += 1
+        if number is not None:
+            seen.add(number)
+    return ImportCounts(**tally)
 
 
 class Emulator:
     """The emulated server. Use :meth:`start` and :meth:`close`, or mount :attr:`app` yourself.
+
+    Attributes that tests change: :attr:`campaigns`, :attr:`blacklist`, :attr:`faults`,
+    :attr:`ignore_task_filter`, :attr:`utc_offset`, :attr:`naive_times`, :attr:`clock_offset_s`.
 
     Args:
         access_key: the AK it accepts.
         secret_key: the SK it verifies signatures with.
         vdn_id: the VDN in the paths.
         servers: the registered file servers.
-        campaigns: the campaign ids that exist; ``None`` accepts any.
+        campaigns: the campaign ids that exist; any other is answered ``0200007``.
         import_delay_s: how long a task stays "0" and then "1".
-        max_skew_s: the signature timestamp tolerance.
+        max_skew_s: the signature timestamp tolerance (against the real clock: the clients' clocks
+            do not move with :meth:`advance`).
+        blacklist: the blacklisted called numbers; default: every number ending in ``0000``.
+        utc_offset: the server's own time zone.
+        naive_times: write ``beginTime``/``endTime`` in local time without an offset.
     """
 
     def __init__(
@@ -172,9 +360,12 @@ class Emulator:
         secret_key: str,
         vdn_id: int,
         servers: list[RegisteredServer],
-        campaigns: set[str] | None = None,
+        campaigns: set[str],
         import_delay_s: float = 0.3,
         max_skew_s: float = 300.0,
+        blacklist: Container[str] | None = None,
+        utc_offset: timedelta = timedelta(0),
+        naive_times: bool = False,
     ) -> None:
         self._signer = Signer(access_key, secret_key)
         self.vdn_id = vdn_id
@@ -182,15 +373,22 @@ class Emulator:
         self.campaigns = campaigns
         self.import_delay_s = import_delay_s
         self.max_skew_s = max_skew_s
+        self.blacklist: Container[str] = Blacklist() if blacklist is None else blacklist
+        self.utc_offset = utc_offset
+        self.naive_times = naive_times
+        self.ignore_task_filter = False  # the filter is in the vendor's sample, not its table
         self.uploads: list[UploadRecord] = []
         self.tasks: dict[str, TaskRecord] = {}
         self.calls: list[Call] = []  # every request, in order
+        self.faults = FaultPlan()
+        self.base_url = ""
+        self._clock_offset_s = 0.0
+        self._clock_moved = asyncio.Event()
         self._ids = itertools.count(int.from_bytes(secrets.token_bytes(4), "big"))
         self._jobs: set[asyncio.Task[None]] = set()
+        self._redirect_loops: set[str] = set()
         self._runner: aiohttp.web.AppRunner | None = None
-        self.base_url = ""
         prefix = _PREFIX.format(vdn=vdn_id)
-        self.faults = FaultPlan()
         self.app = aiohttp.web.Application(middlewares=[self._authenticate])
         self.app.router.add_post(f"{prefix}/file/queryServer", self._query_server)
         self.app.router.add_post(
@@ -219,21 +417,141 @@ class Emulator:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    # -- signature ---------------------------------------------------------------------------
+    # -- the clock ----------------------------------------------------------------------------
+
+    @property
+    def clock_offset_s(self) -> float:
+        """How far the emulator's clock is ahead of the real one."""
+        return self._clock_offset_s
+
+    @clock_offset_s.setter
+    def clock_offset_s(self, seconds: float) -> None:
+        self._clock_offset_s = seconds
+        self._clock_moved.set()  # wake the scheduled imports, which look at the clock again
+        self._clock_moved = asyncio.Event()
+
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's clock forward (scheduled imports that fall due start)."""
+        self.clock_offset_s += seconds
+
+    def now(self) -> datetime:
+        """The emulator's time: real UTC now plus :attr:`clock_offset_s` (aware, UTC)."""
+        return datetime.now(UTC) + timedelta(seconds=self._clock_offset_s)
+
+    def show_time(self, at: datetime) -> str:
+        """A time as the server writes it: ``2022-03-11T07:27:09.000+00:00`` in its own zone."""
+        local = at.astimezone(timezone(self.utc_offset))
+        if self.naive_times:
+            local = local.replace(tzinfo=None)
+        return local.isoformat(timespec="milliseconds")
+
+    def _aware(self, at: datetime) -> datetime:
+        """A naive time is the server's local time."""
+        return at if at.tzinfo is not None else at.replace(tzinfo=timezone(self.utc_offset))
+
+    def _next_occurrence(self, hour: int, minute: int) -> datetime:
+        local = self.now().astimezone(timezone(self.utc_offset))
+        due = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        return due if due > local else due + timedelta(days=1)
+
+    async def _sleep_until(self, due: datetime) -> None:
+        while (left_s := (due - self.now()).total_seconds()) > 0:
+            moved = self._clock_moved
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left_s):
+                    await moved.wait()
+
+    # -- tasks nobody uploaded ------------------------------------------------------------------
+
+    def add_foreign_task(
+        self,
+        campaign_id: str,
+        *,
+        rows: int,
+        status: str = "2",
+        begin_at: datetime | None = None,
+        counts_after_s: float = 0.0,
+    ) -> TaskRecord:
+        """A task no ``uploadFileServer`` made: an operator importing by hand in the console.
+
+        Args:
+            campaign_id: its campaign.
+            rows: its records; all count as ``succNum`` once it is finished.
+            status: the status it has (after ``counts_after_s``).
+            begin_at: its begin time (a naive one is the server's local time); default now.
+            counts_after_s: if positive, it shows "1" without counts for that many (real)
+                seconds first.
+        """
+        begun_at = self.now() if begin_at is None else self._aware(begin_at)
+        task = self._new_task(campaign_id, created_at=begun_at)
+        task.begun_at = begun_at
+        if counts_after_s > 0:
+            task.status = "1"
+            self._spawn(self._end_foreign_later(task, status, rows, counts_after_s))
+        else:
+            self._end_foreign(task, status, rows)
+        return task
+
+    def _end_foreign(self, task: TaskRecord, status: str, rows: int) -> None:
+        if status == "2":
+            task.finish(ImportCounts(succ_num=rows), self.now())
+        elif status == "3":
+            task.fail("file format error", self.now())
+        else:
+            task.status = status
+
+    async def _end_foreign_later(
+        self, task: TaskRecord, status: str, rows: int, after_s: float
+    ) -> None:
+        await asyncio.sleep(after_s)
+        self._end_foreign(task, status, rows)
+
+    def _new_task(self, campaign_id: str, *, created_at: datetime) -> TaskRecord:
+        task = TaskRecord(f"{next(self._ids):030d}", campaign_id, created_at)
+        self.tasks[task.task_id] = task
+        return task
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        job = asyncio.create_task(work)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+
+    # -- signature, faults, errors -------------------------------------------------------------
 
     @aiohttp.web.middleware
     async def _authenticate(
         self, request: aiohttp.web.Request, handler: Any
     ) -> aiohttp.web.StreamResponse:
+        try:
+            response = await self._answer(request, handler)
+        except aiohttp.web.HTTPException as exc:
+            self.calls.append(Call(request.path, exc.status))
+            raise
+        response.headers.setdefault("Date", format_datetime(self.now(), usegmt=True))
+        return response
+
+    async def _answer(
+        self, request: aiohttp.web.Request, handler: Any
+    ) -> aiohttp.web.StreamResponse:
+        if request.method != "POST":
+            # A client following a redirect: a loop goes on, anything else is not an API.
+            if request.path in self._redirect_loops:
+                self.calls.append(Call(request.path, 302))
+                return aiohttp.web.Response(status=302, headers={"Location": request.path})
+            response: aiohttp.web.StreamResponse = await handler(request)
+            return response
         body = await request.text()
         if not self._is_signed(request, body):
             self.calls.append(Call(request.path, 401))
             return aiohttp.web.json_response({"error": "unauthorized"}, status=401)
         try:
-            request[_BODY] = json.loads(body)
+            parsed = json.loads(body)
         except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
             self.calls.append(Call(request.path, 200))
-            return _reply("0200001", "the body is not JSON")
+            return _reply("0200001", "the body is not a JSON object")
+        request[_BODY] = parsed
         fault = self.faults.next_fault(_endpoint(request.path))
         request[_FAULT] = fault
         response = await self._misbehave(request, handler, fault)
@@ -243,37 +561,71 @@ class Emulator:
     async def _misbehave(
         self, request: aiohttp.web.Request, handler: Any, fault: Fault | None
     ) -> aiohttp.web.StreamResponse:
-        if fault is not None:
-            log.info(
-                "emulator.fault", path=request.path, fault=fault.kind.value, status=fault.status
-            )
-        if fault is not None and fault.kind is FaultKind.status:
+        if fault is None:
+            return await self._handle(request, handler)
+        log.info("emulator.fault", path=request.path, fault=fault.kind.value, status=fault.status)
+        early = self._refuse(request, fault)
+        if early is not None:
+            return early
+        if fault.kind is FaultKind.delay:
+            await asyncio.sleep(fault.delay_s)
+        response = await self._handle(request, handler)
+        return self._bend(request, response, fault)
+
+    async def _handle(
+        self, request: aiohttp.web.Request, handler: Any
+    ) -> aiohttp.web.StreamResponse:
+        try:
+            response: aiohttp.web.StreamResponse = await handler(request)
+        except _RefusedError as exc:
+            return _reply(exc.code, exc.desc)
+        return response
+
+    def _refuse(self, request: aiohttp.web.Request, fault: Fault) -> aiohttp.web.Response | None:
+        """The faults that answer without acting."""
+        if fault.kind is FaultKind.status:
             headers = {}
             if fault.retry_after_s is not None:
                 headers["Retry-After"] = f"{fault.retry_after_s:g}"
             return aiohttp.web.json_response(
                 {"error": f"HTTP {fault.status}"}, status=fault.status, headers=headers
             )
-        if fault is not None and fault.kind is FaultKind.delay:
-            await asyncio.sleep(fault.delay_s)
-        response: aiohttp.web.StreamResponse = await handler(request)
-        if fault is None:
-            return response
+        if fault.kind is FaultKind.redirect:
+            location = fault.location or request.path
+            if location == request.path:
+                self._redirect_loops.add(location)
+            status = fault.status if 300 <= fault.status < 400 else 302
+            return aiohttp.web.Response(status=status, headers={"Location": location})
+        if fault.kind is FaultKind.reject_4xx:
+            desc = "parameter error: the request was refused"
+            body = {"resultCode": "0200001", "resultDesc": desc}
+            return aiohttp.web.json_response(
+                {**body, "returnCode": "0200001", "returnDesc": desc}, status=400
+            )
+        return None
+
+    def _bend(
+        self, request: aiohttp.web.Request, response: aiohttp.web.StreamResponse, fault: Fault
+    ) -> aiohttp.web.StreamResponse:
+        """The faults that act, then answer wrongly."""
+        gateway = gateway_status(fault)
+        if gateway is not None:
+            return aiohttp.web.Response(
+                status=gateway, text=f"<html>{gateway} Gateway</html>", content_type="text/html"
+            )
         if fault.kind is FaultKind.drop_after_accept:
             assert request.transport is not None
             request.transport.abort()  # the work is done; the answer never leaves
-            return response
-        if fault.kind is FaultKind.broken_body:
+        elif fault.kind is FaultKind.broken_body:
             return aiohttp.web.Response(
                 status=200, text='{"resultCode": "0200', content_type="application/json"
             )
-        if fault.kind is FaultKind.accept_then_502:
-            return aiohttp.web.Response(
-                status=502, text="<html>502 Bad Gateway</html>", content_type="text/html"
-            )
-        if fault.kind is FaultKind.skew:
-            at = datetime.now(UTC) + timedelta(seconds=fault.skew_s)
+        elif fault.kind is FaultKind.skew:
+            at = self.now() + timedelta(seconds=fault.skew_s)
             response.headers["Date"] = format_datetime(at, usegmt=True)
+        elif fault.kind in SHAPES and isinstance(response, aiohttp.web.Response):
+            body = json.loads(response.text or "{}")
+            return aiohttp.web.json_response(reshape(fault.kind, body))
         return response
 
     def _is_signed(self, request: aiohttp.web.Request, body: str) -> bool:
@@ -294,126 +646,109 @@ class Emulator:
 
     # -- handlers -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _page(body: dict[str, Any]) -> tuple[int, int] | None:
-        offset, limit = body.get("offset"), body.get("limit")
-        if not isinstance(offset, int) or not isinstance(limit, int) or offset < 0:
-            return None
-        if not 1 <= limit <= 100:
-            return None
-        return offset, limit
+    def _campaign(self, request: aiohttp.web.Request) -> str:
+        campaign = request.match_info["campaign"]
+        if campaign not in self.campaigns:
+            raise _RefusedError("0200007", "campaign does not exist")
+        return campaign
+
+    def _server_listing(self) -> list[dict[str, str | None]]:
+        listing = [dict(VENDOR_SAMPLE_SERVER)]  # first, as in the vendor's own example
+        for s in self.servers.values():
+            listing.append(
+                {
+                    "serverId": s.server_id,
+                    "ip": s.ip,
+                    "port": str(s.port),
+                    "userName": s.user_name,
+                    "filePath": s.file_path,
+                }
+            )
+        return listing
 
     async def _query_server(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         body = request[_BODY]
-        page = self._page(body)
-        if page is None:
-            return _reply("02000007", "offset/limit out of range")
-        wanted = body.get("serverIds")
-        servers = [s for s in self.servers.values() if not wanted or s.server_id in wanted]
-        offset, limit = page
-        listing = [
-            {
-                "serverId": s.server_id,
-                "ip": s.ip,
-                "port": str(s.port),
-                "userName": s.user_name,
-                "filePath": s.file_path,
-            }
-            for s in servers[offset : offset + limit]
-        ]
-        return _reply(server=listing, count=len(servers))
+        page = _page(body)
+        wanted = _id_list(body, "serverIds")
+        listing = [s for s in self._server_listing() if not wanted or s["serverId"] in wanted]
+        return _reply(server=listing[page], count=len(listing))
 
     async def _upload_file_server(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        campaign = request.match_info["campaign"]
+        campaign = self._campaign(request)
         body = request[_BODY]
-        if self.campaigns is not None and campaign not in self.campaigns:
-            return _reply("0200007", "campaign does not exist")
-        server_id, file_name = body.get("serverId"), body.get("fileName")
-        if not server_id or not file_name:
-            return _reply("02000001", "serverId and fileName are required")
-        if server_id not in self.servers:
-            return _reply("0200001", f"file server {server_id} does not exist")
-        hour, minute = body.get("hour"), body.get("minute")
-        if (hour is None) != (minute is None):
-            return _reply("02000010", "hour and minute must be set together")
-        extra = set(body) - {"serverId", "filePath", "fileName", "hour", "minute"}
-        if extra:
-            return _reply("02000011", f"unexpected parameters {sorted(extra)}")
-        task = TaskRecord(task_id=f"{next(self._ids):030d}", campaign_id=campaign)
-        self.tasks[task.task_id] = task
+        server_id, file_name, file_path = _text_fields(body)
+        if server_id not in self.servers and server_id != VENDOR_SAMPLE_SERVER["serverId"]:
+            raise _RefusedError("0200001", f"file server {server_id} does not exist")
+        schedule = _schedule(body)
+        task = self._new_task(campaign, created_at=self.now())
         upload = UploadRecord(
             campaign_id=campaign,
             server_id=server_id,
-            file_path=body.get("filePath") or "",
+            file_path=file_path,
             file_name=file_name,
-            hour=hour,
-            minute=minute,
+            hour=body.get("hour"),
+            minute=body.get("minute"),
             task_id=task.task_id,
+            scheduled_for=self._next_occurrence(*schedule) if schedule else None,
         )
         self.uploads.append(upload)
         fault = request[_FAULT]
-        job = asyncio.create_task(
-            self._run_import(upload, task, fault if isinstance(fault, Fault) else None)
-        )
-        self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        self._spawn(self._run_import(upload, task, fault if isinstance(fault, Fault) else None))
         return _reply(importTaskId=task.task_id)
 
     async def _query_import_task(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        campaign = request.match_info["campaign"]
+        campaign = self._campaign(request)
         body = request[_BODY]
-        if self.campaigns is not None and campaign not in self.campaigns:
-            return _reply("0200007", "campaign does not exist")
-        page = self._page(body)
-        if page is None:
-            return _reply("02000007", "offset/limit out of range")
-        wanted = body.get("importTaskIds")
+        page = _page(body)
+        wanted = _id_list(body, "importTaskIds")
+        if self.ignore_task_filter:
+            wanted = None
         tasks = [
             t
-            for t in self.tasks.values()
+            for t in reversed(self.tasks.values())
             if t.campaign_id == campaign and (not wanted or t.task_id in wanted)
         ]
-        offset, limit = page
-        return _reply(
-            result=[t.as_json() for t in tasks[offset : offset + limit]], count=len(tasks)
-        )
+        tasks.sort(key=lambda t: t.created_at, reverse=True)  # newest first, as the console
+        return _reply(result=[t.as_json(self.show_time) for t in tasks[page]], count=len(tasks))
 
     # -- the import itself ---------------------------------------------------------------------
 
     async def _run_import(
         self, upload: UploadRecord, task: TaskRecord, fault: Fault | None
     ) -> None:
-        await asyncio.sleep(self.import_delay_s)
-        task.status, task.begin_time = "1", _timestamp()
+        if upload.scheduled_for is not None:
+            await self._sleep_until(upload.scheduled_for)
+            task.begun_at = upload.scheduled_for  # it began when due, however far the clock went
+        else:
+            await asyncio.sleep(self.import_delay_s)
+            task.begun_at = self.now()
+        task.status = "1"
         if fault is not None and fault.kind is FaultKind.slow_import:
             await asyncio.sleep(fault.delay_s)
         try:
             data = await self._fetch(upload)
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             upload.fetch_error = f"{type(exc).__name__}: {exc}"
-            task.status, task.err_msg, task.end_time = "3", "file download failed", _timestamp()
+            task.fail("file download failed", self.now())
             log.info("emulator.import_failed", task_id=task.task_id, error=upload.fetch_error)
             return
         upload.fetched_sha256 = hashlib.sha256(data).hexdigest()
         await asyncio.sleep(self.import_delay_s)
         try:
-            good, bad = await asyncio.to_thread(_count_rows, data)
+            counts = await asyncio.to_thread(_tally_rows, data, self.blacklist)
         except (CalamineError, ValueError) as exc:
-            task.status, task.err_msg, task.end_time = (
-                "3",
-                f"file parse failed: {exc}",
-                _timestamp(),
-            )
+            task.fail(f"file parse failed: {exc}", self.now())
             return
         if fault is not None and fault.kind is FaultKind.fail_import:
-            task.status, task.err_msg, task.end_time = "3", fault.err_msg, _timestamp()
+            task.fail(fault.err_msg, self.now())
             return
-        task.succ_num, task.fail_num, task.repeat_num = good, bad, 0
-        task.status, task.end_time = "2", _timestamp()
-        log.info("emulator.import_finished", task_id=task.task_id, succ_num=good, fail_num=bad)
+        task.finish(counts, self.now())
+        log.info("emulator.import_finished", task_id=task.task_id, counts=counts)
 
     async def _fetch(self, upload: UploadRecord) -> bytes:
-        server = self.servers[upload.server_id]
+        server = self.servers.get(upload.server_id)
+        if server is None:
+            raise OSError(f"file server {upload.server_id} has no address")
         path = posixpath.join(server.file_path, upload.file_path.lstrip("/"), upload.file_name)
         async with asyncio.timeout(60):
             async with (

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
-__all__ = ("Fault", "FaultKind", "FaultPlan")
+__all__ = ("SHAPES", "Fault", "FaultKind", "FaultPlan", "gateway_status", "reshape")
 
 
 class FaultKind(StrEnum):
@@ -17,10 +20,27 @@ class FaultKind(StrEnum):
     delay = "delay"  # wait delay_s, then act and answer normally
     drop_after_accept = "drop_after_accept"  # act, then drop the connection without an answer
     accept_then_502 = "accept_then_502"  # act, then answer 502 with an HTML body
+    accept_then_503 = "accept_then_503"  # act, then answer 503 with an HTML body
+    accept_then_504 = "accept_then_504"  # act, then answer 504 with an HTML body
+    accept_then_status = "accept_then_status"  # act, then answer ``status`` with an HTML body
     fail_import = "fail_import"  # accept the import; the task ends "3" with err_msg
     slow_import = "slow_import"  # accept the import; the task stays "1" for delay_s
     skew = "skew"  # answer normally with a Date header skew_s off
     broken_body = "broken_body"  # act, then answer 200 with a body that is not JSON
+    redirect = "redirect"  # answer 302 to ``location`` (default: the same path, a loop); no act
+    reject_4xx = "reject_4xx"  # answer HTTP 400 with a JSON envelope "0200001"; do nothing
+    # Shapes: act, then answer 200 "0200000" with a reply of an unexpected shape.
+    null_server = "null_server"  # the ``server`` list starts with a null entry
+    string_list = "string_list"  # ``server`` / ``result`` is a string (the list's JSON text)
+    bad_count = "bad_count"  # ``count`` is "many"
+    bad_begin_time = "bad_begin_time"  # every task's ``beginTime`` is the number 12345
+
+
+_GATEWAY = {
+    FaultKind.accept_then_502: 502,
+    FaultKind.accept_then_503: 503,
+    FaultKind.accept_then_504: 504,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +53,19 @@ class Fault:
     delay_s: float = 0.0
     err_msg: str = "file format error"
     skew_s: float = 0.0
+    location: str | None = None  # redirect: where to; None is the request's own path
 
     @classmethod
     def parse(cls, text: str) -> Fault:
-        """From the command line: ``503``, ``429:2`` (Retry-After), ``delay:5``, ``fail_import``…"""
+        """From the command line: ``503``, ``429:2`` (Retry-After), ``delay:5``, ``fail_import``…
+
+        Also ``accept_then_504``, ``accept_then_status:504``, ``redirect``, ``redirect:/elsewhere``,
+        ``reject_4xx`` and the shapes ``null_server``, ``string_list``, ``bad_count``,
+        ``bad_begin_time``.
+
+        Raises:
+            ValueError: not a fault this emulator knows.
+        """
         name, _, argument = text.partition(":")
         if name.isdigit():
             return cls(
@@ -45,13 +74,66 @@ class Fault:
                 retry_after_s=float(argument) if argument else None,
             )
         kind = FaultKind(name)
-        if kind in (FaultKind.delay, FaultKind.slow_import):
-            return cls(kind, delay_s=float(argument or 5))
-        if kind is FaultKind.skew:
-            return cls(kind, skew_s=float(argument or 300))
-        if kind is FaultKind.fail_import:
-            return cls(kind, err_msg=argument or "file format error")
-        return cls(kind)
+        parse_argument = _ARGUMENTS.get(kind)
+        return parse_argument(kind, argument) if parse_argument else cls(kind)
+
+
+_ARGUMENTS: dict[FaultKind, Callable[[FaultKind, str], Fault]] = {
+    FaultKind.delay: lambda kind, arg: Fault(kind, delay_s=float(arg or 5)),
+    FaultKind.slow_import: lambda kind, arg: Fault(kind, delay_s=float(arg or 5)),
+    FaultKind.skew: lambda kind, arg: Fault(kind, skew_s=float(arg or 300)),
+    FaultKind.fail_import: lambda kind, arg: Fault(kind, err_msg=arg or "file format error"),
+    FaultKind.accept_then_status: lambda kind, arg: Fault(kind, status=int(arg or 504)),
+    FaultKind.redirect: lambda kind, arg: Fault(kind, status=302, location=arg or None),
+}
+
+
+def gateway_status(fault: Fault) -> int | None:
+    """The status an ``accept_then_*`` fault answers after acting; ``None`` for other faults."""
+    if fault.kind is FaultKind.accept_then_status:
+        return fault.status
+    return _GATEWAY.get(fault.kind)
+
+
+def _null_server(body: dict[str, Any]) -> None:
+    if isinstance(body.get("server"), list):
+        body["server"] = [None, *body["server"]]
+        if isinstance(body.get("count"), int):
+            body["count"] += 1
+
+
+def _string_list(body: dict[str, Any]) -> None:
+    for key in ("server", "result"):
+        if isinstance(body.get(key), list):
+            body[key] = json.dumps(body[key])  # as a server that encodes its list twice
+
+
+def _bad_count(body: dict[str, Any]) -> None:
+    if "count" in body:
+        body["count"] = "many"
+
+
+def _bad_begin_time(body: dict[str, Any]) -> None:
+    for task in body.get("result") or []:
+        task["beginTime"] = 12345
+
+
+_SHAPES: dict[FaultKind, Callable[[dict[str, Any]], None]] = {
+    FaultKind.null_server: _null_server,
+    FaultKind.string_list: _string_list,
+    FaultKind.bad_count: _bad_count,
+    FaultKind.bad_begin_time: _bad_begin_time,
+}
+SHAPES = frozenset(_SHAPES)  # the faults that answer 200 with an unexpected shape
+
+
+def reshape(kind: FaultKind, body: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a reply body, bent the way a shape fault says (unchanged for other kinds)."""
+    bent: dict[str, Any] = json.loads(json.dumps(body))
+    shape = _SHAPES.get(kind)
+    if shape is not None:
+        shape(bent)
+    return bent
 
 
 # The faults chaos draws from, for each endpoint (import faults make sense only for uploads).
@@ -62,6 +144,7 @@ _CHAOS: dict[str, tuple[Fault, ...]] = {
         Fault(FaultKind.status, status=500),
         Fault(FaultKind.drop_after_accept),
         Fault(FaultKind.accept_then_502),
+        Fault(FaultKind.accept_then_504),
         Fault(FaultKind.fail_import),
         Fault(FaultKind.slow_import, delay_s=1.0),
         Fault(FaultKind.delay, delay_s=0.3),

@@ -8,14 +8,16 @@ import re
 import signal
 import ssl
 import sys
+from datetime import timedelta
 from typing import Any
 
-from watcher.isales.emulator import Emulator, RegisteredServer
+from watcher.isales.emulator import Blacklist, Emulator, RegisteredServer
 from watcher.isales.faults import Fault
 
 __all__ = ("serve_emulator",)
 
 _SERVER = re.compile(r"^(?P<id>[^=]+)=(?P<user>[^@]+)@(?P<host>[^:]+):(?P<port>\d+):(?P<path>/.*)$")
+_UTC_OFFSET = re.compile(r"^(?P<sign>[+-])(?P<hours>\d\d):(?P<minutes>[0-5]\d)$")
 
 
 def _servers(args: argparse.Namespace) -> list[RegisteredServer]:
@@ -40,6 +42,23 @@ def _servers(args: argparse.Namespace) -> list[RegisteredServer]:
     return servers
 
 
+def _utc_offset(text: str) -> timedelta:
+    match = _UTC_OFFSET.match(text)
+    if match is None or int(match["hours"]) > 14:
+        raise ValueError(f"--utc-offset {text!r}: expected +HH:MM or -HH:MM, e.g. +08:00")
+    offset = timedelta(hours=int(match["hours"]), minutes=int(match["minutes"]))
+    return -offset if match["sign"] == "-" else offset
+
+
+def _blacklist(entries: list[str]) -> Blacklist | None:
+    if not entries:
+        return None  # the emulator's default: numbers ending in 0000
+    return Blacklist(
+        (e for e in entries if not e.startswith("*")),
+        suffixes=(e[1:] for e in entries if e.startswith("*")),
+    )
+
+
 async def serve_emulator(args: argparse.Namespace) -> None:
     """Serve until SIGINT or SIGTERM."""
     emulator = Emulator(
@@ -47,7 +66,10 @@ async def serve_emulator(args: argparse.Namespace) -> None:
         secret_key=args.secret_key_file.read_text().strip(),
         vdn_id=args.vdn,
         servers=_servers(args),
-        campaigns=set(args.campaign) if args.campaign else None,
+        campaigns=set(args.campaign),
+        blacklist=_blacklist(args.blacklist),
+        utc_offset=_utc_offset(args.utc_offset),
+        naive_times=args.naive_times,
     )
     for text in args.fault:
         endpoint, _, fault = text.partition("=")

@@ -225,11 +225,18 @@ class Problem:
 
 @dataclass(slots=True)
 class Report:
-    """The verdict on one file. Counts are exact; examples are capped."""
+    """The verdict on one file. Counts are exact; examples are capped.
+
+    ``rows_fingerprint`` names the list rather than the bytes (see
+    :mod:`watcher.validate.fingerprint`): the same rows give the same fingerprint whatever wrote
+    them, in whatever column or row order. None when the rows were not all read: an unreadable
+    file, no header, or more rows than iSales imports.
+    """
 
     data_rows: int = 0
     header_row: int | None = None
     sheet: str | None = None
+    rows_fingerprint: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     examples: list[Problem] = field(default_factory=list)
     examples_per_kind: int = 20
@@ -244,7 +251,7 @@ class Report:
             self.examples.append(Problem(kind, row, column, cut, message))
 
     def merge(self, other: Report) -> None:
-        """Add the findings of a later part of the same sheet."""
+        """Add the findings of a later part of the same sheet (the fingerprint is set after)."""
         self.data_rows += other.data_rows
         kept = {kind: min(count, self.examples_per_kind) for kind, count in self.counts.items()}
         for example in other.examples:
@@ -278,6 +285,7 @@ class Report:
             "sheet": self.sheet,
             "header_row": self.header_row,
             "data_rows": self.data_rows,
+            "rows_fingerprint": self.rows_fingerprint,
             "problems": dict(sorted(self.counts.items())),
             "examples": [p.as_json() for p in examples],
         }
@@ -288,6 +296,7 @@ class Report:
             data_rows=data.get("data_rows", 0),
             header_row=data.get("header_row"),
             sheet=data.get("sheet"),
+            rows_fingerprint=data.get("rows_fingerprint"),
             counts=dict(data.get("problems", {})),
         )
         report.examples = [Problem(**p) for p in data.get("examples", [])]

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from watcher.validate.fingerprint import RowsFingerprint
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
 from watcher.validate.xlsx import FastPathUnsupported, Row, SheetReader, WorkbookRejected
@@ -78,17 +79,22 @@ def _header(
     return columns
 
 
-def _check_data(rows: Iterator[Row], checker: RowChecker, report: Report) -> None:
-    check = checker.check
+def _check_data(
+    rows: Iterator[Row], checker: RowChecker, fingerprint: RowsFingerprint, report: Report
+) -> None:
+    check, add = checker.check, fingerprint.add
     for number, row in rows:
         if check(number, row):
+            add(row)
             report.data_rows += 1
             if report.data_rows > MAX_DATA_ROWS:
                 return  # enough: the verdict is "too many rows" whatever follows
 
 
-def _finish(checker: RowChecker, report: Report, elsewhere: str) -> None:
-    if report.data_rows > MAX_DATA_ROWS:
+def _finish(
+    checker: RowChecker, fingerprint: RowsFingerprint, report: Report, elsewhere: str
+) -> None:
+    if report.data_rows > MAX_DATA_ROWS:  # the rest was not read: no fingerprint of a part
         report.data_rows = MAX_DATA_ROWS
         report.add(
             "too_many_rows",
@@ -99,6 +105,7 @@ def _finish(checker: RowChecker, report: Report, elsewhere: str) -> None:
         )
         return
     checker.finish()
+    report.rows_fingerprint = fingerprint.hexdigest()
     if report.data_rows == 0:
         report.add(
             "no_data_rows", None, None, "", f"there are no data rows below the header{elsewhere}"
@@ -119,8 +126,9 @@ def check_rows(
     if columns is None:
         return
     checker = RowChecker(report, columns, call_data_json=options.call_data_json)
-    _check_data(rows, checker, report)
-    _finish(checker, report, elsewhere)
+    fingerprint = RowsFingerprint(columns)
+    _check_data(rows, checker, fingerprint, report)
+    _finish(checker, fingerprint, report, elsewhere)
 
 
 def _check_second_half(
@@ -132,8 +140,9 @@ def _check_second_half(
         reader.reopen()
         part = Report(examples_per_kind=options.examples_per_kind, promoted=options.promoted_kinds)
         checker = RowChecker(part, columns, call_data_json=options.call_data_json)
-        _check_data(reader.part_rows(start, None), checker, part)
-        payload = ("ok", part, checker.export_repeats())
+        fingerprint = RowsFingerprint(columns)
+        _check_data(reader.part_rows(start, None), checker, fingerprint, part)
+        payload = ("ok", part, checker.export_repeats(), fingerprint.export())
     except FastPathUnsupported:
         payload = ("unsupported",)
     except WorkbookRejected as exc:
@@ -171,7 +180,8 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
     os.close(write_end)
     try:
         checker = RowChecker(report, columns, call_data_json=options.call_data_json)
-        _check_data(first, checker, report)
+        fingerprint = RowsFingerprint(columns)
+        _check_data(first, checker, fingerprint, report)
     finally:
         first.close()
         reader.drop_strings()  # free the table before the child's findings arrive
@@ -189,7 +199,8 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
         raise ValueError(payload[1])
     report.merge(payload[1])
     checker.absorb_repeats(payload[2])
-    _finish(checker, report, elsewhere)
+    fingerprint.absorb(payload[3])
+    _finish(checker, fingerprint, report, elsewhere)
 
 
 def _should_split(reader: SheetReader, options: ValidationOptions) -> bool:
