@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -97,10 +98,16 @@ async def test_the_late_task_of_an_earlier_uncertain_file_is_not_stolen(
     await run_daemon(world)
     await drop(world, upload, "a.xlsx", 3, seed=1)
     await wait_for(in_state(world, "a.xlsx", FileState.uncertain), 30, "A parked")
+    parked = row_named(world, "a.xlsx")
+    assert parked is not None
+    assert parked.submitted_at is not None
+    a_sent = datetime.fromisoformat(parked.submitted_at)
+    await asyncio.sleep(8)  # B is sent well after A's task began
     await drop(world, upload, "b.xlsx", 3, seed=2)
     await wait_for(lambda: len(posts(emulator)) == 2, 20, "B's POST")
-    # A's import shows up now: in A's window and in B's, with the row count of both.
-    late = emulator.add_foreign_task(world.campaign, rows=3)
+    # A's import shows up now, begun just after A's POST: B's reconciliation must not take it.
+    late = emulator.add_foreign_task(world.campaign, rows=3, begin_at=a_sent + timedelta(seconds=2))
+    await wait_for(in_state(world, "b.xlsx", FileState.uncertain), 30, "B parked")
     await wait_for(in_state(world, "a.xlsx", FileState.done), 40, "A adopts its task")
     a = row_named(world, "a.xlsx")
     assert a is not None
@@ -113,6 +120,29 @@ async def test_the_late_task_of_an_earlier_uncertain_file_is_not_stolen(
     assert f"IMPORTED (matched after a lost answer: task {late.task_id}" in receipt
     assert "3 records = 3 rows" in receipt
     assert not (world.inbox / "processing" / a.id).exists()  # ON HOLD receipts gone with it
+
+
+async def test_a_task_that_fits_two_lost_answers_is_taken_by_neither(
+    make_world, run_daemon, emulator, upload
+):
+    world = make_world(isales_extra=FAST, daemon_extra=DAEMON)
+    emulator.faults.script("upload", LOST, LOST)
+    await run_daemon(world)
+    await drop(world, upload, "a.xlsx", 3, seed=1)
+    await wait_for(in_state(world, "a.xlsx", FileState.uncertain), 30, "A parked")
+    await drop(world, upload, "b.xlsx", 3, seed=2)
+    await wait_for(lambda: len(posts(emulator)) == 2, 20, "B's POST")
+    # Begun after both POSTs, with the row count of both: it may be either's.
+    emulator.add_foreign_task(world.campaign, rows=3)
+    await wait_for(in_state(world, "b.xlsx", FileState.uncertain), 30, "B parked")
+    await asyncio.sleep(3)  # several rechecks of A
+    for name, other in (("a.xlsx", "b.xlsx"), ("b.xlsx", "a.xlsx")):
+        row = row_named(world, name)
+        assert row is not None
+        assert row.state is FileState.uncertain
+        assert row.import_task_id is None
+        assert "could also belong to file" in (row.reason or "")
+        assert (row_named(world, other) or row).id in (row.reason or "")
 
 
 async def test_a_task_whose_counts_arrive_late_is_waited_for(

@@ -267,12 +267,12 @@ class Reconciler:
         )
 
     def _claimants(self, record: FileRecord) -> list[Claimant]:
-        """Files sent before this one whose answer was lost too: their candidates come first."""
+        """Other files of the campaign whose answer was lost too: a task that fits one of them
+        as well is theirs as much as ours, so neither takes it (an operator decides)."""
         return [
             Claimant(other.id, self.window(other), other.data_rows)
             for other in self.ledger.unresolved(record.campaign_id)
             if other.id != record.id
-            and (other.submitted_at or "") < (record.submitted_at or "")
         ]
 
     async def _campaign_tasks(self, campaign_id: str) -> list[ImportTask]:
