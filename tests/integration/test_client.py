@@ -1,4 +1,4 @@
-"""The iSales client never guesses: what it cannot know is ambiguous, what it says holds no secret."""
+"""The client never guesses: what it cannot know is ambiguous; what it says holds no secret."""
 
 from __future__ import annotations
 
@@ -118,11 +118,11 @@ async def test_a_reply_of_an_unexpected_shape_is_one_clear_error(
         emulator.add_foreign_task(campaign, rows=3)
     emulator.faults.script(endpoint, Fault(fault))
     async with IsalesClient(settings_for(emulator.base_url)) as client:
+        call = (
+            client.query_servers() if endpoint == "query_server" else client.query_tasks(campaign)
+        )
         with pytest.raises(ApiReplyError) as error, stamina.set_testing(True, attempts=1):
-            if endpoint == "query_server":
-                await client.query_servers()
-            else:
-                await client.query_tasks(campaign)
+            await call
     assert words in str(error.value)
 
 
