@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from watcher.errors import LedgerError
+from watcher.errors import LedgerError, TaskTakenError
 from watcher.ledger import Ledger
 from watcher.models import FileState, Outcome, RemoteEntry
 
@@ -93,3 +93,60 @@ def test_a_ledger_of_the_first_schema_is_migrated(tmp_path):
     assert record.state is FileState.done
     assert record.force_submit == 0
     migrated.close()
+
+
+def test_a_task_once_owned_stays_owned_after_a_reprocess(ledger):
+    row = claimed(ledger, "a.xlsx", "s")
+    ledger.begin_submit(row.id)
+    ledger.transition(row.id, FileState.tracking, expect=FileState.submitting, import_task_id="t1")
+    ledger.transition(row.id, FileState.uncertain, expect=FileState.tracking, reason="deadline")
+    again = ledger.reprocess(row.id, actor="ops", reason="send it again")
+    assert again.import_task_id is None
+    owner = ledger.task_owner("c1", "t1")
+    assert owner is not None
+    assert owner.id == row.id
+    assert "t1" in ledger.owned_tasks("c1")
+    other = claimed(ledger, "b.xlsx", "other")
+    ledger.begin_submit(other.id)
+    with pytest.raises(TaskTakenError, match="belongs to file"):
+        ledger.transition(
+            other.id, FileState.tracking, expect=FileState.submitting, import_task_id="t1"
+        )
+    assert ledger.get(other.id).state is FileState.submitting  # nothing changed
+
+
+def test_the_same_rows_are_a_duplicate_unless_told_otherwise(ledger):
+    first = claimed(ledger, "a.xlsx", "bytes-1")
+    ledger.update(first.id, rows_fingerprint="rows-v1:3:abc")
+    ledger.begin_submit(first.id)
+    second = claimed(ledger, "b.xlsx", "bytes-2")
+    second = ledger.update(second.id, rows_fingerprint="rows-v1:3:abc")
+    assert ledger.imported_twin(second, "rows") is not None
+    assert ledger.imported_twin(second, "bytes") is None
+    assert ledger.imported_twin(second, "off") is None
+    assert ledger.begin_submit(second.id, "rows").id == first.id
+    assert ledger.begin_submit(second.id, "bytes").id == second.id
+
+
+def test_a_ledger_of_schema_2_is_migrated_and_its_tasks_are_owned(tmp_path):
+    import sqlite3
+
+    from watcher.ledger import _SCHEMA
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    for number, script in enumerate(_SCHEMA[:2], start=1):
+        db.executescript(f"{script}; PRAGMA user_version={number};")
+    db.execute(
+        "INSERT INTO files (id, route, campaign_id, inbox, name, size_bytes, mtime, state,"
+        " import_task_id, created_at, updated_at) VALUES ('f1', 'r', 'c1', '/in', 'a.xlsx', 1, 1,"
+        " 'done', 't-old', 'x', 'x')"
+    )
+    db.commit()
+    db.close()
+    ledger = Ledger(path)
+    try:
+        assert ledger.task_owner("c1", "t-old").id == "f1"
+        assert ledger.get("f1").rows_fingerprint is None
+    finally:
+        ledger.close()
