@@ -256,3 +256,13 @@ async def test_no_error_kind_puts_a_secret_in_logs_ledger_or_receipts(
     assert any("HTTP 302 redirecting" in e.get("error", "") for e in logs)
     names = Counter((u.campaign_id, u.file_name) for u in emulator.uploads)
     assert all(n == 1 for n in names.values()), names
+
+
+async def test_the_locale_header_is_sent_and_signed(emulator):
+    settings = settings_for(
+        emulator.base_url, locale="en_US", signed_headers=("host", "locale", "content-type")
+    )
+    async with IsalesClient(settings) as client:
+        servers = await client.query_servers(retry=False)
+    assert servers[-1].server_id == "fs-1"
+    assert all(c.status == 200 for c in emulator.calls)  # the emulator checked the signature

@@ -100,10 +100,10 @@ def make_emulator(sshd, plan: KillPlan) -> Emulator:
             if plan.should("after_post", 0.08):
                 plan.kill("after_post")  # before the answer reaches the ledger
             return response
-        if "queryDataImportTask" in request.path and b"importTaskIds" not in body:
-            # A listing without the filter: a reconciliation (or tracking paging through).
-            if plan.should("reconciling", 0.3):
-                plan.kill("reconciling")
+        # A listing without the filter: a reconciliation (or tracking paging through).
+        listing = "queryDataImportTask" in request.path and b"importTaskIds" not in body
+        if listing and plan.should("reconciling", 0.3):
+            plan.kill("reconciling")
         response = await handler(request)
         return response
 

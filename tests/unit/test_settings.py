@@ -147,3 +147,31 @@ def test_the_cli_exits_78_on_a_bad_config(files):
     assert result.returncode == 78
     assert "isales.vdn_id_typo" in result.stderr
     assert result.stderr.count("\n") == 1  # one message, no traceback
+
+
+def test_signed_headers_are_lower_cased_and_must_be_sent(files):
+    settings = load_settings(write(files, isales='signed_headers = ["Host", "Content-Type"]'))
+    assert settings.isales.signed_headers == ("content-type", "host")
+    with pytest.raises(ConfigError, match="signed_headers: x-date is not sent by the client"):
+        load_settings(write(files, isales='signed_headers = ["host", "X-Date"]'))
+    with pytest.raises(ConfigError, match="must include host"):
+        load_settings(write(files, isales='signed_headers = ["content-type"]'))
+    with pytest.raises(ConfigError, match="locale is not sent"):
+        load_settings(write(files, isales='signed_headers = ["host", "locale"]'))
+    both = load_settings(
+        write(files, isales='signed_headers = ["host", "locale"]\nlocale = "en_US"')
+    )
+    assert both.isales.signed_headers == ("host", "locale")
+
+
+def test_a_gateway_host_header_and_the_server_zone(files):
+    settings = load_settings(
+        write(files, isales='host_header = "isales.example:443"\nserver_utc_offset = "+08:00"')
+    )
+    assert settings.isales.sent_host == "isales.example:443"
+    assert settings.isales.server_zone is not None
+    assert settings.isales.server_zone.utcoffset(None).total_seconds() == 8 * 3600
+    with pytest.raises(ConfigError, match="server_utc_offset: 'Asia/Shanghai' is not a UTC offset"):
+        load_settings(write(files, isales='server_utc_offset = "Asia/Shanghai"'))
+    with pytest.raises(ConfigError, match="host_header"):
+        load_settings(write(files, isales='host_header = "a b\\r\\nX: y"'))
