@@ -60,6 +60,12 @@ class KillPlan:
             self.budget[moment] -= 1
             self.process = None
 
+    async def keep_running(self, config: Path) -> None:
+        if self.process is not None and self.process.returncode not in (None, -9):
+            raise AssertionError(f"the daemon exited {self.process.returncode}: see its log")
+        if self.process is None or self.process.returncode is not None:
+            self.process = await _start(config)
+
     def should(self, moment: str, chance: float) -> bool:
         return self.budget[moment] > 0 and self.random.random() < chance
 
@@ -104,8 +110,7 @@ def make_emulator(sshd, plan: KillPlan) -> Emulator:
         listing = "queryDataImportTask" in request.path and b"importTaskIds" not in body
         if listing and plan.should("reconciling", 0.3):
             plan.kill("reconciling")
-        response = await handler(request)
-        return response
+        return await handler(request)
 
     emulator.app.middlewares.insert(0, killer)
     return emulator
@@ -141,10 +146,7 @@ async def test_200_files_20_kills_20_percent_lost_answers(make_world, upload, ss
     async def supervise() -> None:
         """Keep a daemon running; now and then kill it at a random moment."""
         while True:
-            if plan.process is not None and plan.process.returncode not in (None, -9):
-                raise AssertionError(f"the daemon exited {plan.process.returncode}: see its log")
-            if plan.process is None or plan.process.returncode is not None:
-                plan.process = await _start(world.config)
+            await plan.keep_running(world.config)
             await asyncio.sleep(0.5)
             if plan.should("random", 0.04):
                 plan.kill("random")
@@ -180,6 +182,10 @@ async def test_200_files_20_kills_20_percent_lost_answers(make_world, upload, ss
             await plan.process.wait()
         await emulator.close()
 
+    check_the_proof(world, emulator, plan, dropped, started)
+
+
+def check_the_proof(world, emulator: Emulator, plan: KillPlan, dropped, started: float) -> None:
     rows = ledger_rows(world.state_dir)
     final = {r["name"]: r for r in rows if r["state"] in ("done", "rejected", "uncertain")}
     states = Counter(r["state"] for r in final.values())
@@ -196,9 +202,7 @@ async def test_200_files_20_kills_20_percent_lost_answers(make_world, upload, ss
     assert all(n == 1 for n in names.values()), names.most_common(3)
     # Every file settled, or parked with a reason.
     assert set(final) == set(dropped)
-    for row in final.values():
-        if row["state"] == "uncertain":
-            assert row["reason"], row
+    assert all(r["reason"] for r in final.values() if r["state"] == "uncertain")
     # Every IMPORTED receipt names a task whose import read exactly that file's bytes.
     by_task = {u.task_id: u for u in emulator.uploads}
     done = [name for name, row in final.items() if row["state"] == "done"]
