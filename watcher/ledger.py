@@ -298,14 +298,23 @@ class Ledger:
             (campaign_id, task_id, file_id, utc_now()),
         )
 
-    def update(self, file_id: str, **fields: Field) -> FileRecord:
-        """Set fields without changing the state."""
+    def update(
+        self, file_id: str, *, expect: FileState | None = None, **fields: Field
+    ) -> FileRecord:
+        """Set fields without changing the state; with ``expect``, only in that state.
+
+        Raises:
+            LedgerError: the row is not in ``expect`` (another actor moved it meanwhile).
+        """
         assignments = ", ".join(f"{name} = ?" for name in fields)
+        guard, args = ("", []) if expect is None else (" AND state = ?", [expect])
         with self._transaction() as db:
-            db.execute(
-                f"UPDATE files SET {assignments}, updated_at = ? WHERE id = ?",
-                (*fields.values(), utc_now(), file_id),
-            )
+            changed = db.execute(
+                f"UPDATE files SET {assignments}, updated_at = ? WHERE id = ?{guard}",
+                (*fields.values(), utc_now(), file_id, *args),
+            ).rowcount
+            if expect is not None and changed == 0:
+                raise LedgerError(f"file {file_id}: expected state {expect}, it moved on")
         return self.get(file_id)
 
     def begin_submit(self, file_id: str, duplicates: DuplicatesBy = "rows") -> FileRecord:

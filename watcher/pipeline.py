@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from concurrent.futures import Executor
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -173,12 +174,26 @@ class Pipeline:
     async def recheck(self, record: FileRecord) -> None:
         """Reconcile a parked file again; carry it on when its task is found."""
         self.driving.add(record.id)
+        structlog.contextvars.bind_contextvars(file_id=record.id)
         try:
             async with self._campaign_lock(record.campaign_id):
                 current = self.ledger.get(record.id)
                 if current.state is not FileState.uncertain or current.recheck_at is None:
                     return  # an operator settled it meanwhile
-                advanced = await self.reconciler.recheck(current)
+                try:
+                    advanced = await self.reconciler.recheck(current)
+                except LedgerError:
+                    raise
+                except Exception:
+                    # A bug must not turn into a tight loop: look again much later.
+                    log.exception("file.recheck_crashed")
+                    later = datetime.now(UTC) + timedelta(
+                        seconds=self.settings.daemon.max_backoff_s
+                    )
+                    self.ledger.update(
+                        record.id, recheck_at=later.isoformat(timespec="milliseconds")
+                    )
+                    return
             if advanced.state is FileState.uncertain:
                 if advanced.reason != current.reason:
                     await self._parked_receipt(advanced)

@@ -210,6 +210,7 @@ def test_a_separator_inside_a_cell_cannot_make_two_rows_alike():
 
     assert fingerprint(["a\x1fb", "c"]) != fingerprint(["a", "b\x1fc"])
     assert fingerprint(["a\x1fb", "c"]) == fingerprint([" a\x1fb", "c "])
+    assert fingerprint(["\ud800", "c"]) != fingerprint(["\ufffd", "c"])  # not UTF-8, still fine
 
 
 def test_the_fingerprint_travels_with_the_report(tmp_path):

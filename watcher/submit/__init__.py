@@ -19,9 +19,10 @@ from watcher.errors import (
     ApiRejectedError,
     ApiTrustError,
     ApiUnavailableError,
+    LedgerError,
     SignatureRefusedError,
     TaskTakenError,
-    TransientError,
+    WatcherError,
 )
 from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger, utc_now
@@ -245,10 +246,8 @@ class Reconciler:
         """Look once more for the task of a parked file; adopt it or schedule the next look."""
         try:
             verdict = await self._judge(record)
-        except TransientError as exc:
+        except WatcherError as exc:  # unreachable, busy, refused, an odd reply: next time
             verdict = Verdict(None, True, f"iSales could not be asked: {exc}")
-        except ApiAmbiguousError as exc:
-            verdict = Verdict(None, True, f"iSales answered oddly: {exc}")
         return self._conclude(record, verdict)
 
     async def _judge(self, record: FileRecord) -> Verdict:
@@ -287,6 +286,17 @@ class Reconciler:
         return found
 
     def _conclude(self, record: FileRecord, verdict: Verdict) -> FileRecord:
+        """Write what the facts say, unless an operator settled the file meanwhile."""
+        try:
+            return self._write_verdict(record, verdict)
+        except LedgerError:
+            current = self.ledger.get(record.id)
+            if current.state is record.state:
+                raise
+            log.info("file.settled_meanwhile", file_id=record.id, state=current.state.value)
+            return current
+
+    def _write_verdict(self, record: FileRecord, verdict: Verdict) -> FileRecord:
         details = with_details(
             record, reconciliation={"verdict": verdict.reason, **verdict.evidence}
         )
@@ -328,7 +338,12 @@ class Reconciler:
         if record.state is FileState.uncertain:
             log.info("file.still_uncertain", file_id=record.id, reason=verdict.reason)
             return self.ledger.update(
-                record.id, reason=reason, details=details, recheck_at=recheck_at, rechecks=rechecks
+                record.id,
+                expect=FileState.uncertain,
+                reason=reason,
+                details=details,
+                recheck_at=recheck_at,
+                rechecks=rechecks,
             )
         log.error("file.parked_uncertain", file_id=record.id, reason=reason)
         return self.ledger.transition(
