@@ -121,6 +121,12 @@ class Daemon:
                 server_id = await self._resolve_server_id(client)
                 if server_id is None:
                     return
+                if client.server_zone is None and any(r.schedule for r in self.settings.routes):
+                    log.warning(
+                        "isales.schedule_zone_unknown",
+                        advice="scheduled imports run at the server's hour; its zone is unknown "
+                        "(the Date header is GMT), so UTC is assumed: set isales.server_utc_offset",
+                    )
                 pipeline = Pipeline(
                     settings=self.settings,
                     source=self._source,

@@ -79,6 +79,10 @@ _SCHEMA = [
     INSERT OR IGNORE INTO owned_tasks (campaign_id, task_id, file_id, at)
         SELECT campaign_id, import_task_id, id, updated_at FROM files
         WHERE import_task_id IS NOT NULL;
+    UPDATE files SET data_rows = json_extract(details, '$.validation.data_rows')
+        WHERE details IS NOT NULL AND json_valid(details);
+    UPDATE files SET recheck_at = '1970-01-01T00:00:00.000+00:00'
+        WHERE state = 'uncertain' AND import_task_id IS NULL AND submitted_at IS NOT NULL;
     """,
 ]
 
@@ -369,7 +373,8 @@ class Ledger:
         row = db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND {same} AND id != ?"
             f" AND (state IN ({marks}) OR (state = ? AND import_task_id IS NOT NULL"
-            f" AND outcome = ?)) ORDER BY rowid LIMIT 1",
+            f" AND outcome = ?) OR (import_task_id IS NOT NULL AND json_valid(details)"
+            f" AND json_extract(details, '$.import.succNum') > 0)) ORDER BY rowid LIMIT 1",
             (
                 me.campaign_id,
                 *keys,
@@ -425,10 +430,19 @@ class Ledger:
             TaskTakenError: another row owns that task.
         """
         with self._transaction() as db:
-            row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+            row = db.execute(
+                "SELECT state, import_task_id FROM files WHERE id = ?", (file_id,)
+            ).fetchone()
             if row is None or row["state"] != FileState.uncertain:
                 found = row["state"] if row else "no such row"
                 raise LedgerError(f"file {file_id} is {found}; only an uncertain file is resolved")
+            known = row["import_task_id"]
+            if task_id is None and known is not None:
+                raise LedgerError(
+                    f"iSales acknowledged file {file_id} as import task {known}: it was sent and "
+                    f"must not be sent again; once the task has ended, resolve it with "
+                    f"--imported {known}"
+                )
             if task_id is not None:
                 self._own(db, file_id, task_id)
                 to_state, why = (

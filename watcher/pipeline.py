@@ -269,6 +269,9 @@ class Pipeline:
             except ApiUnavailableError as exc:
                 # Provably not sent, and the row is claimed again: wait without the campaign
                 # lock, so that a long Retry-After holds up nothing but this file.
+                record = self.ledger.get(record.id)
+                if record.state is not FileState.claimed:
+                    return record  # not from the POST itself: the row says what comes next
                 if attempt == _SEND_ATTEMPTS or exc.retry_after_s is None:
                     raise
                 wait_s = min(self.settings.daemon.max_backoff_s, exc.retry_after_s)
@@ -276,7 +279,6 @@ class Pipeline:
                 await self._pause(wait_s)
                 if self.stop.is_set():
                     raise
-                record = self.ledger.get(record.id)
         raise AssertionError("unreachable")
 
     def _campaign_lock(self, campaign_id: str) -> asyncio.Lock:

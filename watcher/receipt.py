@@ -81,47 +81,55 @@ def _problem_lines(report: Report) -> list[str]:
     return lines
 
 
+def _outcome_lines(record: FileRecord, details: dict[str, Any]) -> list[str]:
+    """The verdict in one sentence, and why."""
+    if record.state is FileState.uncertain:
+        return [
+            "Result: ON HOLD. Whether iSales imported this file is not known yet.",
+            f"Why: {record.reason}",
+            "An operator will check in iSales. Do not drop the file again meanwhile.",
+        ]
+    if record.outcome is Outcome.done:
+        matched = details.get("reconciliation") or {}
+        if matched.get("task_id") == record.import_task_id and record.import_task_id:
+            return [f"Result: IMPORTED ({matched['verdict']})."]
+        return [f"Result: IMPORTED. iSales import task {record.import_task_id} finished."]
+    imported = (details.get("import") or {}).get("succNum")
+    if imported:
+        return [
+            f"Result: FAILED IN iSALES, but iSales counted {imported} rows as imported. Check "
+            "the campaign in iSales before sending any of these rows again.",
+            f"Why: {record.reason}",
+        ]
+    return ["Result: REJECTED. Nothing from this file was imported.", f"Why: {record.reason}"]
+
+
+def _duplicate_lines(twin: dict[str, Any]) -> list[str]:
+    same = "rows were" if twin.get("same") == "rows" else "content was"
+    return [
+        f"The same {same} imported before as {twin['name']} (ledger {twin['ledger_id']}, "
+        f"import task {twin.get('import_task_id') or 'unknown'}, {twin['received_at']}).",
+        "To import it again on purpose, ask an operator: isales-watcher ledger reprocess",
+    ]
+
+
 def receipt_text(record: FileRecord) -> str:
     """What the business user reads: the verdict, what was wrong and where, how to fix it."""
     details = _details(record)
     lines = [f"File: {record.name}", f"Campaign: {record.campaign_id} (route {record.route})"]
-    if record.state is FileState.uncertain:
-        lines.append("Result: ON HOLD. Whether iSales imported this file is not known yet.")
-        lines.append(f"Why: {record.reason}")
-        lines.append("An operator will check in iSales. Do not drop the file again meanwhile.")
-    elif record.outcome is Outcome.done:
-        matched = details.get("reconciliation") or {}
-        if matched.get("task_id") == record.import_task_id and record.import_task_id:
-            lines.append(f"Result: IMPORTED ({matched['verdict']}).")
-        else:
-            lines.append(f"Result: IMPORTED. iSales import task {record.import_task_id} finished.")
-    else:
-        lines.append("Result: REJECTED. Nothing from this file was imported.")
-        lines.append(f"Why: {record.reason}")
+    lines.extend(_outcome_lines(record, details))
     if "schedule" in details:
         lines.append(f"Scheduled import time: {details['schedule']}")
     if "import" in details:
         lines.extend(_import_lines(details["import"]))
     if "duplicate_of" in details:
-        twin = details["duplicate_of"]
-        same = "rows" if twin.get("same") == "rows" else "content"
-        lines.append(
-            f"The same {same} were imported before as {twin['name']} (ledger {twin['ledger_id']}, "
-            f"import task {twin.get('import_task_id') or 'unknown'}, {twin['received_at']})."
-            if same == "rows"
-            else f"The same content was imported before as {twin['name']} (ledger "
-            f"{twin['ledger_id']}, import task {twin.get('import_task_id') or 'unknown'}, "
-            f"{twin['received_at']})."
-        )
-        lines.append(
-            "To import it again on purpose, ask an operator: isales-watcher ledger reprocess"
-        )
+        lines.extend(_duplicate_lines(details["duplicate_of"]))
     if "validation" in details:
         report = Report.from_json(details["validation"])
         if report.counts:
             lines.append(f"Checked {report.data_rows} data rows on sheet {report.sheet!r}:")
             lines.extend(_problem_lines(report))
-    if record.outcome is Outcome.rejected and record.state is not FileState.uncertain:
+    if lines[2].startswith("Result: REJECTED"):
         lines.append("Fix the file and drop it into the inbox again.")
     lines.append(
         f"(ledger id {record.id}, sha256 {(record.sha256 or '-')[:16]}..., "

@@ -10,26 +10,11 @@ from watcher.settings import Settings
 
 __all__ = ("find_task", "resolve_imported")
 
-_MAX_PAGES = 50
-
 
 async def find_task(settings: Settings, campaign_id: str, task_id: str) -> ImportTask | None:
     """The import task of the campaign with that id, read from iSales, or None."""
     async with IsalesClient(settings.isales) as client:
-        page = await client.query_tasks(campaign_id, [task_id])
-        for task in page.tasks:
-            if task.task_id == task_id:
-                return task
-        offset = 0
-        for _ in range(_MAX_PAGES):  # the filter may be ignored: read the listing
-            page = await client.query_tasks(campaign_id, offset=offset)
-            for task in page.tasks:
-                if task.task_id == task_id:
-                    return task
-            offset += len(page.tasks)
-            if not page.tasks or offset >= page.total:
-                return None
-    return None
+        return (await client.find_tasks(campaign_id, [task_id])).get(task_id)
 
 
 async def resolve_imported(

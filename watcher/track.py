@@ -27,8 +27,6 @@ log = structlog.get_logger(__name__)
 
 _BACKOFF = 1.5
 _MAX_FACTOR = 6.0
-_IDS_PER_CALL = 100
-_MAX_PAGES = 50
 
 
 def _counts(task: ImportTask) -> dict[str, object]:
@@ -116,30 +114,13 @@ class Tracker:
 
     async def _round(self, campaign_id: str) -> dict[str, ImportTask]:
         wanted = list(self._waiting.get(campaign_id, {}))
-        found: dict[str, ImportTask] = {}
         try:
-            for start in range(0, len(wanted), _IDS_PER_CALL):
-                chunk = wanted[start : start + _IDS_PER_CALL]
-                page = await self._client.query_tasks(campaign_id, chunk)
-                found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
-            missing = set(wanted) - set(found)
-            if missing:
-                found.update(await self._page_through(campaign_id, missing))
+            return await self._client.find_tasks(campaign_id, wanted)
         except (TransientError, ApiAmbiguousError, ApiRejectedError) as exc:
             log.warning("file.track_failed", campaign_id=campaign_id, error=str(exc))
-        return found
-
-    async def _page_through(self, campaign_id: str, missing: set[str]) -> dict[str, ImportTask]:
-        """The filter was ignored (or the tasks are not listed yet): read the listing itself."""
-        found: dict[str, ImportTask] = {}
-        offset = 0
-        for _ in range(_MAX_PAGES):
-            page = await self._client.query_tasks(campaign_id, offset=offset)
-            found.update((t.task_id, t) for t in page.tasks if t.task_id in missing)
-            offset += len(page.tasks)
-            if len(found) == len(missing) or not page.tasks or offset >= page.total:
-                break
-        return found
+        except Exception:  # a bug must not silence tracking for every file of the campaign
+            log.exception("file.track_crashed", campaign_id=campaign_id)
+        return {}
 
 
 def _deadline_from(record: FileRecord) -> datetime | None:

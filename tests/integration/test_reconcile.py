@@ -205,3 +205,22 @@ async def test_window_only_matching_parks_beside_any_other_unowned_task(
     row = row_named(world, "w.xlsx")
     assert row is not None
     assert "reconcile_by_counts = false" in (row.reason or "")
+
+
+async def test_a_busy_isales_while_reconciling_parks_the_file_and_stops_nothing(
+    make_world, run_daemon, emulator, upload
+):
+    world = make_world(isales_extra=FAST, daemon_extra=DAEMON)
+    emulator.faults.script("upload", Fault(FaultKind.drop_after_accept))
+    busy = Fault(FaultKind.status, status=429, retry_after_s=0.1)
+    emulator.faults.script("query_tasks", *[busy] * 12)
+    daemon = await run_daemon(world)
+    await drop(world, upload, "busy.xlsx", 3)
+    await wait_for(in_state(world, "busy.xlsx", FileState.done), 60, "busy adopted in the end")
+    assert daemon.failed is None
+    assert not daemon.stop.is_set()
+    [accepted] = emulator.uploads
+    row = row_named(world, "busy.xlsx")
+    assert row is not None
+    assert row.import_task_id == accepted.task_id
+    assert len(posts(emulator)) == 1

@@ -126,3 +126,33 @@ def test_records_are_final_only_when_the_task_ended():
     assert records_of(ImportTask("t", "1", succ_num=3)) is None
     assert records_of(ImportTask("t", "2")) is None
     assert records_of(ImportTask("t", "2", succ_num=2, repeat_num=1, black_num=1, fail_num=1)) == 5
+
+
+def test_negative_counts_or_an_end_without_counts_decide_nothing():
+    odd = ImportTask("t1", "2", succ_num=-7, fail_num=10, begin_time=SENT.isoformat())
+    found = verdict([odd])
+    assert found.task is None
+    assert not found.waiting
+    failed = ImportTask("t2", "3", begin_time=(SENT + timedelta(seconds=2)).isoformat())
+    ours = task("t3", SENT + timedelta(seconds=4))
+    found = verdict([failed, ours])
+    assert found.task is None  # the failed one may be ours: whose is which cannot be told
+    assert not found.waiting
+    assert "without usable record counts" in found.reason
+
+
+def test_an_incomplete_listing_never_proves_a_task_is_the_only_one():
+    found = judge(
+        [task("t1", SENT + timedelta(seconds=3))],
+        window=WINDOW,
+        rows=3,
+        by_counts=True,
+        owned=set(),
+        claimants=(),
+        zone=None,
+        skew_s=0.0,
+        now=LATER,
+        complete=False,
+    )
+    assert found.task is None
+    assert "could not be read to its end" in found.reason

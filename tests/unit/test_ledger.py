@@ -142,11 +142,55 @@ def test_a_ledger_of_schema_2_is_migrated_and_its_tasks_are_owned(tmp_path):
         " import_task_id, created_at, updated_at) VALUES ('f1', 'r', 'c1', '/in', 'a.xlsx', 1, 1,"
         " 'done', 't-old', 'x', 'x')"
     )
+    db.execute(
+        "INSERT INTO files (id, route, campaign_id, inbox, name, size_bytes, mtime, state,"
+        " details, submitted_at, created_at, updated_at) VALUES ('f2', 'r', 'c1', '/in', 'b.xlsx',"
+        " 1, 1, 'uncertain', '{\"validation\": {\"data_rows\": 42}}', 'x', 'x', 'x')"
+    )
     db.commit()
     db.close()
     ledger = Ledger(path)
     try:
         assert ledger.task_owner("c1", "t-old").id == "f1"
         assert ledger.get("f1").rows_fingerprint is None
+        parked = ledger.get("f2")
+        assert parked.data_rows == 42  # the count rule applies to files parked before
+        assert [r.id for r in ledger.due_rechecks("2026-01-01")] == ["f2"]  # looked at again
     finally:
         ledger.close()
+
+
+def test_a_file_isales_acknowledged_is_never_resolved_as_not_imported(ledger):
+    row = claimed(ledger, "a.xlsx", "s")
+    ledger.begin_submit(row.id)
+    ledger.transition(row.id, FileState.tracking, expect=FileState.submitting, import_task_id="t9")
+    ledger.transition(row.id, FileState.uncertain, expect=FileState.tracking, reason="deadline")
+    with pytest.raises(LedgerError, match=r"acknowledged .* as import task t9"):
+        ledger.resolve(row.id, task_id=None, actor="ops", reason="looked")
+    resolved = ledger.resolve(row.id, task_id="t9", actor="ops", reason="it ended")
+    assert resolved.state is FileState.tracking
+
+
+def test_a_second_submission_never_uses_the_first_one_s_window(ledger):
+    import json
+    from datetime import datetime, timedelta
+
+    from watcher.settings import IsalesSettings
+    from watcher.submit import Reconciler
+
+    settings = IsalesSettings(
+        base_url="https://10.0.0.5:28443", vdn_id=1, access_key="a", secret_key="s"
+    )
+    reconciler = Reconciler(None, ledger, settings)  # type: ignore[arg-type]
+    row = claimed(ledger, "a.xlsx", "s")
+    first = ledger.begin_submit(row.id)
+    an_hour_ago = (datetime.fromisoformat(first.submitted_at) - timedelta(hours=1)).isoformat()
+    first = ledger.update(row.id, submitted_at=an_hour_ago)
+    first = reconciler.note_lost_answer(first, cause="lost once")
+    old = reconciler.window(first)
+    ledger.transition(row.id, FileState.uncertain, expect=FileState.submitting, reason="parked")
+    ledger.resolve(row.id, task_id=None, actor="ops", reason="not imported")
+    second = ledger.begin_submit(row.id)  # a crash right after this POST: no new evidence
+    assert "submission" in json.loads(second.details or "{}")  # the old one is still there
+    new = reconciler.window(second)
+    assert new.opens_at - old.opens_at >= timedelta(minutes=59)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import posixpath
+import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -44,9 +46,12 @@ log = structlog.get_logger(__name__)
 
 SUCCESS = "0200000"
 _MAX_SKEW_S = 60.0
+_TRUSTED_SKEW_S = 300.0
 TOO_FREQUENT = "0200022"
 _MAX_REPLY_BYTES = 8 << 20
+_MAX_PAGES = 50
 _GATEWAY = (502, 503, 504)
+_SIGNATURE = re.compile(r"auth-v2/[^\s\"',;]*")
 
 RESULT_MESSAGES = {
     "0200001": "iSales refused a parameter",
@@ -148,17 +153,23 @@ def _call_name(path: str) -> str:
     return parts[-2] if "calldatafile" in parts else parts[-1]
 
 
+_MIN_WAIT_S = 0.5  # a Retry-After of 0 (or in the past) still spaces the attempts
+
+
 def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` (seconds or an HTTP date); None if unusable."""
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError, OverflowError):
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if math.isnan(seconds) or seconds < 0:
         return None
+    return max(_MIN_WAIT_S, seconds)
 
 
 def _shown(value: object, limit: int = 80) -> str:
@@ -337,22 +348,24 @@ class IsalesClient:
         self, server_ids: list[str] | None = None, *, retry: bool = True
     ) -> list[FileServer]:
         """Every file server registered for the VDN (paged), or those named."""
-        servers: list[FileServer] = []
+        servers: dict[str, FileServer] = {}
         offset = 0
-        while True:
+        for _ in range(_MAX_PAGES):
             body: dict[str, Any] = {"offset": offset, "limit": 100}
             if server_ids:
                 body["serverIds"] = server_ids
             reply = await self._read(f"{self._prefix}/file/queryServer", body, retry=retry)
             page = _items(reply, "server", "queryServer")
-            servers.extend(
-                server
-                for index, item in enumerate(page)
-                if (server := _server(item, offset + index)) is not None
-            )
+            known = len(servers)
+            for index, item in enumerate(page):
+                server = _server(item, offset + index)
+                if server is not None:
+                    servers.setdefault(server.server_id, server)
             offset += len(page)
-            if not page or offset >= _count(reply, "queryServer", offset):
-                return servers
+            repeated = page and len(servers) == known  # a server that ignores offset
+            if not page or repeated or offset >= _count(reply, "queryServer", offset):
+                break
+        return list(servers.values())
 
     async def query_tasks(
         self, campaign_id: str, task_ids: list[str] | None = None, *, offset: int = 0
@@ -369,6 +382,31 @@ class IsalesClient:
         items = _items(reply, "result", "queryDataImportTask")
         tasks = [_task(item, offset + index) for index, item in enumerate(items)]
         return TaskPage(tasks, _count(reply, "queryDataImportTask", offset + len(tasks)))
+
+    async def find_tasks(self, campaign_id: str, task_ids: list[str]) -> dict[str, ImportTask]:
+        """The named tasks of a campaign, as many as are listed.
+
+        Asked with the ``importTaskIds`` filter first; a server that ignores it (the filter is
+        only in the vendor's sample) is read page by page from both ends of its listing, so
+        that recent tasks are found early whichever way it sorts.
+        """
+        wanted = set(task_ids)
+        found: dict[str, ImportTask] = {}
+        for start in range(0, len(task_ids), 100):
+            page = await self.query_tasks(campaign_id, task_ids[start : start + 100])
+            found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
+        if len(found) == len(wanted):
+            return found
+        page = await self.query_tasks(campaign_id, offset=0)
+        found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
+        ends = list(range(100, page.total, 100))
+        offsets = dict.fromkeys(o for pair in zip(reversed(ends), ends, strict=True) for o in pair)
+        for offset in list(offsets)[: _MAX_PAGES - 1]:
+            if len(found) == len(wanted):
+                break
+            page = await self.query_tasks(campaign_id, offset=offset)
+            found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
+        return found
 
     async def upload(
         self,
@@ -414,7 +452,7 @@ class IsalesClient:
             if isinstance(exc, ApiUnavailableError | ApiAmbiguousError):
                 wait_s = exc.retry_after_s
                 return True if wait_s is None else min(wait_s, self._max_wait_s)
-            return False
+            return False  # refused, or a signature or trust problem: retrying will not help
 
         async for attempt in stamina.retry_context(
             on=hook, attempts=5, timeout=None, wait_initial=1.0, wait_max=30.0
@@ -473,10 +511,15 @@ class IsalesClient:
 
     @staticmethod
     async def _body(resp: aiohttp.ClientResponse, call: str) -> bytes:
-        raw = await resp.content.read(_MAX_REPLY_BYTES + 1)
-        if len(raw) > _MAX_REPLY_BYTES:
-            raise ApiReplyError(f"{call}: the reply is larger than {_MAX_REPLY_BYTES >> 20} MB")
-        return raw
+        """The whole body, however it arrives, up to a bound."""
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > _MAX_REPLY_BYTES:
+                raise ApiReplyError(f"{call}: the reply is larger than {_MAX_REPLY_BYTES >> 20} MB")
+            parts.append(chunk)
+        return b"".join(parts)
 
     def _failure(self, exc: BaseException, call: str, *, sent: bool) -> Exception:
         """Our own words for a transport failure: whether the request may have left, and why."""
@@ -510,6 +553,14 @@ class IsalesClient:
             f"({type(exc).__name__})"
         )
 
+    def _redact(self, text: str) -> str:
+        """Peer text may echo our request: never let it carry the key or a signature on."""
+        text = _SIGNATURE.sub("auth-v2/[removed]", text).replace("auth-v2/", "auth-v2 ")
+        for secret in (self._signer.access_key, self._settings.secret_key.get_secret_value()):
+            if secret:
+                text = text.replace(secret, "[removed]")
+        return text
+
     def _check_clock(self, date_header: str | None) -> None:
         """Note the server's clock and zone; warn when its clock and ours disagree."""
         if not date_header:
@@ -522,7 +573,9 @@ class IsalesClient:
         offset = server_now.utcoffset()
         if offset:  # a Date in the server's own zone ("+0800") tells the zone
             self.date_zone = timezone(offset)
-        self.clock_skew_s = skew_s
+        # Beyond the signature's tolerance iSales would refuse us: such a Date is not its clock
+        # (a proxy stamps its own), so server times are then taken as they are.
+        self.clock_skew_s = skew_s if abs(skew_s) <= _TRUSTED_SKEW_S else 0.0
         if abs(skew_s) > _MAX_SKEW_S and abs(skew_s - self._reported_skew_s) > _MAX_SKEW_S / 2:
             log.warning(
                 "isales.clock_skew",
@@ -557,21 +610,24 @@ class IsalesClient:
             raise ApiAmbiguousError(
                 f"{call}: iSales answered HTTP {status} ({kind})", retry_after_s=retry_after_s
             )
-        reply = self._json(call, status, raw)
-        if status != 200:
+        ok = 200 <= status < 300
+        reply = self._json(call, ok, raw)
+        if not ok:
             return self._refused(call, status, reply)
         if reply is None:
-            raise ApiReplyError(f"{call}: iSales answered HTTP 200 with a body that is not JSON")
+            raise ApiReplyError(
+                f"{call}: iSales answered HTTP {status} with a body that is not JSON"
+            )
         return self._outcome(call, reply)
 
     @staticmethod
-    def _json(call: str, status: int, raw: bytes) -> dict[str, Any] | None:
+    def _json(call: str, ok: bool, raw: bytes) -> dict[str, Any] | None:
         try:
             reply = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested beyond any real reply
             return None
         if not isinstance(reply, dict):
-            if status == 200:
+            if ok:
                 raise ApiReplyError(
                     f"{call}: the reply is a JSON {type(reply).__name__}, expected an object"
                 )
@@ -586,7 +642,7 @@ class IsalesClient:
         if code == SUCCESS:
             return reply
         desc = reply.get("resultDesc") or reply.get("returnDesc")
-        desc = _shown(desc, 300) if desc else None
+        desc = self._redact(_shown(desc, 300)) if desc else None
         if code == TOO_FREQUENT:
             raise ApiUnavailableError(f"{call}: {describe_code(code, desc)}")
         raise ApiRejectedError(_shown(code, 20), describe_code(code, desc))
@@ -595,7 +651,8 @@ class IsalesClient:
         """A 4xx other than 401 and 429: the body's resultCode decides when there is one."""
         if reply is not None and ("resultCode" in reply or "returnCode" in reply):
             self._outcome(call, reply)  # raises for anything but success
-            raise ApiRejectedError(f"http-{status}", f"{call}: iSales answered HTTP {status}")
+            # Success in a 4xx: the reply contradicts itself; it may have been acted on.
+            raise ApiReplyError(f"{call}: iSales answered HTTP {status} with a success code")
         if status in (404, 405):
             raise ApiUnavailableError(
                 f"{call}: iSales answered HTTP {status}: no such call at this address; check "

@@ -34,7 +34,8 @@ __all__ = ("Reconciler", "reject_duplicate", "scheduled_at", "submit", "with_det
 
 log = structlog.get_logger(__name__)
 
-_MAX_PAGES = 20
+_MAX_PAGES = 50
+_PER_SUBMISSION = ("submission", "reconciliation", "schedule", "scheduled_at")
 _MAX_RECHECK_S = 3600.0
 
 
@@ -105,10 +106,11 @@ async def submit(
     begun = ledger.begin_submit(record.id, route.duplicates)
     if begun.id != record.id:
         return reject_duplicate(ledger, record, begun)
-    record = begun
-    schedule = _schedule(client, record, route)
-    if schedule:
-        record = ledger.update(record.id, details=with_details(record, **schedule))
+    # A file sent again (an operator's word) starts a new submission: forget the old one's
+    # window and evidence, which would otherwise be taken for this one's.
+    details = {k: v for k, v in _details(begun).items() if k not in _PER_SUBMISSION}
+    details.update(_schedule(client, begun, route))
+    record = ledger.update(begun.id, details=json.dumps(details, ensure_ascii=False))
     log.info("file.submitting", file_id=record.id, campaign_id=record.campaign_id)
     try:
         task_id = await client.upload(
@@ -149,8 +151,11 @@ def _schedule(client: IsalesClient, record: FileRecord, route: RouteSettings) ->
     if route.hour_minute is None or route.schedule is None:
         return {}
     zone = client.server_zone
+    # The hour comes on the server's clock, not ours.
     sent_at = datetime.fromisoformat(record.submitted_at or utc_now())
-    at = scheduled_at(route.hour_minute, sent_at, zone or UTC)
+    at = scheduled_at(
+        route.hour_minute, sent_at + timedelta(seconds=client.clock_skew_s), zone or UTC
+    ) - timedelta(seconds=client.clock_skew_s)
     offset = (zone or UTC).utcoffset(None) or timedelta(0)
     hours, rest = divmod(int(offset.total_seconds()), 3600)
     zone_name = f"UTC{'+' if offset >= timedelta(0) else '-'}{abs(hours):02d}:{rest // 60:02d}"
@@ -201,7 +206,7 @@ class Reconciler:
     def window(self, record: FileRecord) -> Window:
         """The row's window; for a row left in ``submitting`` by a crash, from its POST's start."""
         submission = _details(record).get("submission")
-        if isinstance(submission, dict):
+        if isinstance(submission, dict) and submission.get("sent_at") == record.submitted_at:
             window = Window.from_json(submission.get("window"))
             if window is not None:
                 return window
@@ -217,7 +222,9 @@ class Reconciler:
 
     async def reconcile(self, record: FileRecord, *, cause: str | None = None) -> FileRecord:
         """Adopt the task of a ``submitting`` row, looking for ``reconcile_grace_s``, or park it."""
-        if cause is not None and "submission" not in _details(record):
+        submission = _details(record).get("submission")
+        fresh = isinstance(submission, dict) and submission.get("sent_at") == record.submitted_at
+        if cause is not None and not fresh:
             record = self.ledger.update(
                 record.id,
                 details=with_details(
@@ -232,7 +239,7 @@ class Reconciler:
             )
         deadline = time.monotonic() + self.settings.reconcile_grace_s
         while True:
-            verdict = await self._judge(record)
+            verdict = await self._try_judge(record)
             # A request that timed out may still be running on the server: give it time.
             undecided = verdict.task is None and (
                 verdict.waiting or not verdict.evidence.get("candidates")
@@ -244,17 +251,22 @@ class Reconciler:
 
     async def recheck(self, record: FileRecord) -> FileRecord:
         """Look once more for the task of a parked file; adopt it or schedule the next look."""
+        return self._conclude(record, await self._try_judge(record))
+
+    async def _try_judge(self, record: FileRecord) -> Verdict:
         try:
-            verdict = await self._judge(record)
-        except WatcherError as exc:  # unreachable, busy, refused, an odd reply: next time
-            verdict = Verdict(None, True, f"iSales could not be asked: {exc}")
-        return self._conclude(record, verdict)
+            return await self._judge(record)
+        except LedgerError:
+            raise
+        except WatcherError as exc:  # unreachable, busy, refused, an odd reply: look again
+            return Verdict(None, True, f"iSales could not be asked ({exc})")
 
     async def _judge(self, record: FileRecord) -> Verdict:
         window = self.window(record)
-        tasks = await self._campaign_tasks(record.campaign_id)
+        tasks, complete = await self._campaign_tasks(record.campaign_id)
         return judge(
             tasks,
+            complete=complete,
             window=window,
             rows=record.data_rows,
             by_counts=self.settings.reconcile_by_counts,
@@ -274,16 +286,24 @@ class Reconciler:
             if other.id != record.id
         ]
 
-    async def _campaign_tasks(self, campaign_id: str) -> list[ImportTask]:
-        found: list[ImportTask] = []
+    async def _campaign_tasks(self, campaign_id: str) -> tuple[list[ImportTask], bool]:
+        """Every task of the campaign, and whether the listing was read to its end.
+
+        A task is "the only one that fits" only if none was missed: a listing cut short by the
+        page bound, or one that repeats itself (a server ignoring ``offset``), is not complete.
+        """
+        found: dict[str, ImportTask] = {}
         offset = 0
         for _ in range(_MAX_PAGES):
             page = await self.client.query_tasks(campaign_id, offset=offset)
-            found.extend(page.tasks)
+            known = len(found)
+            found.update((t.task_id, t) for t in page.tasks if t.task_id not in found)
             offset += len(page.tasks)
             if not page.tasks or offset >= page.total:
-                break
-        return found
+                return list(found.values()), len(found) >= min(page.total, offset)
+            if len(found) == known:
+                break  # the same page again
+        return list(found.values()), False
 
     def _conclude(self, record: FileRecord, verdict: Verdict) -> FileRecord:
         """Write what the facts say, unless an operator settled the file meanwhile."""

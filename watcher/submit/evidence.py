@@ -92,11 +92,11 @@ def place_time(text: str | None, zone: timezone | None, skew_s: float) -> dateti
 
 
 def records_of(task: ImportTask) -> int | None:
-    """The records a finished task reports, or None while they are not final."""
+    """The records a finished task reports, or None while they are not final (or unusable)."""
     if not task.is_finished:
         return None
     counts = (task.succ_num, task.repeat_num, task.fail_num, task.black_num)
-    if all(count is None for count in counts):
+    if all(count is None for count in counts) or any((c or 0) < 0 for c in counts):
         return None
     return sum(count or 0 for count in counts)
 
@@ -129,6 +129,7 @@ class Verdict:
 class _Sorted:
     fits: list[tuple[ImportTask, datetime, int | None]] = field(default_factory=list)
     unfinished: list[str] = field(default_factory=list)  # in the window, counts not final
+    uncounted: list[str] = field(default_factory=list)  # in the window, ended without counts
     not_begun: list[str] = field(default_factory=list)
     no_zone: list[str] = field(default_factory=list)
     misfits: list[str] = field(default_factory=list)  # in the window, another record count
@@ -155,6 +156,8 @@ def _sort(
             records = records_of(task)
             if not by_counts or rows is None:
                 found.fits.append((task, at, records))
+            elif records is None and task.is_finished:
+                found.uncounted.append(task.task_id)
             elif records is None:
                 found.unfinished.append(task.task_id)
             elif records_match(records, rows):
@@ -190,6 +193,7 @@ def judge(
     zone: timezone | None,
     skew_s: float,
     now: datetime,
+    complete: bool = True,
 ) -> Verdict:
     """Adopt the one task that provably is ours, wait for one that may become so, or give up.
 
@@ -206,49 +210,67 @@ def judge(
         "rule": "window and record count" if counting else "window only",
         "candidates": [t.task_id for t, _, _ in found.fits],
     }
-    for key in ("unfinished", "not_begun", "no_zone", "misfits"):
+    for key in ("unfinished", "uncounted", "not_begun", "no_zone", "misfits"):
         if getattr(found, key):
             evidence[key] = getattr(found, key)
     # A task that has not begun yet may still begin inside the window, until it closes.
     if now > window.closes_at:
         found.not_begun.clear()
-    waiting = bool(found.unfinished or found.not_begun)
+    why_not = _unclear(found) or _doubt(found, counting, rows, complete, claimants)
+    if why_not is not None:
+        return Verdict(None, bool(found.unfinished or found.not_begun), why_not, evidence)
+    task, _, records = found.fits[0]
+    evidence.update(task_id=task.task_id, begin_time=task.begin_time, records=records)
+    return Verdict(task, False, _adopted(task, records, rows, counting), evidence)
+
+
+def _unclear(found: _Sorted) -> str | None:
+    """Why the listing cannot be judged yet (or at all), if it cannot."""
     if found.no_zone:
-        return Verdict(
-            None,
-            waiting,
+        return (
             f"tasks {', '.join(found.no_zone[:3])} have a beginTime without a time zone and the "
-            "server's zone is unknown; set isales.server_utc_offset",
-            evidence,
+            "server's zone is unknown; set isales.server_utc_offset"
         )
-    if waiting:
+    if found.unfinished or found.not_begun:
         pending = (found.unfinished + found.not_begun)[:3]
-        return Verdict(
-            None, True, f"waiting for task {', '.join(pending)} to begin and finish", evidence
+        return f"waiting for task {', '.join(pending)} to begin and finish"
+    if found.uncounted:
+        return (
+            f"task {', '.join(found.uncounted[:3])} in its time window ended without usable "
+            "record counts, so whose it is cannot be told"
         )
+    return None
+
+
+def _doubt(
+    found: _Sorted,
+    counting: bool,
+    rows: int | None,
+    complete: bool,
+    claimants: list[Claimant],
+) -> str | None:
+    """Why the one fitting task, if there is one, is still not provably ours."""
     if len(found.fits) != 1:
-        return Verdict(None, False, _no_fit(found, counting, rows), evidence)
+        return _no_fit(found, counting, rows)
     task, at, records = found.fits[0]
+    if not complete:
+        return (
+            f"task {task.task_id} fits, but the campaign's task listing could not be read to its "
+            "end, so another fitting task may be hidden"
+        )
     if not counting and found.others:
-        return Verdict(
-            None,
-            False,
+        return (
             f"task {task.task_id} is in the time window, but {len(found.others)} other unowned "
             "tasks exist in the campaign and record counts are not compared "
-            "(isales.reconcile_by_counts = false)",
-            evidence,
+            "(isales.reconcile_by_counts = false)"
         )
     rivals = _contested_by(task, at, records if counting else None, claimants)
     if rivals:
-        return Verdict(
-            None,
-            False,
+        return (
             f"task {task.task_id} fits, but it could also belong to file {', '.join(rivals)}, "
-            "whose answer was lost too",
-            evidence,
+            "whose answer was lost too"
         )
-    evidence.update(task_id=task.task_id, begin_time=task.begin_time, records=records)
-    return Verdict(task, False, _adopted(task, records, rows, counting), evidence)
+    return None
 
 
 def _no_fit(found: _Sorted, counting: bool, rows: int | None) -> str:
