@@ -172,28 +172,28 @@ class Pipeline:
             record = advanced
 
     async def recheck(self, record: FileRecord) -> None:
-        """Reconcile a parked file again; carry it on when its task is found."""
+        """Look at a parked file again; carry it on when its task is found, or has ended."""
         self.driving.add(record.id)
         structlog.contextvars.bind_contextvars(file_id=record.id)
         try:
-            async with self._campaign_lock(record.campaign_id):
-                current = self.ledger.get(record.id)
-                if current.state is not FileState.uncertain or current.recheck_at is None:
-                    return  # an operator settled it meanwhile
-                try:
-                    advanced = await self.reconciler.recheck(current)
-                except LedgerError:
-                    raise
-                except Exception:
-                    # A bug must not turn into a tight loop: look again much later.
-                    log.exception("file.recheck_crashed")
-                    later = datetime.now(UTC) + timedelta(
-                        seconds=self.settings.daemon.max_backoff_s
-                    )
-                    self.ledger.update(
-                        record.id, recheck_at=later.isoformat(timespec="milliseconds")
-                    )
-                    return
+            current = self.ledger.get(record.id)
+            if current.state is not FileState.uncertain or current.recheck_at is None:
+                return  # an operator settled it meanwhile
+            if current.import_task_id is not None:
+                # Its task is known, it had just not ended: track it once more.
+                advanced: FileRecord | None = self.ledger.transition(
+                    record.id,
+                    FileState.tracking,
+                    expect=FileState.uncertain,
+                    reason=f"looking at import task {current.import_task_id} again",
+                    recheck_at=None,
+                    rechecks=current.rechecks + 1,
+                )
+            else:
+                async with self._campaign_lock(record.campaign_id):
+                    advanced = await self._reconcile_again(record)
+            if advanced is None:
+                return
             if advanced.state is FileState.uncertain:
                 if advanced.reason != current.reason:
                     await self._parked_receipt(advanced)
@@ -201,6 +201,21 @@ class Pipeline:
             await self._drive(advanced)
         finally:
             self.driving.discard(record.id)
+
+    async def _reconcile_again(self, record: FileRecord) -> FileRecord | None:
+        current = self.ledger.get(record.id)
+        if current.state is not FileState.uncertain or current.recheck_at is None:
+            return None  # an operator settled it while we waited for the campaign
+        try:
+            return await self.reconciler.recheck(current)
+        except LedgerError:
+            raise
+        except Exception:
+            # A bug must not turn into a tight loop: look again much later.
+            log.exception("file.recheck_crashed")
+            later = datetime.now(UTC) + timedelta(seconds=self.settings.daemon.max_backoff_s)
+            self.ledger.update(record.id, recheck_at=later.isoformat(timespec="milliseconds"))
+            return None
 
     async def _gone(self, record: FileRecord, exc: FileGoneError, failures: int) -> FileRecord:
         if record.state is FileState.claimed:
@@ -246,6 +261,7 @@ class Pipeline:
                     record,
                     poll_s=self.settings.isales.track_poll_s,
                     timeout_s=self.settings.isales.track_timeout_s,
+                    recheck_s=self.settings.isales.reconcile_recheck_s,
                 )
             case FileState.settling:
                 return await settle(self.source, self.ledger, record)

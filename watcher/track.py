@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -26,6 +26,8 @@ __all__ = ("Tracker", "track")
 log = structlog.get_logger(__name__)
 
 _BACKOFF = 1.5
+_MAX_LOOKS = 10  # after the deadline, the task is looked at again this often
+_MAX_LOOK_S = 3600.0
 _MAX_FACTOR = 6.0
 
 
@@ -139,6 +141,7 @@ async def track(
     *,
     poll_s: float,
     timeout_s: float,
+    recheck_s: float,
 ) -> FileRecord | None:
     """Wait for the import to end and record its counts.
 
@@ -155,12 +158,23 @@ async def track(
     if task is None:
         if tracker.stopping:
             return None
+        # Looked at again with back-off, a bounded number of times: a long import still ends.
+        looks = record.rechecks
+        again = None
+        if looks < _MAX_LOOKS:
+            wait_s = min(_MAX_LOOK_S, recheck_s * 2.0**looks)
+            again = (datetime.now(UTC) + timedelta(seconds=wait_s)).isoformat(
+                timespec="milliseconds"
+            )
         return ledger.transition(
             record.id,
             FileState.uncertain,
             expect=FileState.tracking,
             reason=f"import task {record.import_task_id} had not ended after {timeout_s:g} s; "
-            "check it in iSales, then settle the file with 'isales-watcher ledger'",
+            + ("it is looked at again automatically; " if again else "")
+            + f"once it has ended in iSales, settle the file with 'isales-watcher ledger resolve "
+            f"{record.id} --imported {record.import_task_id} --reason ...'",
+            recheck_at=again,
         )
     finished = task.status == "2"
     reason = (

@@ -120,11 +120,13 @@ async def test_a_long_running_import_is_tracked_to_its_end(
     assert len(polls) >= 4
 
 
-async def test_an_import_past_the_tracking_deadline_is_parked(
+async def test_an_import_past_the_tracking_deadline_is_parked_then_settled_when_it_ends(
     make_world, run_daemon, emulator, upload
 ):
-    world = make_world(isales_extra=FAST + "\ntrack_timeout_s = 1", daemon_extra=DAEMON)
-    emulator.faults.script("upload", Fault(FaultKind.slow_import, delay_s=30))
+    world = make_world(
+        isales_extra=FAST + "\ntrack_timeout_s = 1\nreconcile_recheck_s = 1", daemon_extra=DAEMON
+    )
+    emulator.faults.script("upload", Fault(FaultKind.slow_import, delay_s=8))
     await run_daemon(world)
     await upload(world.inbox / "slow.xlsx", xlsxwriter_bytes(rows_valid(3)))
     await wait_for(lambda: states(world) == [FileState.uncertain], 30, "the file parked")
@@ -132,6 +134,11 @@ async def test_an_import_past_the_tracking_deadline_is_parked(
     await wait_for((folder / "slow.xlsx.result.txt").exists, 10, "the parked receipt")
     assert "ON HOLD" in (folder / "slow.xlsx.result.txt").read_text()
     assert json.loads((folder / "slow.xlsx.result.json").read_text())["verdict"] == "uncertain"
+    # Its task is looked at again, and when the import ends the file is settled by itself.
+    receipt = world.settled("done", "slow.xlsx.result.txt")
+    await wait_for(receipt.exists, 40, "slow.xlsx in done/")
+    assert "imported 3" in receipt.read_text()
+    assert not folder.exists()
     assert len(emulator.uploads) == 1
 
 
