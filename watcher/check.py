@@ -7,7 +7,8 @@ import secrets
 from collections.abc import Callable
 
 from watcher.errors import ConfigError, WatcherError
-from watcher.isales.client import FileServer, IsalesClient, choose_server
+from watcher.isales.client import IsalesClient, choose_server
+from watcher.isales.replies import FileServer
 from watcher.settings import Settings
 from watcher.sources.sftp import SftpSource
 

@@ -29,18 +29,21 @@ from watcher.errors import (
     ConfigError,
     SignatureRefusedError,
 )
+from watcher.isales.replies import (
+    FileServer,
+    TaskPage,
+    count_of,
+    describe_code,
+    items,
+    read_server,
+    read_task,
+    shown,
+)
 from watcher.isales.signer import Signer, format_timestamp
 from watcher.models import ImportTask
 from watcher.settings import IsalesSettings, Settings
 
-__all__ = (
-    "RESULT_MESSAGES",
-    "FileServer",
-    "IsalesClient",
-    "TaskPage",
-    "choose_server",
-    "describe_code",
-)
+__all__ = ("IsalesClient", "choose_server")
 
 log = structlog.get_logger(__name__)
 
@@ -52,51 +55,6 @@ _MAX_REPLY_BYTES = 8 << 20
 _MAX_PAGES = 50
 _GATEWAY = (502, 503, 504)
 _SIGNATURE = re.compile(r"auth-v2/[^\s\"',;]*")
-
-RESULT_MESSAGES = {
-    "0200001": "iSales refused a parameter",
-    "0200006": "iSales had a database error",
-    "0200007": "the campaign does not exist: check campaign_id of the route",
-    "0200022": "iSales says it is called too frequently",
-    "0200033": "the outbound call data does not exist",
-    "0200034": "the sub-status does not match the business result",
-    "02000001": "a required parameter is empty",
-    "02000002": "a parameter contains invalid characters",
-    "02000003": "a parameter is too long",
-    "02000004": "a parameter is too short",
-    "02000005": "a parameter's length is out of range",
-    "02000006": "a parameter has the wrong type",
-    "02000007": "a parameter has a wrong value",
-    "02000008": "a parameter could not be converted",
-    "02000009": "the combination of parameters is invalid",
-    "02000010": "hour and minute must be given together",
-    "02000011": "too many parameters",
-}
-
-
-def describe_code(code: str, desc: str | None) -> str:
-    """A plain message for a result code, with the server's own words when it gave any."""
-    known = RESULT_MESSAGES.get(code, "iSales refused the request")
-    return f"{known}: {desc}" if desc and desc not in known else known
-
-
-@dataclass(frozen=True, slots=True)
-class TaskPage:
-    """One page of ``queryDataImportTask``: the tasks and the total the server reports."""
-
-    tasks: list[ImportTask]
-    total: int
-
-
-@dataclass(frozen=True, slots=True)
-class FileServer:
-    """A file server registered in iSales."""
-
-    server_id: str
-    ip: str | None
-    port: str | None
-    user_name: str | None
-    file_path: str | None
 
 
 def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
@@ -141,7 +99,7 @@ def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
     elif posixpath.normpath(chosen.file_path) != posixpath.normpath(sftp.base_path):
         raise ConfigError(
             f"sftp.base_path: {sftp.base_path} is not the default path that iSales has for file "
-            f"server {chosen.server_id} ({_shown(chosen.file_path)}); iSales would look for the "
+            f"server {chosen.server_id} ({shown(chosen.file_path)}); iSales would look for the "
             "files in the wrong folder. Set sftp.base_path to the registered default path"
         )
     return chosen
@@ -170,101 +128,6 @@ def _retry_after(value: str | None) -> float | None:
     if math.isnan(seconds) or seconds < 0:
         return None
     return max(_MIN_WAIT_S, seconds)
-
-
-def _shown(value: object, limit: int = 80) -> str:
-    """A value from the peer, safe to put in a message: printable, short."""
-    text = str(value)
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
-    return text + ("..." if len(str(value)) > limit else "")
-
-
-def _items(reply: Mapping[str, Any], key: str, call: str) -> list[Mapping[str, Any]]:
-    """A list of objects in a reply; ``null`` or missing is an empty list."""
-    value = reply.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise ApiReplyError(f"{call}: field {key!r} is {type(value).__name__}, expected a list")
-    for index, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise ApiReplyError(
-                f"{call}: {key}[{index}] is {type(item).__name__}, expected an object"
-            )
-    return value
-
-
-def _count(reply: Mapping[str, Any], call: str, default: int) -> int:
-    value = reply.get("count")
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ApiReplyError(f"{call}: field 'count' is {type(value).__name__}, expected a number")
-    try:
-        return int(value)
-    except ValueError:
-        raise ApiReplyError(f"{call}: field 'count' is {_shown(value)!r}, not a number") from None
-
-
-def _text(item: Mapping[str, Any], key: str, where: str) -> str | None:
-    """A field that must be a string (a number is accepted as its digits), or null."""
-    value = item.get(key)
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    raise ApiReplyError(f"{where}: field {key!r} is {type(value).__name__}, expected a string")
-
-
-def _number(item: Mapping[str, Any], key: str, where: str) -> int | None:
-    value = item.get(key)
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise ApiReplyError(f"{where}: field {key!r} is {type(value).__name__}, expected a number")
-    try:
-        return int(value)
-    except ValueError:
-        raise ApiReplyError(f"{where}: field {key!r} is {_shown(value)!r}, not a number") from None
-
-
-def _task(item: Mapping[str, Any], index: int) -> ImportTask:
-    where = f"queryDataImportTask: result[{index}]"
-    task_id = _text(item, "id", where)
-    if not task_id:
-        raise ApiReplyError(f"{where}: the task has no 'id'")
-    begin_time = item.get("beginTime")
-    if begin_time is not None and not isinstance(begin_time, str):
-        raise ApiReplyError(
-            f"{where}: field 'beginTime' is {type(begin_time).__name__}, expected a string"
-        )
-    return ImportTask(
-        task_id=task_id,
-        status=_text(item, "status", where) or "",
-        succ_num=_number(item, "succNum", where),
-        repeat_num=_number(item, "repeatNum", where),
-        fail_num=_number(item, "failNum", where),
-        black_num=_number(item, "blackNum", where),
-        err_msg=_shown(item.get("errMsg") or "", 500),
-        begin_time=begin_time,
-        end_time=_text(item, "endTime", where),
-    )
-
-
-def _server(item: Mapping[str, Any], index: int) -> FileServer | None:
-    where = f"queryServer: server[{index}]"
-    server_id = _text(item, "serverId", where)
-    if not server_id:
-        return None  # an entry without an id cannot be chosen
-    return FileServer(
-        server_id=server_id,
-        ip=_text(item, "ip", where),
-        port=_text(item, "port", where),
-        user_name=_text(item, "userName", where),
-        file_path=_text(item, "filePath", where),
-    )
 
 
 @dataclass(slots=True)
@@ -355,15 +218,15 @@ class IsalesClient:
             if server_ids:
                 body["serverIds"] = server_ids
             reply = await self._read(f"{self._prefix}/file/queryServer", body, retry=retry)
-            page = _items(reply, "server", "queryServer")
+            page = items(reply, "server", "queryServer")
             known = len(servers)
             for index, item in enumerate(page):
-                server = _server(item, offset + index)
+                server = read_server(item, offset + index)
                 if server is not None:
                     servers.setdefault(server.server_id, server)
             offset += len(page)
             repeated = page and len(servers) == known  # a server that ignores offset
-            if not page or repeated or offset >= _count(reply, "queryServer", offset):
+            if not page or repeated or offset >= count_of(reply, "queryServer", offset):
                 break
         return list(servers.values())
 
@@ -379,9 +242,9 @@ class IsalesClient:
             body["importTaskIds"] = task_ids
         path = f"{self._prefix}/calldatafile/queryDataImportTask/{campaign_id}"
         reply = await self._read(path, body)
-        items = _items(reply, "result", "queryDataImportTask")
-        tasks = [_task(item, offset + index) for index, item in enumerate(items)]
-        return TaskPage(tasks, _count(reply, "queryDataImportTask", offset + len(tasks)))
+        listed = items(reply, "result", "queryDataImportTask")
+        tasks = [read_task(item, offset + index) for index, item in enumerate(listed)]
+        return TaskPage(tasks, count_of(reply, "queryDataImportTask", offset + len(tasks)))
 
     async def find_tasks(self, campaign_id: str, task_ids: list[str]) -> dict[str, ImportTask]:
         """The named tasks of a campaign, as many as are listed.
@@ -532,12 +395,12 @@ class IsalesClient:
         if isinstance(exc, aiohttp.ClientConnectorCertificateError):
             why = getattr(exc.certificate_error, "verify_message", None) or "untrusted"
             return ApiTrustError(
-                f"cannot verify the TLS certificate of {where}: {_shown(why, 200)}; "
+                f"cannot verify the TLS certificate of {where}: {shown(why, 200)}; "
                 "set isales.ca_file to the CA that signed it"
             )
         if isinstance(exc, aiohttp.ClientConnectorError):
             reason = exc.os_error.strerror or type(exc.os_error).__name__
-            return ApiUnavailableError(f"{call}: cannot connect to {where}: {_shown(reason)}")
+            return ApiUnavailableError(f"{call}: cannot connect to {where}: {shown(reason)}")
         timeout_s = self._settings.request_timeout_s
         if not sent:
             what = "no connection within" if isinstance(exc, TimeoutError) else "connection failed"
@@ -580,7 +443,7 @@ class IsalesClient:
             log.warning(
                 "isales.clock_skew",
                 skew_s=round(skew_s),
-                server_date=_shown(date_header),
+                server_date=shown(date_header),
                 advice="synchronise this host's clock (NTP); iSales may refuse signatures",
             )
             self._reported_skew_s = skew_s
@@ -589,7 +452,7 @@ class IsalesClient:
         self, call: str, status: int, headers: Mapping[str, str], raw: bytes, at: datetime
     ) -> dict[str, Any]:
         if 300 <= status < 400:
-            location = _shown(headers.get("Location") or "nowhere", 200)
+            location = shown(headers.get("Location") or "nowhere", 200)
             raise ApiUnavailableError(
                 f"{call}: iSales answered HTTP {status} redirecting to {location}; redirects are "
                 "not followed: set isales.base_url to the address that answers"
@@ -642,10 +505,10 @@ class IsalesClient:
         if code == SUCCESS:
             return reply
         desc = reply.get("resultDesc") or reply.get("returnDesc")
-        desc = self._redact(_shown(desc, 300)) if desc else None
+        desc = self._redact(shown(desc, 300)) if desc else None
         if code == TOO_FREQUENT:
             raise ApiUnavailableError(f"{call}: {describe_code(code, desc)}")
-        raise ApiRejectedError(_shown(code, 20), describe_code(code, desc))
+        raise ApiRejectedError(shown(code, 20), describe_code(code, desc))
 
     def _refused(self, call: str, status: int, reply: dict[str, Any] | None) -> dict[str, Any]:
         """A 4xx other than 401 and 429: the body's resultCode decides when there is one."""

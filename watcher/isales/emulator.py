@@ -12,12 +12,10 @@ with or without the offset, because real servers do both.
 
 from __future__ import annotations
 
-import ast
 import asyncio
 import contextlib
 import hashlib
 import hmac
-import io
 import itertools
 import json
 import posixpath
@@ -25,8 +23,7 @@ import re
 import secrets
 import ssl
 import time
-from collections import Counter
-from collections.abc import Callable, Container, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Container, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -35,8 +32,18 @@ from typing import Any
 import aiohttp.web
 import asyncssh
 import structlog
-from python_calamine import CalamineError, CalamineWorkbook
+from python_calamine import CalamineError
 
+from watcher.isales.emulator_rules import (
+    Blacklist,
+    ImportCounts,
+    RefusedError,
+    id_list,
+    page_of,
+    schedule_of,
+    tally_rows,
+    upload_fields,
+)
 from watcher.isales.faults import SHAPES, Fault, FaultKind, FaultPlan, gateway_status, reshape
 from watcher.isales.signer import Signer
 
@@ -64,7 +71,6 @@ _ENDPOINTS = {
     "queryDataImportTask": "query_tasks",
 }
 _PREFIX = "/rest/isales/v1/openapi/campaigns/{vdn}"
-_UPLOAD_FIELDS = frozenset({"serverId", "filePath", "fileName", "hour", "minute"})
 
 # The first entry of the vendor's own queryServer example: a server with no address at all.
 VENDOR_SAMPLE_SERVER: dict[str, str | None] = {
@@ -100,40 +106,6 @@ class RegisteredServer:
     user_name: str
     file_path: str  # the server's default path
     connect_options: dict[str, Any] = field(default_factory=dict)  # extra asyncssh.connect kwargs
-
-
-class Blacklist:
-    """The called numbers iSales refuses (``blackNum``): exact numbers, or numbers ending so.
-
-    A ``Container[str]``; any other container (a plain ``set``) can take its place.
-    """
-
-    __slots__ = ("numbers", "suffixes")
-
-    def __init__(self, numbers: Iterable[str] = (), *, suffixes: Iterable[str] = ("0000",)) -> None:
-        self.numbers = set(numbers)
-        self.suffixes = tuple(suffixes)
-
-    def __contains__(self, number: object) -> bool:
-        return isinstance(number, str) and (
-            number in self.numbers or any(number.endswith(s) for s in self.suffixes)
-        )
-
-    def add(self, number: str) -> None:
-        self.numbers.add(number)
-
-    def __repr__(self) -> str:
-        return f"Blacklist({sorted(self.numbers)!r}, suffixes={self.suffixes!r})"
-
-
-@dataclass(frozen=True, slots=True)
-class ImportCounts:
-    """How the rows of one import ended."""
-
-    succ_num: int = 0
-    repeat_num: int = 0
-    fail_num: int = 0
-    black_num: int = 0
 
 
 @dataclass
@@ -194,143 +166,9 @@ class UploadRecord:
     fetch_error: str | None = None
 
 
-class _RefusedError(Exception):
-    """A request the server answers with an error code (HTTP 200, as iSales does)."""
-
-    def __init__(self, code: str, desc: str) -> None:
-        super().__init__(desc)
-        self.code, self.desc = code, desc
-
-
 def _reply(code: str = "0200000", desc: str = "success", **extra: Any) -> aiohttp.web.Response:
     body = {"resultCode": code, "resultDesc": desc, "returnCode": code, "returnDesc": desc, **extra}
     return aiohttp.web.json_response(body)
-
-
-# -- request fields --------------------------------------------------------------------------
-
-
-def _int_field(body: dict[str, Any], name: str, low: int, high: int) -> int:
-    value = body.get(name)
-    if value is None:
-        raise _RefusedError("02000001", f"{name} is required")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _RefusedError("02000006", f"{name} must be an integer")
-    if not low <= value <= high:
-        raise _RefusedError("02000007", f"{name} must be {low} to {high}")
-    return value
-
-
-def _page(body: dict[str, Any]) -> slice:
-    offset = _int_field(body, "offset", 0, 2**31 - 1)
-    return slice(offset, offset + _int_field(body, "limit", 1, 100))
-
-
-def _id_list(body: dict[str, Any], name: str) -> list[str] | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _RefusedError("02000006", f"{name} must be a list of strings")
-    return value
-
-
-def _text_fields(body: dict[str, Any]) -> tuple[str, str, str]:
-    """serverId, fileName (required) and filePath (optional) of an upload."""
-    extra = set(body) - _UPLOAD_FIELDS
-    if extra:
-        raise _RefusedError("02000011", f"unexpected parameters {sorted(extra)}")
-    values = [body.get(name) for name in ("serverId", "fileName", "filePath")]
-    if not all(value is None or isinstance(value, str) for value in values):
-        raise _RefusedError("02000006", "serverId, fileName and filePath must be strings")
-    server_id, file_name, file_path = values
-    if not server_id or not file_name:
-        raise _RefusedError("02000001", "serverId and fileName are required")
-    return server_id, file_name, file_path or ""
-
-
-def _clock_field(name: str, value: object, high: int) -> int:
-    if not isinstance(value, str):
-        raise _RefusedError("02000006", f"{name} must be a string")
-    if not re.fullmatch(r"\d{1,2}", value) or int(value) > high:
-        raise _RefusedError("02000007", f"{name} must be 0 to {high}")
-    return int(value)
-
-
-def _schedule(body: dict[str, Any]) -> tuple[int, int] | None:
-    hour, minute = body.get("hour"), body.get("minute")
-    if hour is None and minute is None:
-        return None
-    if hour is None or minute is None:
-        raise _RefusedError("02000010", "hour and minute must be set together")
-    return _clock_field("hour", hour, 23), _clock_field("minute", minute, 59)
-
-
-# -- the file, as an importer reads it -------------------------------------------------------
-
-
-def _cell_text(cell: object) -> str:
-    if isinstance(cell, float) and cell.is_integer():
-        return str(int(cell))  # a number typed into the sheet, not 13800138000.0
-    return "" if cell is None else str(cell).strip()
-
-
-def _called_cells(data: bytes) -> Iterator[str]:
-    """The ``called`` cell of every non-empty data row below the header row."""
-    workbook = CalamineWorkbook.from_filelike(io.BytesIO(data))
-    called_col: int | None = None
-    for row in workbook.get_sheet_by_index(0).iter_rows():
-        cells = [_cell_text(c) for c in row]
-        if called_col is None:
-            for index, cell in enumerate(cells):
-                if re.match(r"(?i)^called\b", cell):
-                    called_col = index
-            continue
-        if any(cells):
-            yield cells[called_col] if called_col < len(cells) else ""
-    if called_col is None:
-        raise ValueError("no header row with a called column")
-
-
-def _parse_lenient(text: str) -> object:
-    """JSON, or the single-quoted form people type by hand (``[{'calledNo':1234566}]``)."""
-    for parse in (json.loads, ast.literal_eval):
-        with contextlib.suppress(ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return parse(text)
-    return None
-
-
-def _called_number(cell: str) -> str | None:
-    """The row's (first) called number; ``None`` when it has none."""
-    value = _parse_lenient(cell)
-    if isinstance(value, dict):
-        value = [value]
-    if isinstance(value, list):
-        numbers = [
-            item.get("calledNo")
-            for item in value
-            if isinstance(item, dict) and item.get("calledNo")
-        ]
-        return str(numbers[0]) if numbers else None
-    return cell or None  # a bare number, as a lenient importer takes it
-
-
-def _tally_rows(data: bytes, blacklist: Container[str]) -> ImportCounts:
-    seen: set[str] = set()
-    tally: Counter[str] = Counter()
-    for cell in _called_cells(data):
-        number = _called_number(cell)
-        if number is None:
-            tally["fail_num"] += 1
-        elif number in seen:
-            tally["repeat_num"] += 1
-        elif number in blacklist:
-            tally["black_num"] += 1
-        else:
-            tally["succ_num"] += 1
-        if number is not None:
-            seen.add(number)
-    return ImportCounts(**tally)
 
 
 class Emulator:
@@ -577,7 +415,7 @@ class Emulator:
     ) -> aiohttp.web.StreamResponse:
         try:
             response: aiohttp.web.StreamResponse = await handler(request)
-        except _RefusedError as exc:
+        except RefusedError as exc:
             return _reply(exc.code, exc.desc)
         return response
 
@@ -649,7 +487,7 @@ class Emulator:
     def _campaign(self, request: aiohttp.web.Request) -> str:
         campaign = request.match_info["campaign"]
         if campaign not in self.campaigns:
-            raise _RefusedError("0200007", "campaign does not exist")
+            raise RefusedError("0200007", "campaign does not exist")
         return campaign
 
     def _server_listing(self) -> list[dict[str, str | None]]:
@@ -668,18 +506,18 @@ class Emulator:
 
     async def _query_server(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         body = request[_BODY]
-        page = _page(body)
-        wanted = _id_list(body, "serverIds")
+        page = page_of(body)
+        wanted = id_list(body, "serverIds")
         listing = [s for s in self._server_listing() if not wanted or s["serverId"] in wanted]
         return _reply(server=listing[page], count=len(listing))
 
     async def _upload_file_server(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         campaign = self._campaign(request)
         body = request[_BODY]
-        server_id, file_name, file_path = _text_fields(body)
+        server_id, file_name, file_path = upload_fields(body)
         if server_id not in self.servers and server_id != VENDOR_SAMPLE_SERVER["serverId"]:
-            raise _RefusedError("0200001", f"file server {server_id} does not exist")
-        schedule = _schedule(body)
+            raise RefusedError("0200001", f"file server {server_id} does not exist")
+        schedule = schedule_of(body)
         task = self._new_task(campaign, created_at=self.now())
         upload = UploadRecord(
             campaign_id=campaign,
@@ -699,8 +537,8 @@ class Emulator:
     async def _query_import_task(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
         campaign = self._campaign(request)
         body = request[_BODY]
-        page = _page(body)
-        wanted = _id_list(body, "importTaskIds")
+        page = page_of(body)
+        wanted = id_list(body, "importTaskIds")
         if self.ignore_task_filter:
             wanted = None
         tasks = [
@@ -735,7 +573,7 @@ class Emulator:
         upload.fetched_sha256 = hashlib.sha256(data).hexdigest()
         await asyncio.sleep(self.import_delay_s)
         try:
-            counts = await asyncio.to_thread(_tally_rows, data, self.blacklist)
+            counts = await asyncio.to_thread(tally_rows, data, self.blacklist)
         except (CalamineError, ValueError) as exc:
             task.fail(f"file parse failed: {exc}", self.now())
             return
