@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -79,10 +79,13 @@ _SCHEMA = [
     INSERT OR IGNORE INTO owned_tasks (campaign_id, task_id, file_id, at)
         SELECT campaign_id, import_task_id, id, updated_at FROM files
         WHERE import_task_id IS NOT NULL;
+    """,
+    # version 4: files recorded before version 3 get their row counts and are looked at again
+    """
     UPDATE files SET data_rows = json_extract(details, '$.validation.data_rows')
-        WHERE details IS NOT NULL AND json_valid(details);
+        WHERE data_rows IS NULL AND details IS NOT NULL AND json_valid(details);
     UPDATE files SET recheck_at = '1970-01-01T00:00:00.000+00:00'
-        WHERE state = 'uncertain' AND import_task_id IS NULL AND submitted_at IS NOT NULL;
+        WHERE state = 'uncertain' AND recheck_at IS NULL AND submitted_at IS NOT NULL;
     """,
 ]
 
@@ -321,11 +324,19 @@ class Ledger:
                 raise LedgerError(f"file {file_id}: expected state {expect}, it moved on")
         return self.get(file_id)
 
-    def begin_submit(self, file_id: str, duplicates: DuplicatesBy = "rows") -> FileRecord:
+    def begin_submit(
+        self,
+        file_id: str,
+        duplicates: DuplicatesBy = "rows",
+        *,
+        details: Callable[[FileRecord, str], str | None] | None = None,
+    ) -> FileRecord:
         """Mark a row ``submitting`` unless the same content was already imported for its campaign.
 
         The check and the write are one transaction, so two copies of a list racing each other
-        cannot both reach iSales.
+        cannot both reach iSales. ``details(row, submitted_at)`` gives the row's details for
+        this submission, written in the same transaction: no crash can leave a new submission
+        with an old one's evidence.
 
         Returns:
             The row now in ``submitting``, or the earlier row that makes this one a duplicate.
@@ -340,9 +351,11 @@ class Ledger:
             if me.state is not FileState.claimed:
                 raise LedgerError(f"file {file_id}: expected state claimed, found {me.state}")
             now = utc_now()
+            fresh = me.details if details is None else details(me, now)
             db.execute(
-                "UPDATE files SET state = ?, submitted_at = ?, updated_at = ? WHERE id = ?",
-                (FileState.submitting, now, now, file_id),
+                "UPDATE files SET state = ?, submitted_at = ?, updated_at = ?, details = ?"
+                " WHERE id = ?",
+                (FileState.submitting, now, now, fresh, file_id),
             )
             self._log(db, file_id, me.state, FileState.submitting, "daemon", None)
         return self.get(file_id)
@@ -404,8 +417,8 @@ class Ledger:
                 )
             db.execute(
                 "UPDATE files SET state = ?, force_submit = 1, import_task_id = NULL,"
-                " outcome = NULL, settled_path = NULL, recheck_at = NULL, updated_at = ?,"
-                " reason = ? WHERE id = ?",
+                " outcome = NULL, settled_path = NULL, recheck_at = NULL, rechecks = 0,"
+                " updated_at = ?, reason = ? WHERE id = ?",
                 (FileState.claimed, utc_now(), f"reprocess: {reason}", file_id),
             )
             self._log(
@@ -437,6 +450,10 @@ class Ledger:
                 found = row["state"] if row else "no such row"
                 raise LedgerError(f"file {file_id} is {found}; only an uncertain file is resolved")
             known = row["import_task_id"]
+            if known is not None and task_id not in (None, known):
+                raise LedgerError(
+                    f"iSales acknowledged file {file_id} as import task {known}, not {task_id}"
+                )
             if task_id is None and known is not None:
                 raise LedgerError(
                     f"iSales acknowledged file {file_id} as import task {known}: it was sent and "
@@ -452,7 +469,7 @@ class Ledger:
             else:
                 to_state, why = FileState.claimed, f"resolved: not imported: {reason}"
             db.execute(
-                "UPDATE files SET state = ?, import_task_id = ?, recheck_at = NULL,"
+                "UPDATE files SET state = ?, import_task_id = ?, recheck_at = NULL, rechecks = 0,"
                 " updated_at = ?, reason = ? WHERE id = ?",
                 (to_state, task_id, utc_now(), why, file_id),
             )
@@ -506,7 +523,7 @@ class Ledger:
         """Uncertain rows whose next reconciliation is due."""
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE recheck_at IS NOT NULL AND recheck_at <= ?"
-            " AND state = ? ORDER BY recheck_at",
+            " AND state = ? ORDER BY recheck_at, rowid",
             (now, FileState.uncertain),
         )
         return [_record(r) for r in rows]

@@ -136,11 +136,26 @@ async def test_a_crash_between_the_post_and_the_ledger_write_is_reconciled(
 ):
     from watcher.isales.faults import Fault, FaultKind
 
-    # The import is accepted but its answer takes 5 s; the daemon dies meanwhile, in submitting.
+    # The import is accepted but its answer takes 5 s; the daemon dies meanwhile, in submitting,
+    # once the POST has reached iSales (killed earlier, it would rightly be parked instead).
     world = make_world()
     emulator.faults.script("upload", Fault(FaultKind.delay, delay_s=5))
+    arrived: list[str] = []
+    plan = emulator.faults.next_fault
+
+    def noting(endpoint: str) -> Fault | None:
+        arrived.append(endpoint)
+        return plan(endpoint)
+
+    emulator.faults.next_fault = noting  # type: ignore[method-assign]
     await upload(world.inbox / "inflight.xlsx", xlsxwriter_bytes(rows_valid(5, seed=72)))
-    await _kill_when(world, "submitting")
+    daemon = await _start(world.config)
+    try:
+        await wait_for(lambda: "upload" in arrived, 60, "the POST at iSales")
+        assert _states(world.state_dir) == ["submitting"]
+    finally:
+        daemon.kill()
+        await daemon.wait()
     await _run_until_settled(world, "inflight.xlsx")
     assert len(emulator.uploads) == 1
     calls = [c for c in emulator.calls if "uploadFileServer" in c.path]

@@ -168,3 +168,37 @@ async def test_tasks_are_found_from_both_ends_when_the_filter_is_ignored(peer):
         found = await client.find_tasks("c1", [f"t{total - 1}"])
     assert list(found) == [f"t{total - 1}"]
     assert len(peer.bodies) <= 3  # the filtered ask, the first page, the last page
+
+
+async def test_tasks_are_found_when_the_listing_gives_no_count(peer):
+    async def no_count(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        offset = (await request.json())["offset"]
+        return aiohttp.web.json_response(ok(result=tasks(offset, min(100, 350 - offset))))
+
+    peer.handler = no_count
+    async with client_for(peer) as client:
+        found = await client.find_tasks("c1", ["t320"])
+    assert list(found) == ["t320"]
+
+
+async def test_an_echo_in_any_case_or_encoding_and_in_err_msg_is_redacted(peer):
+    async def echo(request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        auth = request.headers["Authorization"]
+        if "uploadFileServer" in request.path:
+            desc = f"{auth.upper()} {auth.replace('/', '%2F')} " + "x" * 280 + ACCESS_KEY
+            return aiohttp.web.json_response({"resultCode": "0200001", "resultDesc": desc})
+        task = {"id": "t1", "status": "3", "errMsg": f"bad header {auth}"}
+        return aiohttp.web.json_response(ok(result=[task], count=1))
+
+    peer.handler = echo
+    async with client_for(peer) as client:
+        with pytest.raises(ApiRejectedError) as error:
+            await client.upload(
+                "c1", server_id="s", file_path="", file_name="a.xlsx", hour_minute=None
+            )
+        page = await client.query_tasks("c1")
+    for text in (str(error.value), page.tasks[0].err_msg):
+        lowered = text.lower()
+        assert "auth-v2" not in lowered
+        assert ACCESS_KEY.lower() not in lowered
+        assert ACCESS_KEY[:4].lower() + "…" not in lowered

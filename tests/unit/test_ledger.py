@@ -147,6 +147,11 @@ def test_a_ledger_of_schema_2_is_migrated_and_its_tasks_are_owned(tmp_path):
         " details, submitted_at, created_at, updated_at) VALUES ('f2', 'r', 'c1', '/in', 'b.xlsx',"
         " 1, 1, 'uncertain', '{\"validation\": {\"data_rows\": 42}}', 'x', 'x', 'x')"
     )
+    db.execute(
+        "INSERT INTO files (id, route, campaign_id, inbox, name, size_bytes, mtime, state,"
+        " import_task_id, submitted_at, created_at, updated_at) VALUES ('f3', 'r', 'c1', '/in',"
+        " 'c.xlsx', 1, 1, 'uncertain', 't-slow', 'x', 'x', 'x')"
+    )
     db.commit()
     db.close()
     ledger = Ledger(path)
@@ -155,7 +160,8 @@ def test_a_ledger_of_schema_2_is_migrated_and_its_tasks_are_owned(tmp_path):
         assert ledger.get("f1").rows_fingerprint is None
         parked = ledger.get("f2")
         assert parked.data_rows == 42  # the count rule applies to files parked before
-        assert [r.id for r in ledger.due_rechecks("2026-01-01")] == ["f2"]  # looked at again
+        # Parked files are looked at again: by reconciling, or by tracking their task.
+        assert [r.id for r in ledger.due_rechecks("2026-01-01")] == ["f2", "f3"]
     finally:
         ledger.close()
 
@@ -167,6 +173,8 @@ def test_a_file_isales_acknowledged_is_never_resolved_as_not_imported(ledger):
     ledger.transition(row.id, FileState.uncertain, expect=FileState.tracking, reason="deadline")
     with pytest.raises(LedgerError, match=r"acknowledged .* as import task t9"):
         ledger.resolve(row.id, task_id=None, actor="ops", reason="looked")
+    with pytest.raises(LedgerError, match="not t-other"):
+        ledger.resolve(row.id, task_id="t-other", actor="ops", reason="a typo")
     resolved = ledger.resolve(row.id, task_id="t9", actor="ops", reason="it ended")
     assert resolved.state is FileState.tracking
 

@@ -10,7 +10,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace, TracebackType
@@ -54,7 +54,7 @@ TOO_FREQUENT = "0200022"
 _MAX_REPLY_BYTES = 8 << 20
 _MAX_PAGES = 50
 _GATEWAY = (502, 503, 504)
-_SIGNATURE = re.compile(r"auth-v2/[^\s\"',;]*")
+_SIGNATURE = re.compile(r"(?i)auth-v2(?:/|%2F)[^\s\"',;]*|\b[0-9a-f]{64}\b")
 
 
 def choose_server(servers: list[FileServer], settings: Settings) -> FileServer:
@@ -244,6 +244,9 @@ class IsalesClient:
         reply = await self._read(path, body)
         listed = items(reply, "result", "queryDataImportTask")
         tasks = [read_task(item, offset + index) for index, item in enumerate(listed)]
+        tasks = [
+            replace(t, err_msg=self._redact(t.err_msg, 500)) if t.err_msg else t for t in tasks
+        ]
         return TaskPage(tasks, count_of(reply, "queryDataImportTask", offset + len(tasks)))
 
     async def find_tasks(self, campaign_id: str, task_ids: list[str]) -> dict[str, ImportTask]:
@@ -260,15 +263,23 @@ class IsalesClient:
             found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
         if len(found) == len(wanted):
             return found
-        page = await self.query_tasks(campaign_id, offset=0)
-        found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
-        ends = list(range(100, page.total, 100))
-        offsets = dict.fromkeys(o for pair in zip(reversed(ends), ends, strict=True) for o in pair)
-        for offset in list(offsets)[: _MAX_PAGES - 1]:
+        first = await self.query_tasks(campaign_id, offset=0)
+        found.update((t.task_id, t) for t in first.tasks if t.task_id in wanted)
+        if first.total > len(first.tasks):  # a count to trust: read from both ends
+            ends = list(range(100, first.total, 100))
+            order = [o for pair in zip(reversed(ends), ends, strict=True) for o in pair]
+        else:  # no usable count: read on while pages are full
+            order = list(range(100, 100 * _MAX_PAGES, 100)) if len(first.tasks) == 100 else []
+        seen = {t.task_id for t in first.tasks}
+        for offset in list(dict.fromkeys(order))[: _MAX_PAGES - 1]:
             if len(found) == len(wanted):
                 break
             page = await self.query_tasks(campaign_id, offset=offset)
             found.update((t.task_id, t) for t in page.tasks if t.task_id in wanted)
+            fresh = {t.task_id for t in page.tasks} - seen
+            if not fresh:
+                break  # an empty page, or the same page again: a server that ignores offset
+            seen |= fresh
         return found
 
     async def upload(
@@ -416,13 +427,16 @@ class IsalesClient:
             f"({type(exc).__name__})"
         )
 
-    def _redact(self, text: str) -> str:
-        """Peer text may echo our request: never let it carry the key or a signature on."""
-        text = _SIGNATURE.sub("auth-v2/[removed]", text).replace("auth-v2/", "auth-v2 ")
+    def _redact(self, text: str, limit: int = 300) -> str:
+        """Peer text may echo our request: never let it carry the key or a signature on.
+
+        Redacted whole, then cut to ``limit`` characters and made printable.
+        """
+        text = _SIGNATURE.sub("[signature removed]", text)
         for secret in (self._signer.access_key, self._settings.secret_key.get_secret_value()):
             if secret:
-                text = text.replace(secret, "[removed]")
-        return text
+                text = re.sub(re.escape(secret), "[removed]", text, flags=re.IGNORECASE)
+        return shown(text, limit)
 
     def _check_clock(self, date_header: str | None) -> None:
         """Note the server's clock and zone; warn when its clock and ours disagree."""
@@ -505,7 +519,7 @@ class IsalesClient:
         if code == SUCCESS:
             return reply
         desc = reply.get("resultDesc") or reply.get("returnDesc")
-        desc = self._redact(shown(desc, 300)) if desc else None
+        desc = self._redact(str(desc)) if desc else None
         if code == TOO_FREQUENT:
             raise ApiUnavailableError(f"{call}: {describe_code(code, desc)}")
         raise ApiRejectedError(shown(code, 20), describe_code(code, desc))

@@ -14,6 +14,8 @@ from typing import Any
 from watcher.errors import ApiReplyError
 from watcher.models import ImportTask
 
+_MAX_TEXT = 4000
+
 __all__ = (
     "RESULT_MESSAGES",
     "FileServer",
@@ -147,7 +149,7 @@ def read_task(item: Mapping[str, Any], index: int) -> ImportTask:
         repeat_num=number_of(item, "repeatNum", where),
         fail_num=number_of(item, "failNum", where),
         black_num=number_of(item, "blackNum", where),
-        err_msg=shown(item.get("errMsg") or "", 500),
+        err_msg=str(item.get("errMsg") or "")[:_MAX_TEXT],  # the client redacts and cuts it
         begin_time=begin_time,
         end_time=text_of(item, "endTime", where),
     )

@@ -35,6 +35,7 @@ __all__ = ("Reconciler", "reject_duplicate", "scheduled_at", "submit", "with_det
 log = structlog.get_logger(__name__)
 
 _MAX_PAGES = 50
+_PAGE = 100  # queryDataImportTask's largest page
 _PER_SUBMISSION = ("submission", "reconciliation", "schedule", "scheduled_at")
 _MAX_RECHECK_S = 3600.0
 
@@ -103,14 +104,18 @@ async def submit(
         ApiUnavailableError, SignatureRefusedError, ApiTrustError: nothing was sent; the row is
             ``claimed`` again and may be sent later.
     """
-    begun = ledger.begin_submit(record.id, route.duplicates)
+
+    def fresh_details(row: FileRecord, submitted_at: str) -> str:
+        # A file sent again (an operator's word) starts a new submission: forget the old one's
+        # window and evidence, which would otherwise be taken for this one's.
+        details = {k: v for k, v in _details(row).items() if k not in _PER_SUBMISSION}
+        details.update(_schedule(client, submitted_at, route))
+        return json.dumps(details, ensure_ascii=False)
+
+    begun = ledger.begin_submit(record.id, route.duplicates, details=fresh_details)
     if begun.id != record.id:
         return reject_duplicate(ledger, record, begun)
-    # A file sent again (an operator's word) starts a new submission: forget the old one's
-    # window and evidence, which would otherwise be taken for this one's.
-    details = {k: v for k, v in _details(begun).items() if k not in _PER_SUBMISSION}
-    details.update(_schedule(client, begun, route))
-    record = ledger.update(begun.id, details=json.dumps(details, ensure_ascii=False))
+    record = begun
     log.info("file.submitting", file_id=record.id, campaign_id=record.campaign_id)
     try:
         task_id = await client.upload(
@@ -146,13 +151,13 @@ async def submit(
     return record
 
 
-def _schedule(client: IsalesClient, record: FileRecord, route: RouteSettings) -> dict[str, str]:
+def _schedule(client: IsalesClient, submitted_at: str, route: RouteSettings) -> dict[str, str]:
     """What the receipt and the tracking deadline need to know of a scheduled import."""
     if route.hour_minute is None or route.schedule is None:
         return {}
     zone = client.server_zone
     # The hour comes on the server's clock, not ours.
-    sent_at = datetime.fromisoformat(record.submitted_at or utc_now())
+    sent_at = datetime.fromisoformat(submitted_at)
     at = scheduled_at(
         route.hour_minute, sent_at + timedelta(seconds=client.clock_skew_s), zone or UTC
     ) - timedelta(seconds=client.clock_skew_s)
@@ -299,10 +304,13 @@ class Reconciler:
             known = len(found)
             found.update((t.task_id, t) for t in page.tasks if t.task_id not in found)
             offset += len(page.tasks)
-            if not page.tasks or offset >= page.total:
-                return list(found.values()), len(found) >= min(page.total, offset)
+            if len(page.tasks) < _PAGE:
+                # The last page. Complete only if the count agrees: an early empty page, or a
+                # count that promises more, means something was not listed.
+                return list(found.values()), offset >= page.total
             if len(found) == known:
-                break  # the same page again
+                break  # the same page again: a server that ignores offset
+            # A full page: there may be more, whatever the count says.
         return list(found.values()), False
 
     def _conclude(self, record: FileRecord, verdict: Verdict) -> FileRecord:
@@ -331,6 +339,7 @@ class Reconciler:
                     reason=verdict.reason,
                     details=details,
                     recheck_at=None,
+                    rechecks=0,
                 )
             except TaskTakenError as exc:
                 verdict = Verdict(None, False, str(exc), verdict.evidence)
