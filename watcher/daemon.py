@@ -19,6 +19,7 @@ from watcher.errors import (
     ConfigError,
     HostKeyError,
     LedgerError,
+    SkipFileError,
     SourceUnavailableError,
     TransientError,
     WatcherError,
@@ -83,13 +84,15 @@ class Daemon:
         self._odd_folders: set[str] = set()
         self._control: ControlServer | None = None
         self._api_probe: asyncio.Task[None] | None = None
+        self._route_errors: dict[str, str] = {}
         self._notifier = Notifier()
 
     def request_stop(self) -> None:
         """Stop intake and begin the drain (the first SIGTERM or Ctrl-C)."""
-        if not self.stop.is_set():
+        first = not self.stop.is_set()
+        self.stop.set()  # first: nothing, not even a failing log line, may hold up a stop
+        if first:
             log.info("daemon.stopping")
-        self.stop.set()
 
     async def run(self) -> None:
         """Run until stopped. Raises what made it stop when that was a failure."""
@@ -212,12 +215,17 @@ class Daemon:
         task.add_done_callback(self._tasks.discard)
 
     async def _guard(self, work: Coroutine[Any, Any, None]) -> None:
+        """A file's trouble stays with that file; only a ledger that cannot be written stops."""
         try:
             await work
         except LedgerError as exc:
             log.critical("ledger.failed", error=str(exc))
             self.failed = exc
             self.request_stop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("file.task_crashed")
 
     def _resume(self, pipeline: Pipeline, ledger: Ledger, *, at_start: bool) -> None:
         """Carry forward rows nobody drives: left by a crash, or re-queued by an operator."""
@@ -245,7 +253,7 @@ class Daemon:
                 changed.clear()
             try:
                 for route in await self._routes():
-                    await self._scan(pipeline, route)
+                    await self._scan_contained(pipeline, route)
                 failures = 0
                 self.health.listing_ok()
             except HostKeyError as exc:
@@ -322,6 +330,24 @@ class Daemon:
                     )
         return routes
 
+    async def _scan_contained(self, pipeline: Pipeline, route: RouteSettings) -> None:
+        """One inbox's trouble (gone, unreadable, a bug) stays with that inbox."""
+        try:
+            await self._scan(pipeline, route)
+        except SourceUnavailableError:
+            raise  # the server, not the inbox: the whole pass waits
+        except WatcherError as exc:
+            if self._route_errors.get(route.name) != str(exc):  # said once, not every poll
+                log.warning(
+                    "route.scan_failed", route=route.name, inbox=route.inbox, error=str(exc)
+                )
+            self._route_errors[route.name] = str(exc)
+            return
+        except Exception:
+            log.exception("route.scan_crashed", route=route.name, inbox=route.inbox)
+            return
+        self._route_errors.pop(route.name, None)
+
     async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
         inbox = route.inbox_path
         entries = await self._source.list_files(inbox)
@@ -341,7 +367,9 @@ class Daemon:
                 # Come back as soon as it may be settled, not a whole poll interval later.
                 self._recheck_in_s = min(self._recheck_in_s, max(0.2, settle_s - unchanged_s))
                 continue
-            verdict = await self._probe(key, entry)
+            verdict = await self._probe_contained(key, entry)
+            if verdict is None:
+                continue
             if (
                 verdict is ZipVerdict.incomplete
                 and unchanged_s < self.settings.daemon.incomplete_timeout_s
@@ -353,6 +381,21 @@ class Daemon:
             if taken >= self.settings.daemon.max_claims_per_poll:
                 self._recheck_in_s = min(self._recheck_in_s, 0.2)  # the rest: right after
                 break
+
+    async def _probe_contained(self, key: str, entry: RemoteEntry) -> ZipVerdict | None:
+        """The completeness check of one file; its failure is that file's, not the loop's."""
+        try:
+            return await self._probe(key, entry)
+        except SourceUnavailableError:
+            raise  # the server, not the file: the whole pass waits
+        except SkipFileError as exc:
+            self._gate.forget(key)
+            log.info("file.vanished_before_claim", file=key, error=str(exc))
+        except WatcherError as exc:
+            log.warning("file.probe_failed", file=key, error=str(exc))
+        except Exception:
+            log.exception("file.probe_crashed", file=key)
+        return None
 
     async def _probe(self, path: str, entry: RemoteEntry) -> ZipVerdict:
         head, tail = await self._source.read_ends(path, entry.size_bytes, 8, TAIL_BYTES)

@@ -16,6 +16,7 @@ __all__ = (
     "RejectFileError",
     "SignatureRefusedError",
     "SkipFileError",
+    "SourceRefusedError",
     "SourceUnavailableError",
     "TaskTakenError",
     "TransientError",
@@ -38,6 +39,13 @@ class TransientError(WatcherError):
 
 class SourceUnavailableError(TransientError):
     """The file server cannot be reached right now (connect, login, lost connection, deadline)."""
+
+
+class SourceRefusedError(TransientError):
+    """The file server is reachable but refused one operation (permission, not a folder...).
+
+    That path's trouble, not the server's: the other inboxes and files go on.
+    """
 
 
 class HostKeyError(SourceUnavailableError):

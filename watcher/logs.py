@@ -4,10 +4,55 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import ClassVar, TextIO
 
 import structlog
 
-__all__ = ("configure_logging",)
+__all__ = ("SafeLogger", "configure_logging")
+
+
+class SafeLogger:
+    """A structlog logger that a broken sink cannot break.
+
+    Writing to a closed pipe (``make demo | tee log``, then ``tee`` dies) or a full disk must
+    never stop a stop, a drain or a ledger write. The first failure is reported once, to the
+    other standard stream if that still works, and the sink is dropped from then on.
+    """
+
+    _broken: ClassVar[set[int]] = set()  # ids of the streams that failed
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        if id(self._stream) in self._broken:
+            return
+        try:
+            self._stream.write(message + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as exc:  # EPIPE, ENOSPC, a closed file
+            self._broken.add(id(self._stream))
+            self._report(exc)
+
+    def _report(self, exc: BaseException) -> None:
+        other = sys.stdout if self._stream is not sys.stdout else sys.stderr
+        try:
+            other.write(
+                f"isales-watcher: logging stopped: cannot write the log ({type(exc).__name__}: "
+                f"{exc}); the daemon goes on without it\n"
+            )
+            other.flush()
+        except (OSError, ValueError):
+            pass
+
+    log = debug = info = warning = warn = error = err = critical = exception = fatal = msg
+
+
+def _safe_factory(stream: TextIO) -> structlog.typing.WrappedLogger:
+    def make(*args: object) -> SafeLogger:
+        return SafeLogger(stream)
+
+    return make
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
@@ -28,8 +73,9 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=_safe_factory(sys.stderr),
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s: %(message)s")
+    logging.raiseExceptions = False  # a broken stderr must not raise out of a log call
     logging.getLogger("asyncssh").setLevel(logging.WARNING)

@@ -35,10 +35,24 @@ def states(world) -> list[FileState]:
         ledger.close()
 
 
+def settled_as(world, name: str, outcome: str):
+    """The ledger says the file ended so: wait on the state asserted, not on the receipt."""
+
+    def check() -> bool:
+        ledger = Ledger(world.state_dir / "ledger.sqlite3")
+        try:
+            return any(r.name == name and r.state.value == outcome for r in ledger.rows())
+        finally:
+            ledger.close()
+
+    return check
+
+
 async def drop_and_settle(world, upload, name="list.xlsx", seed=0, outcome="done"):
     await upload(world.inbox / name, xlsxwriter_bytes(rows_valid(4, seed=seed)))
+    await wait_for(settled_as(world, name, outcome), 45, f"{name} {outcome} in the ledger")
     receipt = world.settled(outcome, f"{name}.result.txt")
-    await wait_for(receipt.exists, 45, f"{name} in {outcome}/")
+    assert receipt.exists()  # written before the row ends
     return receipt.read_text()
 
 

@@ -18,6 +18,7 @@ from watcher.errors import (
     ClaimConflictError,
     FileGoneError,
     HostKeyError,
+    SourceRefusedError,
     SourceUnavailableError,
 )
 from watcher.models import RemoteEntry
@@ -155,7 +156,8 @@ class SftpSource:
                 f"{what}: no answer within {self._settings.op_timeout_s:g} s"
             ) from None
         except asyncssh.SFTPError as exc:
-            raise SourceUnavailableError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
+            # The session is alive and answered: this path, not the server, is the trouble.
+            raise SourceRefusedError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
 
     async def _listing(self, folder: str) -> list[asyncssh.SFTPName]:
         async with self._session(f"listing {folder}") as sftp:
