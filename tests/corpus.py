@@ -8,6 +8,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from datetime import datetime
@@ -149,6 +150,37 @@ def _external_entity() -> bytes:
     return rezip(GOOD, replace={"xl/sharedStrings.xml": shared.encode()})
 
 
+def _dtd_after_a_long_comment() -> bytes:
+    """The DOCTYPE behind 70 KB of comment: a check of the first 64 KiB misses it."""
+    shared = member(GOOD, "xl/sharedStrings.xml").decode()
+    hidden = "<!--" + "x" * 70_000 + '--><!DOCTYPE sst [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>'
+    shared = shared.replace("?>", "?>" + hidden, 1)
+    shared = shared.replace("<t>sessionId</t>", "<t>&xxe;</t>", 1)
+    return rezip(GOOD, replace={"xl/sharedStrings.xml": shared.encode()})
+
+
+def _dtd_behind_a_bom() -> bytes:
+    sheet = member(GOOD, "xl/worksheets/sheet1.xml").decode()
+    sheet = sheet.replace("?>", '?><!DOCTYPE w [<!ENTITY a "b">]>', 1)
+    return rezip(GOOD, replace={"xl/worksheets/sheet1.xml": b"\xef\xbb\xbf" + sheet.encode()})
+
+
+def _odd_member(name: str) -> Callable[[], bytes]:
+    return lambda: rezip(GOOD, add={name: b"<x/>"})
+
+
+def _duplicate_member() -> bytes:
+    out = io.BytesIO(GOOD)
+    with zipfile.ZipFile(out, "a") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate: that is the point
+        archive.writestr("xl/worksheets/sheet1.xml", b"<worksheet/>")
+    return out.getvalue()
+
+
+def _many_members() -> bytes:
+    return rezip(GOOD, add={f"xl/media/m{i}.bin": b"" for i in range(10_001)})
+
+
 def _zip_bomb() -> bytes:
     return rezip(GOOD, add={"xl/media/padding.bin": b"\0" * 60_000_000})
 
@@ -252,6 +284,13 @@ CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ),
     ("zip_bomb_ratio", _zip_bomb, "too_large"),
     ("billion_laughs", _billion_laughs, "xml_dtd"),
+    ("dtd_after_a_70_kb_comment", _dtd_after_a_long_comment, "xml_dtd"),
+    ("dtd_behind_a_bom", _dtd_behind_a_bom, "xml_dtd"),
+    ("member_named_dot_dot", _odd_member("xl/../../evil.sh"), "unsafe_zip"),
+    ("member_named_absolute", _odd_member("/etc/cron.d/evil"), "unsafe_zip"),
+    ("member_with_backslashes", _odd_member("xl\\..\\evil.bat"), "unsafe_zip"),
+    ("duplicate_member_names", _duplicate_member, "unsafe_zip"),
+    ("ten_thousand_and_one_members", _many_members, "unsafe_zip"),
     ("external_entity", _external_entity, "xml_dtd"),
     (
         "dtd_in_workbook",

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import multiprocessing
 import posixpath
 import re
-import signal
 from collections.abc import Coroutine
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
@@ -27,7 +24,7 @@ from watcher.errors import (
 from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
 from watcher.health import Health
 from watcher.isales.client import IsalesClient, choose_server
-from watcher.ledger import Ledger, utc_now
+from watcher.ledger import Ledger, StateLock, utc_now
 from watcher.models import FileState, RemoteEntry
 from watcher.notify import Notifier
 from watcher.pipeline import Pipeline
@@ -35,6 +32,7 @@ from watcher.settings import RouteSettings, Settings
 from watcher.sources import Source
 from watcher.sources.local import LocalSource
 from watcher.sources.sftp import SftpSource
+from watcher.validate.pool import ValidationPool
 
 __all__ = ("Daemon",)
 
@@ -48,11 +46,6 @@ _T = TypeVar("_T")
 
 class _StopRequestedError(Exception):
     """A stop was requested while waiting."""
-
-
-def _leave_signals_to_the_daemon() -> None:
-    """In a validation worker: Ctrl-C reaches the whole process group; the daemon decides."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _make_source(settings: Settings) -> Source:
@@ -85,6 +78,7 @@ class Daemon:
         self._control: ControlServer | None = None
         self._api_probe: asyncio.Task[None] | None = None
         self._route_errors: dict[str, str] = {}
+        self.validation: ValidationPool | None = None
         self._notifier = Notifier()
 
     def request_stop(self) -> None:
@@ -103,16 +97,17 @@ class Daemon:
                 base_url=self.settings.isales.base_url,
                 advice="allow_insecure_http is for test benches only",
             )
-        ledger = Ledger(daemon.state_dir / "ledger.sqlite3")
+        lock = StateLock(daemon.state_dir)
+        try:
+            ledger = Ledger(daemon.state_dir / "ledger.sqlite3")
+        except BaseException:
+            lock.release()
+            raise
         self.health = Health(self.settings, ledger, self._gate.waiting)
         control = self._control = (
             ControlServer(self.health, daemon.control_listen) if daemon.control_listen else None
         )
-        pool = ProcessPoolExecutor(
-            daemon.validation_workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_leave_signals_to_the_daemon,
-        )
+        pool = self.validation = ValidationPool(daemon.validation_workers)
         try:
             if control is not None:
                 await control.start()
@@ -156,11 +151,12 @@ class Daemon:
         finally:
             if self._api_probe is not None:
                 self._api_probe.cancel()
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
             if control is not None:
                 await control.close()
             await self._source.close()
             ledger.close()
+            lock.release()
             log.info("daemon.stopped")
         if self.failed is not None:
             raise self.failed

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import secrets
+import socket
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -10,10 +13,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from watcher.errors import LedgerError, TaskTakenError
+from watcher.errors import ConfigError, LedgerError, TaskTakenError
 from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
 
-__all__ = ("IMPORTED_STATES", "DuplicatesBy", "Ledger", "new_file_id", "utc_now")
+__all__ = (
+    "IMPORTED_STATES",
+    "DuplicatesBy",
+    "Ledger",
+    "StateLock",
+    "new_file_id",
+    "utc_now",
+)
 
 DuplicatesBy = Literal["rows", "bytes", "off"]
 Field = str | int | None
@@ -94,6 +104,36 @@ _COLUMNS = (
     " outcome, reason, details, created_at, updated_at, submitted_at, settled_path, force_submit,"
     " rows_fingerprint, data_rows, recheck_at, rechecks"
 )
+
+
+class StateLock:
+    """One daemon per state directory: an exclusive ``flock`` held for the daemon's life.
+
+    The lock file names the holder, so that a second daemon can say who it found. The kernel
+    drops the lock when the holder dies, however it dies: there is no stale lock to clear.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "daemon.lock"
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
+        except OSError as exc:
+            raise LedgerError(f"cannot open the lock {self.path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self._fd)
+            raise ConfigError(
+                f"daemon.state_dir: another isales-watcher already runs on {state_dir} "
+                f"({holder}); one daemon per ledger"
+            ) from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+
+    def release(self) -> None:
+        os.close(self._fd)  # closing the descriptor drops the lock
 
 
 def utc_now() -> str:

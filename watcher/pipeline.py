@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import Executor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from watcher.settle import settle, write_parked_receipt
 from watcher.sources import Source
 from watcher.submit import Reconciler, reject_duplicate, submit, with_details
 from watcher.track import Tracker, track
-from watcher.validate import Report, ValidationOptions, validate_file
+from watcher.validate import Report, ValidationOptions
+from watcher.validate.pool import ValidationPool
 from watcher.validate.xlsx import Limits
 
 __all__ = ("GATE_REASONS", "Pipeline")
@@ -66,7 +66,7 @@ class Pipeline:
         source: Source,
         ledger: Ledger,
         client: IsalesClient,
-        pool: Executor,
+        pool: ValidationPool,
         server_id: str,
         stop: asyncio.Event,
         health: Health,
@@ -328,9 +328,8 @@ class Pipeline:
                 max_ratio=limits.max_compression_ratio,
             ),
         )
-        loop = asyncio.get_running_loop()
         with self.health.validation_seconds.time():
-            report = await loop.run_in_executor(self.pool, validate_file, str(local), options)
+            report = await self.pool.validate(str(local), options)
         log.info(
             "file.validated",
             valid=report.is_valid,

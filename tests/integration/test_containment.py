@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from tests.conftest import wait_for
+from tests.conftest import cli, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.daemon import Daemon
 from watcher.errors import FileGoneError
@@ -109,3 +109,43 @@ async def test_a_stop_stops_when_the_log_pipe_is_closed(make_world, emulator):
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_second_daemon_on_the_same_ledger_refuses_to_start(make_world, emulator):
+    world = make_world()
+    first = Daemon(load_settings(world.config))
+    runner = asyncio.create_task(first.run())
+    try:
+        await wait_for(first.ready.is_set, 30, "the first daemon ready")
+        code, output = await cli("run", "--config", str(world.config))
+        assert code == 78, output
+        assert "another isales-watcher already runs" in output
+        assert f"pid {os.getpid()}" in output
+    finally:
+        first.request_stop()
+        await asyncio.wait_for(runner, 30)
+    # Once the first has stopped, the lock is free again.
+    second = Daemon(load_settings(world.config))
+    again = asyncio.create_task(second.run())
+    await wait_for(second.ready.is_set, 30, "the second daemon ready")
+    second.request_stop()
+    await asyncio.wait_for(again, 30)
+
+
+async def test_a_killed_validation_worker_is_replaced_and_the_file_checked_again(
+    make_world, emulator, upload, run_daemon
+):
+    world = make_world()
+    daemon = await run_daemon(world)
+    pool = daemon.validation
+    assert pool is not None
+    data = xlsxwriter_bytes(rows_valid(60_000, seed=84))  # a second or two of checking
+    await upload(world.inbox / "big.xlsx", data)
+    await wait_for(lambda: bool(pool.pids), 60, "a validation worker at work")
+    for pid in pool.pids:
+        os.kill(pid, signal.SIGKILL)  # as the OOM killer would
+    await wait_for(world.settled("done", "big.xlsx.result.txt").exists, 90, "big in done/")
+    assert pool.replaced >= 1
+    # And the files after it are checked as usual.
+    await upload(world.inbox / "after.xlsx", xlsxwriter_bytes(rows_valid(3, seed=85)))
+    await wait_for(world.settled("done", "after.xlsx.result.txt").exists, 30, "after in done/")

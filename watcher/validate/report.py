@@ -167,6 +167,18 @@ KINDS: dict[str, Kind] = {
         "The same phone number appears on several rows",
         "Remove the repeated numbers; iSales would count them as repeats.",
     ),
+    "unsafe_zip": Kind(
+        True,
+        "The file's ZIP structure is unsafe",
+        "The file was not written by Excel as it is. Open it in Excel and save it again as "
+        "'Excel Workbook (*.xlsx)'.",
+    ),
+    "check_failed": Kind(
+        True,
+        "The file could not be checked",
+        "The checker stopped while reading it, twice. Ask an operator to look at the daemon's "
+        "log; splitting the list into smaller files usually helps.",
+    ),
     "unknown_column": Kind(
         False,
         "A column is not part of the template; it is ignored",
@@ -176,7 +188,16 @@ KINDS: dict[str, Kind] = {
 
 
 UNREADABLE_KINDS = frozenset(
-    {"unreadable", "not_xlsx", "old_xls", "encrypted", "too_large", "xml_dtd", "cell_too_long"}
+    {
+        "check_failed",
+        "unreadable",
+        "not_xlsx",
+        "old_xls",
+        "encrypted",
+        "too_large",
+        "xml_dtd",
+        "cell_too_long",
+    }
 )
 
 

@@ -32,6 +32,35 @@ _REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 _OLE = bytes.fromhex("d0cf11e0a1b11ae1")
 _ENCRYPTION_INFO = "EncryptionInfo".encode("utf-16-le")
 _DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
+_MAX_PROLOG_BYTES = 4 << 20
+_MAX_MEMBERS = 10_000
+
+
+def _prolog_verdict(data: bytes) -> str | None:
+    """What the prolog holds: "root" once the root element starts, "dtd" at a DTD, "utf16"
+    (which Excel never writes, and where a DTD could hide from a byte search), or None while
+    more bytes are needed."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or data[1:2] == b"\x00":
+        return "utf16"
+    at = 3 if data.startswith(b"\xef\xbb\xbf") else 0
+    while True:
+        while at < len(data) and data[at : at + 1].isspace():
+            at += 1
+        if len(data) - at < 9:
+            return None
+        if data.startswith(b"<?", at):
+            closing = b"?>"
+        elif data.startswith(b"<!--", at):
+            closing = b"-->"
+        elif data.startswith(b"<!", at):
+            return "dtd"
+        else:
+            return "root"  # an element (or text, which the parser refuses)
+        end = data.find(closing, at + 2)
+        if end < 0:
+            return None
+        at = end + len(closing)
+
 
 _FAST_CELL = re.compile(
     rb'<c r="([A-Z]{1,3})(\d+)"(?: s="(\d+)")?(?: t="([a-zA-Z]+)")?(?: [a-zA-Z:]+="[^"]*")*(?:/>|>'
@@ -136,12 +165,31 @@ class SheetReader:
                 "not_xlsx", f"not an .xlsx workbook (not a ZIP: {exc})"
             ) from None
         try:
+            self._check_names(archive)
             self._check_parts(archive)
             self._check_sizes(archive)
         except WorkbookRejected:
             archive.close()
             raise
         return archive
+
+    @staticmethod
+    def _check_names(archive: zipfile.ZipFile) -> None:
+        """Refuse what an unpacker could be led astray by, before any part is read."""
+        members = archive.infolist()
+        if len(members) > _MAX_MEMBERS:
+            raise WorkbookRejected(
+                "unsafe_zip", f"the ZIP holds {len(members):,} parts; a workbook has a few dozen"
+            )
+        names = [info.filename for info in members]
+        if len(set(names)) != len(names):
+            raise WorkbookRejected("unsafe_zip", "the ZIP holds two parts with the same name")
+        for name in names:
+            parts = name.split("/")
+            if name.startswith("/") or "\\" in name or ".." in parts or ":" in parts[0]:
+                raise WorkbookRejected(
+                    "unsafe_zip", f"the ZIP holds a part named {name[:80]!r}, outside the package"
+                )
 
     @staticmethod
     def _check_parts(archive: zipfile.ZipFile) -> None:
@@ -179,8 +227,8 @@ class SheetReader:
             raise WorkbookRejected(
                 "too_large", f"{name} is unusually large ({info.file_size:,} bytes)"
             )
+        self._check_prolog(name)
         data = self._zip.read(name)
-        self._refuse_dtd(data[:65536], name)
         try:
             return ElementTree.fromstring(data)
         except ElementTree.ParseError as exc:
@@ -193,6 +241,31 @@ class SheetReader:
                 "xml_dtd",
                 f"{name} declares a DTD or entities, which Excel never writes (an XML bomb?)",
             )
+
+    def _check_prolog(self, name: str) -> None:
+        """Refuse a DTD anywhere before the root element, however long the prolog.
+
+        A DTD can only stand in the prolog; it is read whole (comments, processing
+        instructions), up to a bound, instead of only its first kilobytes.
+        """
+        with self._zip.open(name) as stream:
+            buffer = b""
+            while True:
+                verdict = _prolog_verdict(buffer)
+                if verdict == "dtd":
+                    self._refuse_dtd(b"<!DOCTYPE", name)
+                if verdict == "utf16":
+                    raise WorkbookRejected("unreadable", f"{name} is UTF-16, not Excel's UTF-8")
+                if verdict is not None:
+                    return
+                chunk = stream.read(1 << 16)
+                if not chunk:
+                    return  # no root element: the parser says what is wrong
+                buffer += chunk
+                if len(buffer) > _MAX_PROLOG_BYTES:
+                    raise WorkbookRejected(
+                        "unreadable", f"{name} has a prolog of more than 4 MB before its content"
+                    )
 
     def _member(self, target: str, base: str = "xl/") -> str:
         name = target.lstrip("/") if target.startswith("/") else base + target
@@ -255,7 +328,7 @@ class SheetReader:
         )
         if name is None:
             return strings
-        self._refuse_dtd(self._head(name), name)
+        self._check_prolog(name)
         with self._zip.open(name) as stream:
             pieces = BytePieces(stream, b"</si>", self.limits.max_cell_chars * 8, "a shared string")
             for piece in pieces:
@@ -334,7 +407,7 @@ class SheetReader:
             return stream.read(size)
 
     def _sheet_stream(self) -> IO[bytes]:
-        self._refuse_dtd(self._head(self._part), self._part)
+        self._check_prolog(self._part)
         return self._zip.open(self._part)
 
     def _value(self, kind: str, style: str, raw: str, inline: str, rich: str) -> Any:
