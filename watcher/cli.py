@@ -180,7 +180,7 @@ def _ledger_list(ledger: Ledger, args: argparse.Namespace) -> int:
     states = [FileState(args.state)] if args.state else None
     for record in ledger.rows(states, limit=args.limit):
         _print(
-            f"{record.id}  {record.state.value:<10}  {record.route:<16}  {record.name}"
+            f"{record.id}  {record.state.value:<10}  {record.route:<16}  {record.shown_name}"
             f"  {record.reason or ''}"
         )
     return EX_OK

@@ -100,6 +100,7 @@ class Daemon:
         lock = StateLock(daemon.state_dir)
         try:
             ledger = Ledger(daemon.state_dir / "ledger.sqlite3")
+            ledger.verify()
         except BaseException:
             lock.release()
             raise

@@ -177,6 +177,23 @@ class Ledger:
     def close(self) -> None:
         self._db.close()
 
+    def verify(self) -> None:
+        """Check the file at start (``PRAGMA quick_check``): never run without a sound record.
+
+        Raises:
+            LedgerError: the ledger is damaged, with what SQLite found and what to do.
+        """
+        try:
+            found = [row[0] for row in self._db.execute("PRAGMA quick_check(5)")]
+        except sqlite3.Error as exc:
+            found = [str(exc)]
+        if found != ["ok"]:
+            raise LedgerError(
+                f"the ledger {self.path} is damaged ({'; '.join(found)[:300]}); stop here, keep "
+                "a copy of the file, and restore it from a backup or recover it with "
+                "'sqlite3 ledger.sqlite3 .recover'"
+            )
+
     def _migrate(self) -> None:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         for number, script in enumerate(_SCHEMA[version:], start=version + 1):

@@ -92,6 +92,13 @@ class FileRecord:
     rechecks: int = 0  # how often it was reconciled again
 
     @property
+    def shown_name(self) -> str:
+        """The name as people may see it: control characters (a newline in a name) escaped."""
+        return "".join(
+            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in self.name
+        )
+
+    @property
     def processing_dir(self) -> str:
         return f"{self.inbox}/processing/{self.id}"
 

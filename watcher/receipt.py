@@ -116,7 +116,7 @@ def _duplicate_lines(twin: dict[str, Any]) -> list[str]:
 def receipt_text(record: FileRecord) -> str:
     """What the business user reads: the verdict, what was wrong and where, how to fix it."""
     details = _details(record)
-    lines = [f"File: {record.name}", f"Campaign: {record.campaign_id} (route {record.route})"]
+    lines = [f"File: {record.shown_name}", f"Campaign: {record.campaign_id} (route {record.route})"]
     lines.extend(_outcome_lines(record, details))
     if "schedule" in details:
         lines.append(f"Scheduled import time: {details['schedule']}")

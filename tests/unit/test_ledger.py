@@ -202,3 +202,23 @@ def test_a_second_submission_never_uses_the_first_one_s_window(ledger):
     assert "submission" in json.loads(second.details or "{}")  # the old one is still there
     new = reconciler.window(second)
     assert new.opens_at - old.opens_at >= timedelta(minutes=59)
+
+
+def test_a_damaged_ledger_is_found_at_start(tmp_path):
+    path = tmp_path / "ledger.sqlite3"
+    ledger = Ledger(path)
+    for i in range(300):
+        claimed(ledger, f"f{i}-{'x' * 200}.xlsx", f"sha{i}")
+    ledger.verify()  # sound
+    ledger._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    ledger.close()
+    data = bytearray(path.read_bytes())
+    page = 4096
+    data[3 * page : 5 * page] = b"\xff" * (2 * page)  # a disk that lost two pages
+    path.write_bytes(bytes(data))
+    def open_and_verify() -> None:
+        Ledger(path).verify()  # either step may be the one that finds it
+
+    with pytest.raises(LedgerError, match=r"is damaged|cannot open") as error:
+        open_and_verify()
+    assert "ledger.sqlite3" in str(error.value)

@@ -60,3 +60,22 @@ def test_an_imported_receipt_names_the_task_and_counts():
     assert "IMPORTED" in text
     assert "T42" in text
     assert "imported 20, duplicates 1, failed 2" in text
+
+
+def test_a_name_with_control_characters_is_shown_escaped():
+    from dataclasses import replace
+
+    odd = replace(record({}), name="list\nRESULT: IMPORTED\x1b[2J.xlsx")
+    text = receipt_text(odd)
+    first = text.splitlines()[0]
+    assert first == "File: list\\nRESULT: IMPORTED\\x1b[2J.xlsx"
+    assert "\x1b" not in text
+    assert not any(line.startswith("RESULT: IMPORTED") for line in text.splitlines())
+
+
+def test_a_partly_imported_failure_says_so():
+    failed = record({"import": {"status": "failed", "succNum": 5, "failNum": 3}})
+    text = receipt_text(failed)
+    assert "iSales counted 5 rows as imported" in text
+    assert "Nothing from this file was imported" not in text
+    assert "drop it into the inbox again" not in text
