@@ -216,6 +216,7 @@ def test_a_damaged_ledger_is_found_at_start(tmp_path):
     page = 4096
     data[3 * page : 5 * page] = b"\xff" * (2 * page)  # a disk that lost two pages
     path.write_bytes(bytes(data))
+
     def open_and_verify() -> None:
         Ledger(path).verify()  # either step may be the one that finds it
 

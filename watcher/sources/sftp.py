@@ -203,12 +203,16 @@ class SftpSource:
         async with self._session(f"renaming {source}") as sftp:
             try:
                 await sftp.rename(source, target)
-            except asyncssh.SFTPFailure as exc:
+            except asyncssh.SFTPFileAlreadyExists:
+                # ProFTPD's mod_sftp says so with status 11 even in a version 3 session.
+                raise ClaimConflictError(f"{target} already exists") from None
+            except (asyncssh.SFTPFailure, asyncssh.SFTPNoSuchFile) as exc:
+                # OpenSSH answers a plain "failure": look at what is there to tell which it was.
                 if await sftp.exists(target):
                     raise ClaimConflictError(f"{target} already exists") from None
                 if not await sftp.exists(source):
                     raise FileGoneError(f"{source} vanished") from None
-                raise SourceUnavailableError(f"renaming {source}: {exc.reason}") from None
+                raise SourceRefusedError(f"renaming {source}: {exc.reason}") from None
 
     async def download(self, path: str, local: Path) -> str:
         digest = hashlib.sha256()
