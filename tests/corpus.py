@@ -181,6 +181,16 @@ def _many_members() -> bytes:
     return rezip(GOOD, add={f"xl/media/m{i}.bin": b"" for i in range(10_001)})
 
 
+def _beyond_the_grid(reference: str, row: int) -> Callable[[], bytes]:
+    """A header row, then one cell far outside Excel's grid (a 1 KB file asking for GBs)."""
+
+    def make() -> bytes:
+        cell = f'<c r="{reference}" t="inlineStr"><is><t>x</t></is></c>'
+        return raw_sheet(inline_row(1, "sessionId", "called") + f'<row r="{row}">{cell}</row>')
+
+    return make
+
+
 def _zip_bomb() -> bytes:
     return rezip(GOOD, add={"xl/media/padding.bin": b"\0" * 60_000_000})
 
@@ -285,6 +295,9 @@ CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ("zip_bomb_ratio", _zip_bomb, "too_large"),
     ("billion_laughs", _billion_laughs, "xml_dtd"),
     ("dtd_after_a_70_kb_comment", _dtd_after_a_long_comment, "xml_dtd"),
+    ("column_zzzzzz", _beyond_the_grid("ZZZZZZ2", 2), "unreadable"),
+    ("column_xfe", _beyond_the_grid("XFE2", 2), "unreadable"),
+    ("row_two_million", _beyond_the_grid("A2000000", 2_000_000), "unreadable"),
     ("dtd_behind_a_bom", _dtd_behind_a_bom, "xml_dtd"),
     ("member_named_dot_dot", _odd_member("xl/../../evil.sh"), "unsafe_zip"),
     ("member_named_absolute", _odd_member("/etc/cron.d/evil"), "unsafe_zip"),

@@ -98,14 +98,34 @@ _COLUMNS: dict[str, int] = {}  # column letters to index, filled as letters are 
 _BYTE_COLUMNS: dict[bytes, int] = {}
 
 
+_MAX_COLUMN = 16_384  # XFD: Excel's grid ends there
+_MAX_ROW = 1_048_576
+_LETTERS = re.compile(r"^[A-Z]{1,3}$")
+
+
 def _column(letters: str) -> int:
+    """The index of column ``letters``; a reference outside Excel's grid is refused, never padded
+    (column ZZZZZZ would otherwise make a row of 300 million empty cells)."""
     index = _COLUMNS.get(letters)
     if index is None:
         index = 0
         for char in letters:
             index = index * 26 + ord(char) - 64
+        if not _LETTERS.match(letters) or index > _MAX_COLUMN:
+            raise WorkbookRejected(
+                "unreadable",
+                f"a cell refers to column {letters[:10]!r}, outside Excel's grid (A to XFD)",
+            )
         index = _COLUMNS[letters] = index - 1
     return index
+
+
+def _row_number(number: int) -> int:
+    if not 1 <= number <= _MAX_ROW:
+        raise WorkbookRejected(
+            "unreadable", f"a row is numbered {number:,}, outside Excel's grid (1 to 1,048,576)"
+        )
+    return number
 
 
 def _has_content(values: list[Any]) -> bool:
@@ -470,6 +490,7 @@ class SheetReader:
                         if values and _has_content(values):
                             yield int(current), values
                         current, values = number, []
+                        _row_number(int(number))
                     column = column_of(letters)
                     if column is None:
                         column = _BYTE_COLUMNS[letters] = _column(letters.decode())
@@ -525,7 +546,7 @@ class SheetReader:
                     if element.tag.rpartition("}")[2] != "row":
                         continue
                     given = element.get("r")
-                    number = int(given) if given else number + 1
+                    number = _row_number(int(given) if given else number + 1)
                     values = self._tree_cells(element)
                     element.clear()
                     if any(v is not None and v != "" for v in values):
@@ -540,7 +561,7 @@ class SheetReader:
                 continue
             reference = cell.get("r")
             if reference:
-                column = _column(reference.rstrip("0123456789"))
+                column = _column(reference.rstrip("0123456789")[:8])
                 values.extend([None] * (column - len(values)))
             raw = inline = ""
             for child in cell:
