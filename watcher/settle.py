@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import posixpath
 
@@ -14,7 +15,33 @@ from watcher.models import FileRecord, FileState, Outcome
 from watcher.receipt import receipt_json, receipt_text
 from watcher.sources import Source
 
-__all__ = ("bring_back", "settle", "write_parked_receipt")
+__all__ = ("bring_back", "fit_name", "receipt_paths", "settle", "write_parked_receipt")
+
+_NAME_MAX = 255  # bytes in one file name, on every file system the daemon meets
+_SUFFIXES = (".result.json", ".result.txt")
+
+
+def fit_name(name: str, suffix: str = "") -> str:
+    """``name + suffix``, shortened with a hash of the whole name if it would be too long.
+
+    A 250-byte name is a valid file, but its receipt's name would not be: it keeps its start,
+    then ``~`` and 8 hex digits that tell such names apart.
+    """
+    whole = name + suffix
+    if len(whole.encode()) <= _NAME_MAX:
+        return whole
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    room = _NAME_MAX - len(suffix.encode()) - len(digest) - 1
+    start = name.encode()[:room].decode("utf-8", errors="ignore")
+    return f"{start}~{digest}{suffix}"
+
+
+def receipt_paths(path: str) -> tuple[str, str]:
+    """Where the JSON and the text receipt of the file at ``path`` go."""
+    folder, name = posixpath.split(path)
+    json_path, text_path = (posixpath.join(folder, fit_name(name, s)) for s in _SUFFIXES)
+    return json_path, text_path
+
 
 log = structlog.get_logger(__name__)
 
@@ -24,9 +51,24 @@ async def _free_target(source: Source, record: FileRecord, folder: str) -> str:
     if not await source.exists(target):
         return target
     stem, dot, extension = record.name.rpartition(".")
-    return posixpath.join(
-        folder, f"{stem}.{record.id}{dot}{extension}" if dot else f"{record.name}.{record.id}"
+    if not dot:
+        return posixpath.join(folder, fit_name(record.name, f".{record.id}"))
+    return posixpath.join(folder, fit_name(stem, f".{record.id}{dot}{extension}"))
+
+
+async def _write_receipts(source: Source, record: FileRecord, beside: str) -> None:
+    """Both receipts beside ``beside``; the text one last: when a person sees it, all is there."""
+    json_path, text_path = receipt_paths(beside)
+    body = receipt_json(record)
+    if posixpath.basename(json_path) != posixpath.basename(beside) + ".result.json":
+        body["receipt_name_shortened"] = True
+    await source.write_file(
+        json_path, json.dumps(body, indent=2, ensure_ascii=False).encode() + b"\n"
     )
+    text = receipt_text(record)
+    if body.get("receipt_name_shortened"):
+        text += "(The file's name is too long for a receipt name; this receipt's name is cut.)\n"
+    await source.write_file(text_path, text.encode())
 
 
 async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileRecord:
@@ -42,25 +84,22 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
     try:
         await source.rename(record.processing_path, target)
     except ClaimConflictError:
-        # Someone dropped a file with our chosen name into done/ meanwhile: pick another.
-        target = posixpath.join(folder, f"{record.id}.{record.name}")
-        record = ledger.update(record.id, settled_path=target)
-        await source.rename(record.processing_path, target)
+        if await source.exists(record.processing_path):
+            # Someone dropped a file with our chosen name into done/ meanwhile: pick another.
+            target = posixpath.join(folder, fit_name(f"{record.id}.{record.name}"))
+            record = ledger.update(record.id, settled_path=target)
+            await source.rename(record.processing_path, target)
+        # else: an earlier attempt of ours moved it there, and failed after that
     except FileGoneError:
         if not await source.exists(target):
             log.warning("file.vanished", file_id=record.id, path=record.processing_path)
     if record.force_submit or ledger.has_been(record.id, FileState.uncertain):
         # Parked once: its ON HOLD receipts may be here.
-        for suffix in (".result.txt", ".result.json"):
+        for receipt in receipt_paths(record.processing_path):
             with contextlib.suppress(FileGoneError):
-                await source.remove_file(record.processing_path + suffix)
+                await source.remove_file(receipt)
     await source.remove_dir(record.processing_dir)
-    # The .txt receipt is written last: when a person sees it, everything else is in place.
-    await source.write_file(
-        target + ".result.json",
-        json.dumps(receipt_json(record), indent=2, ensure_ascii=False).encode() + b"\n",
-    )
-    await source.write_file(target + ".result.txt", receipt_text(record).encode())
+    await _write_receipts(source, record, target)
     final = FileState.done if record.outcome is Outcome.done else FileState.rejected
     record = ledger.transition(record.id, final, expect=FileState.settling)
     log.info(
@@ -79,12 +118,7 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
 
 async def write_parked_receipt(source: Source, record: FileRecord) -> None:
     """Write the receipts of a parked (``uncertain``) file beside it, in ``processing/<id>/``."""
-    base = record.processing_path
-    await source.write_file(
-        base + ".result.json",
-        json.dumps(receipt_json(record), indent=2, ensure_ascii=False).encode() + b"\n",
-    )
-    await source.write_file(base + ".result.txt", receipt_text(record).encode())
+    await _write_receipts(source, record, record.processing_path)
     log.warning("file.parked", file_id=record.id, file=record.name, reason=record.reason)
 
 
@@ -98,6 +132,6 @@ async def bring_back(source: Source, record: FileRecord) -> None:
     await source.makedirs(record.processing_dir)
     if not await source.exists(record.processing_path):
         await source.rename(record.settled_path, record.processing_path)
-    for suffix in (".result.txt", ".result.json"):
+    for receipt in receipt_paths(record.settled_path):
         with contextlib.suppress(FileGoneError):
-            await source.remove_file(record.settled_path + suffix)
+            await source.remove_file(receipt)

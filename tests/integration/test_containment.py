@@ -149,3 +149,20 @@ async def test_a_killed_validation_worker_is_replaced_and_the_file_checked_again
     # And the files after it are checked as usual.
     await upload(world.inbox / "after.xlsx", xlsxwriter_bytes(rows_valid(3, seed=85)))
     await wait_for(world.settled("done", "after.xlsx.result.txt").exists, 30, "after in done/")
+
+
+async def test_a_250_byte_name_is_imported_and_its_receipts_fit(
+    make_world, emulator, upload, run_daemon
+):
+    world = make_world()
+    await run_daemon(world)
+    name = "客户" * 40 + "x" * 5 + ".xlsx"  # 250 bytes in UTF-8
+    assert len(name.encode()) == 250
+    await upload(world.inbox / name, xlsxwriter_bytes(rows_valid(3, seed=86)))
+    done = world.inbox / "done"
+    await wait_for(lambda: any(done.glob("*.result.txt")), 40, "the receipt in done/")
+    assert (done / name).exists()
+    [text] = list(done.glob("*.result.txt"))
+    assert len(text.name.encode()) <= 255
+    assert "receipt's name is cut" in text.read_text()
+    assert [u.file_name for u in emulator.uploads] == [name]

@@ -79,3 +79,22 @@ def test_a_partly_imported_failure_says_so():
     assert "iSales counted 5 rows as imported" in text
     assert "Nothing from this file was imported" not in text
     assert "drop it into the inbox again" not in text
+
+
+def test_receipt_names_fit_the_file_system_and_stay_apart():
+    from watcher.settle import fit_name, receipt_paths
+
+    long_a = "a" * 240 + "-north.xlsx"
+    long_b = "a" * 240 + "-south.xlsx"
+    json_a, text_a = receipt_paths(f"/in/done/{long_a}")
+    json_b, _ = receipt_paths(f"/in/done/{long_b}")
+    for path in (json_a, text_a, json_b):
+        assert len(path.rsplit("/", 1)[1].encode()) <= 255
+    assert json_a.endswith(".result.json")
+    assert text_a.endswith(".result.txt")
+    assert json_a != json_b  # the hash keeps them apart
+    chinese = "客户名单" * 30 + ".xlsx"  # 3 bytes a character: cut on a character boundary
+    fitted = fit_name(chinese, ".result.json")
+    assert len(fitted.encode()) <= 255
+    fitted.encode().decode("utf-8")
+    assert fit_name("list.xlsx", ".result.json") == "list.xlsx.result.json"

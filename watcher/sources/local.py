@@ -158,7 +158,8 @@ class LocalSource:
 
     async def write_file(self, path: str, data: bytes) -> None:
         target = self._local(path)
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        # A short, fixed-length dotfile name: never too long, and never taken for a drop.
+        temporary = target.with_name(f".isales-watcher-{secrets.token_hex(8)}.tmp")
         try:
             temporary.write_bytes(data)
             temporary.replace(target)

@@ -240,8 +240,9 @@ class SftpSource:
         return digest.hexdigest()
 
     async def write_file(self, path: str, data: bytes) -> None:
-        folder, name = posixpath.split(path)
-        temporary = posixpath.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+        folder = posixpath.dirname(path)
+        # A short, fixed-length dotfile name: never too long, and never taken for a drop.
+        temporary = posixpath.join(folder, f".isales-watcher-{secrets.token_hex(8)}.tmp")
         async with self._session(f"writing {path}") as sftp:
             async with sftp.open(temporary, "wb") as remote:
                 await remote.write(data)
