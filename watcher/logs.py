@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import ClassVar, TextIO
+from typing import TextIO
 
 import structlog
 
 __all__ = ("SafeLogger", "configure_logging")
+
+
+class _Sink:
+    """One output stream, and whether it has failed (shared by every logger writing to it)."""
+
+    __slots__ = ("broken", "stream")
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.broken = False
 
 
 class SafeLogger:
@@ -19,23 +29,22 @@ class SafeLogger:
     other standard stream if that still works, and the sink is dropped from then on.
     """
 
-    _broken: ClassVar[set[int]] = set()  # ids of the streams that failed
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+    def __init__(self, sink: _Sink | TextIO) -> None:
+        self._sink = sink if isinstance(sink, _Sink) else _Sink(sink)
 
     def msg(self, message: str) -> None:
-        if id(self._stream) in self._broken:
+        sink = self._sink
+        if sink.broken:
             return
         try:
-            self._stream.write(message + "\n")
-            self._stream.flush()
+            sink.stream.write(message + "\n")
+            sink.stream.flush()
         except (OSError, ValueError) as exc:  # EPIPE, ENOSPC, a closed file
-            self._broken.add(id(self._stream))
+            sink.broken = True
             self._report(exc)
 
     def _report(self, exc: BaseException) -> None:
-        other = sys.stdout if self._stream is not sys.stdout else sys.stderr
+        other = sys.stdout if self._sink.stream is not sys.stdout else sys.stderr
         try:
             other.write(
                 f"isales-watcher: logging stopped: cannot write the log ({type(exc).__name__}: "
@@ -49,10 +58,24 @@ class SafeLogger:
 
 
 def _safe_factory(stream: TextIO) -> structlog.typing.WrappedLogger:
+    sink = _Sink(stream)
+
     def make(*args: object) -> SafeLogger:
-        return SafeLogger(stream)
+        return SafeLogger(sink)
 
     return make
+
+
+def _escape_controls(
+    logger: object, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """On a terminal, a newline or an escape sequence in a file name is shown, not obeyed."""
+    for key, value in event.items():
+        if isinstance(value, str) and not value.isprintable():
+            event[key] = "".join(
+                c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value
+            )
+    return event
 
 
 def configure_logging(*, json: bool | None = None, level: int = logging.INFO) -> None:
@@ -70,6 +93,7 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
             structlog.processors.format_exc_info
             if json
             else structlog.processors.StackInfoRenderer(),
+            *(() if json else (_escape_controls,)),  # JSON escapes them itself
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
