@@ -16,6 +16,7 @@ from watcher.errors import (
     LedgerError,
     SkipFileError,
     TransientError,
+    WorkbookRejected,
 )
 from watcher.gate import ZipVerdict
 from watcher.health import Health
@@ -24,7 +25,7 @@ from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
 from watcher.settings import RouteSettings, Settings
 from watcher.settle import settle, write_parked_receipt
-from watcher.sources import Source
+from watcher.sources import Source, too_large
 from watcher.submit import Reconciler, reject_duplicate, submit, with_details
 from watcher.track import Tracker, track
 from watcher.validate import Report, ValidationOptions
@@ -312,7 +313,22 @@ class Pipeline:
         )
 
     async def _check(self, record: FileRecord, route: RouteSettings, local: Path) -> FileRecord:
-        sha256 = await self.source.download(record.processing_path, local)
+        max_bytes = self.settings.validation.max_file_bytes
+        try:
+            if record.size_bytes > max_bytes:  # the listing says so already: nothing copied
+                raise too_large(record.name, max_bytes)
+            sha256 = await self.source.download(record.processing_path, local, max_bytes)
+        except WorkbookRejected as exc:
+            report = Report()
+            report.add(exc.kind, None, None, "", exc.message)
+            return self.ledger.transition(
+                record.id,
+                FileState.settling,
+                expect=FileState.claimed,
+                outcome=Outcome.rejected,
+                reason=exc.message,
+                details=with_details(record, validation=report.as_json()),
+            )
         record = self.ledger.update(record.id, sha256=sha256)
         twin = self.ledger.imported_twin(record, "bytes" if route.duplicates != "off" else "off")
         if twin is not None:

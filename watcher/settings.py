@@ -347,6 +347,9 @@ class ValidationSettings(_Section):
     """Bounds that keep a hostile workbook from exhausting the machine."""
 
     max_unpacked_bytes: int = Field(default=2_000_000_000, gt=0)
+    # The copy of a dropped file on the state directory's disk: checked against the listing
+    # and while copying (an uploader may still write through a handle opened before the claim).
+    max_file_bytes: int = Field(default=500_000_000, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1)
     processes_per_file: int = Field(default=2, ge=1, le=2)
 

@@ -8,12 +8,13 @@ import signal
 import sys
 from typing import Any
 
+import pytest
 import structlog
 
 from tests.conftest import cli, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.daemon import Daemon
-from watcher.errors import FileGoneError
+from watcher.errors import FileGoneError, WorkbookRejected
 from watcher.settings import load_settings
 from watcher.sources.sftp import SftpSource
 
@@ -166,3 +167,25 @@ async def test_a_250_byte_name_is_imported_and_its_receipts_fit(
     assert len(text.name.encode()) <= 255
     assert "receipt's name is cut" in text.read_text()
     assert [u.file_name for u in emulator.uploads] == [name]
+
+
+async def test_a_file_over_max_file_bytes_is_rejected_without_a_copy(
+    make_world, emulator, upload, run_daemon, sshd, tmp_path
+):
+    world = make_world()
+    world.config.write_text(world.config.read_text() + "\n[validation]\nmax_file_bytes = 3000\n")
+    await run_daemon(world)
+    await upload(world.inbox / "big.xlsx", xlsxwriter_bytes(rows_valid(5, seed=87)))
+    receipt = world.settled("rejected", "big.xlsx.result.txt")
+    await wait_for(receipt.exists, 30, "big rejected")
+    assert "larger than 0 MB" not in receipt.read_text()
+    assert "validation.max_file_bytes" in receipt.read_text()
+    assert emulator.uploads == []
+    # And a file that grows past the bound while it is copied is stopped during the copy.
+    source = SftpSource(load_settings(world.config).sftp)
+    (world.inbox / "grown.xlsx").write_bytes(b"x" * 10_000)
+    try:
+        with pytest.raises(WorkbookRejected, match="larger than"):
+            await source.download(str(world.inbox / "grown.xlsx"), tmp_path / "copy", 4096)
+    finally:
+        await source.close()

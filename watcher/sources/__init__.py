@@ -7,9 +7,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from watcher.errors import WorkbookRejected
 from watcher.models import RemoteEntry
 
-__all__ = ("Source",)
+__all__ = ("Source", "too_large")
+
+
+def too_large(path: str, max_bytes: int) -> WorkbookRejected:
+    """The verdict on a file bigger than the daemon takes (``validation.max_file_bytes``)."""
+    if max_bytes >= 1_000_000:
+        limit = f"{max_bytes / 1e6:,.0f} MB"
+    elif max_bytes >= 1000:
+        limit = f"{max_bytes / 1e3:,.0f} KB"
+    else:
+        limit = f"{max_bytes:,} bytes"
+    return WorkbookRejected(
+        "too_large",
+        f"the file is larger than {limit}, the most this service takes "
+        "(validation.max_file_bytes); split the list",
+    )
 
 
 class Source(Protocol):
@@ -42,8 +58,12 @@ class Source(Protocol):
 
     async def exists(self, path: str) -> bool: ...
 
-    async def download(self, path: str, local: Path) -> str:
-        """Copy ``path`` to ``local``; returns the SHA-256 of the bytes."""
+    async def download(self, path: str, local: Path, max_bytes: int | None = None) -> str:
+        """Copy ``path`` to ``local``; returns the SHA-256 of the bytes.
+
+        Raises:
+            WorkbookRejected: the file grew past ``max_bytes`` (kind ``too_large``).
+        """
         ...
 
     async def write_file(self, path: str, data: bytes) -> None:

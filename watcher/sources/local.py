@@ -24,6 +24,7 @@ import watchfiles
 from watcher.errors import ClaimConflictError, FileGoneError, SourceUnavailableError
 from watcher.models import RemoteEntry
 from watcher.settings import LocalSettings
+from watcher.sources import too_large
 
 __all__ = ("LocalSource",)
 
@@ -147,10 +148,10 @@ class LocalSource:
     async def exists(self, path: str) -> bool:
         return self._local(path).exists()
 
-    async def download(self, path: str, local: Path) -> str:
+    async def download(self, path: str, local: Path, max_bytes: int | None = None) -> str:
         try:
             # A copy of tens of megabytes: in a thread, so the event loop keeps its pace.
-            return await asyncio.to_thread(_copy_and_hash, self._local(path), local)
+            return await asyncio.to_thread(_copy_and_hash, self._local(path), local, max_bytes)
         except FileNotFoundError:
             raise FileGoneError(f"copying {path}: no such file") from None
         except OSError as exc:
@@ -177,10 +178,14 @@ class LocalSource:
             self._local(path).rmdir()
 
 
-def _copy_and_hash(source: Path, target: Path) -> str:
+def _copy_and_hash(source: Path, target: Path, max_bytes: int | None) -> str:
     digest = hashlib.sha256()
+    size = 0
     with source.open("rb") as reader, target.open("wb") as writer:
         while chunk := reader.read(_CHUNK_BYTES):
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise too_large(str(source), max_bytes)
             digest.update(chunk)
             writer.write(chunk)
     return digest.hexdigest()

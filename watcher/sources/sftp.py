@@ -23,6 +23,7 @@ from watcher.errors import (
 )
 from watcher.models import RemoteEntry
 from watcher.settings import SftpSettings
+from watcher.sources import too_large
 
 __all__ = ("SftpSource",)
 
@@ -214,8 +215,9 @@ class SftpSource:
                     raise FileGoneError(f"{source} vanished") from None
                 raise SourceRefusedError(f"renaming {source}: {exc.reason}") from None
 
-    async def download(self, path: str, local: Path) -> str:
+    async def download(self, path: str, local: Path, max_bytes: int | None = None) -> str:
         digest = hashlib.sha256()
+        size = 0
         sftp = await self.connect()
         deadline_s = self._settings.op_timeout_s
         try:
@@ -229,6 +231,9 @@ class SftpSource:
                             chunk: bytes = await remote.read(_CHUNK_BYTES)
                         if not chunk:
                             break
+                        size += len(chunk)
+                        if max_bytes is not None and size > max_bytes:
+                            raise too_large(path, max_bytes)
                         digest.update(chunk)
                         out.write(chunk)
         except asyncssh.SFTPNoSuchFile:
