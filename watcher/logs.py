@@ -8,6 +8,8 @@ from typing import TextIO
 
 import structlog
 
+from watcher.models import escaped
+
 __all__ = ("SafeLogger", "configure_logging")
 
 
@@ -71,10 +73,8 @@ def _escape_controls(
 ) -> structlog.typing.EventDict:
     """On a terminal, a newline or an escape sequence in a file name is shown, not obeyed."""
     for key, value in event.items():
-        if isinstance(value, str) and not value.isprintable():
-            event[key] = "".join(
-                c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value
-            )
+        if isinstance(value, str):
+            event[key] = escaped(value)
     return event
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ("FileRecord", "FileState", "ImportTask", "Outcome", "RemoteEntry")
+__all__ = ("FileRecord", "FileState", "ImportTask", "Outcome", "RemoteEntry", "escaped")
+
+
+def escaped(text: str) -> str:
+    """``text`` as people may see it: control characters (a newline in a name) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text
+    )
 
 
 class FileState(StrEnum):
@@ -94,9 +103,7 @@ class FileRecord:
     @property
     def shown_name(self) -> str:
         """The name as people may see it: control characters (a newline in a name) escaped."""
-        return "".join(
-            c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in self.name
-        )
+        return escaped(self.name)
 
     @property
     def processing_dir(self) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from watcher.errors import ApiReplyError
-from watcher.models import ImportTask
+from watcher.models import ImportTask, escaped
 
 _MAX_TEXT = 4000
 
@@ -77,8 +77,7 @@ class FileServer:
 def shown(value: object, limit: int = 80) -> str:
     """A value from the peer, safe to put in a message: printable, short."""
     text = str(value)
-    text = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
-    return text + ("..." if len(str(value)) > limit else "")
+    return escaped(text[:limit]) + ("..." if len(text) > limit else "")
 
 
 def items(reply: Mapping[str, Any], key: str, call: str) -> list[Mapping[str, Any]]:
