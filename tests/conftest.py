@@ -111,17 +111,13 @@ LogLevel VERBOSE
     log.close()
 
 
-@pytest.fixture
-async def emulator(sshd: Sshd) -> AsyncIterator[Emulator]:
-    """The iSales emulator over real HTTP, with the sshd registered as file server ``fs-1``.
-
-    No campaign exists until a test adds one (``make_world`` adds its route's).
-    """
-    emu = Emulator(
+def new_emulator(sshd: Sshd, *, import_delay_s: float = 0.2) -> Emulator:
+    """An emulator (not started) with the sshd registered as file server ``fs-1``, no campaign."""
+    return Emulator(
         access_key=ACCESS_KEY,
         secret_key=SECRET_KEY,
         vdn_id=VDN,
-        import_delay_s=0.2,
+        import_delay_s=import_delay_s,
         campaigns=set(),  # make_world registers the campaign of each route it writes
         servers=[
             RegisteredServer(
@@ -134,6 +130,15 @@ async def emulator(sshd: Sshd) -> AsyncIterator[Emulator]:
             )
         ],
     )
+
+
+@pytest.fixture
+async def emulator(sshd: Sshd) -> AsyncIterator[Emulator]:
+    """The iSales emulator over real HTTP, with the sshd registered as file server ``fs-1``.
+
+    No campaign exists until a test adds one (``make_world`` adds its route's).
+    """
+    emu = new_emulator(sshd)
     await emu.start()
     yield emu
     await emu.close()

@@ -21,10 +21,10 @@ from typing import Any
 import aiohttp.web
 import pytest
 
-from tests.conftest import ACCESS_KEY, SECRET_KEY, VDN, wait_for
+from tests.conftest import new_emulator, wait_for
 from tests.integration.test_crash import _start
 from tests.workbooks import rows_valid, xlsxwriter_bytes
-from watcher.isales.emulator import Emulator, RegisteredServer
+from watcher.isales.emulator import Emulator
 from watcher.isales.faults import Fault, FaultKind
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -71,23 +71,7 @@ class KillPlan:
 
 
 def make_emulator(sshd, plan: KillPlan) -> Emulator:
-    emulator = Emulator(
-        access_key=ACCESS_KEY,
-        secret_key=SECRET_KEY,
-        vdn_id=VDN,
-        import_delay_s=0.1,
-        campaigns=set(),
-        servers=[
-            RegisteredServer(
-                "fs-1",
-                sshd.host,
-                sshd.port,
-                sshd.username,
-                str(sshd.root),
-                connect_options=sshd.connect_options(),
-            )
-        ],
-    )
+    emulator = new_emulator(sshd, import_delay_s=0.1)
     faults = random.Random(SEED + 1)
     original = emulator.faults.next_fault
 
