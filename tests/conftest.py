@@ -21,6 +21,7 @@ import pytest
 
 from watcher.daemon import Daemon
 from watcher.isales.emulator import Emulator, RegisteredServer
+from watcher.ledger import Ledger
 from watcher.settings import load_settings
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -220,6 +221,19 @@ shutdown_grace_s = 5
         return World(config, inbox, state, f"c-{name}")
 
     return make
+
+
+def settled_as(world: World, name: str, outcome: str) -> Callable[[], bool]:
+    """The ledger says the file ended so: wait on the state asserted, not on the receipt."""
+
+    def check() -> bool:
+        ledger = Ledger(world.state_dir / "ledger.sqlite3")
+        try:
+            return any(r.name == name and r.state.value == outcome for r in ledger.rows())
+        finally:
+            ledger.close()
+
+    return check
 
 
 async def wait_for(predicate: Callable[[], bool], timeout_s: float = 30, what: str = "") -> None:

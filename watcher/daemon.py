@@ -32,7 +32,7 @@ from watcher.settings import RouteSettings, Settings
 from watcher.sources import Source
 from watcher.sources.local import LocalSource
 from watcher.sources.sftp import SftpSource
-from watcher.validate.pool import ValidationPool
+from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("Daemon",)
 
@@ -108,10 +108,15 @@ class Daemon:
         control = self._control = (
             ControlServer(self.health, daemon.control_listen) if daemon.control_listen else None
         )
-        pool = self.validation = ValidationPool(daemon.validation_workers)
+        limits = self.settings.validation
+        pool = self.validation = ValidationPool(
+            daemon.validation_workers, CheckLimits(limits.max_seconds, limits.max_memory_mb)
+        )
+        self.health.validation_ok = lambda: pool.healthy
         try:
             if control is not None:
                 await control.start()
+            await pool.warm_up()
             async with IsalesClient(
                 self.settings.isales,
                 on_call=self.health.api_call,

@@ -8,6 +8,7 @@ __all__ = (
     "ApiReplyError",
     "ApiTrustError",
     "ApiUnavailableError",
+    "CheckerUnavailableError",
     "ClaimConflictError",
     "ConfigError",
     "FileGoneError",
@@ -50,6 +51,10 @@ class SourceRefusedError(TransientError):
 
 class HostKeyError(SourceUnavailableError):
     """The file server presented a host key we do not trust: we refuse to talk to it."""
+
+
+class CheckerUnavailableError(TransientError):
+    """No validation worker can be started (fork failed, forkserver gone): the file waits."""
 
 
 class ApiUnavailableError(TransientError):

@@ -66,6 +66,7 @@ class Health:
         self._beat_at = started
         self._listing_ok_at: float | None = None
         self._api_ok_at: float | None = None
+        self.validation_ok: Callable[[], bool] = lambda: True  # a checker can be started
         self.registry = CollectorRegistry()
         self.api_seconds = Histogram(
             "isales_watcher_api_seconds",
@@ -123,6 +124,7 @@ class Health:
             "listing": listing_s < listing_limit_s,
             "isales": api_s < api_limit_s,
             "ledger": ledger_ok,
+            "validation": self.validation_ok(),
         }
         details: dict[str, Any] = {
             "checks": checks,

@@ -361,11 +361,15 @@ class Pipeline:
                 rows_fingerprint=report.rows_fingerprint,
             )
         errors = report.error_count
+        whole = [p.message for p in report.examples if p.row is None and report.is_error(p.kind)]
         return self.ledger.transition(
             record.id,
             FileState.settling,
             expect=FileState.claimed,
             outcome=Outcome.rejected,
-            reason=f"{errors} problem{'s' if errors != 1 else ''} found in the file",
+            # A verdict on the whole file says itself; row problems are counted.
+            reason=whole[0]
+            if report.is_unreadable and whole
+            else f"{errors} problem{'s' if errors != 1 else ''} found in the file",
             details=details,
         )

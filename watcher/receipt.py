@@ -62,15 +62,23 @@ def _import_lines(found: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _problem_lines(report: Report) -> list[str]:
+def _problem_lines(report: Report, said: str | None = None) -> list[str]:
+    """The problems by kind, with examples; ``said``: the reason given already (not repeated)."""
     lines: list[str] = []
     kinds = sorted(report.counts.items(), key=lambda item: (not KINDS[item[0]].is_error, -item[1]))
     for kind, count in kinds[:_KINDS_SHOWN]:
         info = KINDS[kind]
-        where = f"{count} row{'s' if count != 1 else ''}" if count else ""
+        examples = [p for p in report.examples if p.kind == kind][:_EXAMPLES_PER_KIND]
         label = "" if info.is_error else " (warning)"
+        if examples and all(example.row is None for example in examples):
+            # A verdict on the whole file: its own words say more than a count.
+            message = examples[0].message
+            lines.append(f"* {info.title}{label}" + (f": {message}" if message != said else ""))
+            lines.append(f"  Fix: {info.advice}")
+            continue
+        where = f"{count} row{'s' if count != 1 else ''}" if count else ""
         lines.append(f"* {info.title}{label}: {where}")
-        for example in [p for p in report.examples if p.kind == kind][:_EXAMPLES_PER_KIND]:
+        for example in examples:
             place = f"row {example.row}" if example.row else "file"
             column = f", column {example.column}" if example.column else ""
             excerpt = f": {example.excerpt}" if example.excerpt else ""
@@ -126,7 +134,10 @@ def receipt_text(record: FileRecord) -> str:
         lines.extend(_duplicate_lines(details["duplicate_of"]))
     if "validation" in details:
         report = Report.from_json(details["validation"])
-        if report.counts:
+        if report.counts and report.is_unreadable and not report.data_rows:
+            lines.append("The file could not be read:")
+            lines.extend(_problem_lines(report, record.reason))
+        elif report.counts:
             lines.append(f"Checked {report.data_rows} data rows on sheet {report.sheet!r}:")
             lines.extend(_problem_lines(report))
     if lines[2].startswith("Result: REJECTED"):

@@ -352,6 +352,10 @@ class ValidationSettings(_Section):
     max_file_bytes: int = Field(default=500_000_000, gt=0)
     max_compression_ratio: float = Field(default=200.0, gt=1)
     processes_per_file: int = Field(default=2, ge=1, le=2)
+    # Kept by the daemon from outside the checker: past either, the file is rejected as too big
+    # to check and its checker killed. Sized from the 500,000-row benchmark with headroom.
+    max_seconds: float = Field(default=300.0, gt=0)
+    max_memory_mb: int = Field(default=2048, ge=256)
 
 
 class Settings(BaseSettings):

@@ -11,7 +11,7 @@ import pytest
 import stamina
 import structlog
 
-from tests.conftest import cli, wait_for
+from tests.conftest import cli, settled_as, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.isales.faults import Fault, FaultKind
 from watcher.ledger import Ledger
@@ -33,19 +33,6 @@ def states(world) -> list[FileState]:
         return [r.state for r in reversed(ledger.rows())]
     finally:
         ledger.close()
-
-
-def settled_as(world, name: str, outcome: str):
-    """The ledger says the file ended so: wait on the state asserted, not on the receipt."""
-
-    def check() -> bool:
-        ledger = Ledger(world.state_dir / "ledger.sqlite3")
-        try:
-            return any(r.name == name and r.state.value == outcome for r in ledger.rows())
-        finally:
-            ledger.close()
-
-    return check
 
 
 async def drop_and_settle(world, upload, name="list.xlsx", seed=0, outcome="done"):

@@ -1,85 +1,198 @@
-"""The validation workers: processes the daemon can lose without losing its footing.
+"""The validation workers: one process per file, under limits the daemon enforces from outside.
 
-A worker killed from outside (the OOM killer, an operator) breaks a ``ProcessPoolExecutor``
-for good. The pool is replaced at once, the file it was checking is checked once more, and a
-file that kills the checker twice is rejected as "could not be checked".
+A hostile workbook may make its checker run for ever or eat all memory. Each file is checked in
+a process of its own (forked from a forkserver that has already imported the reader), in a
+process group of its own, with an address-space limit (``validation.max_memory_mb``) set before
+any byte of the file is read, and a wall-clock limit (``validation.max_seconds``) that the daemon
+keeps: past it the whole group is killed. A worker killed from outside (the OOM killer, an
+operator) is noticed from its exit status; the file is checked once more and, if the checker
+dies again, rejected as "could not be checked". Nothing a worker does can break the next file's
+check, and a pool that cannot start a worker makes the daemon unready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
+import resource
 import signal
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
 
 import structlog
 
+from watcher.errors import CheckerUnavailableError
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.workbook import validate_file
 
-__all__ = ("ValidationPool",)
+__all__ = ("CheckLimits", "ValidationPool")
 
 log = structlog.get_logger(__name__)
 
-_ATTEMPTS = 2
+_ATTEMPTS = 2  # a checker killed from outside gets one more try
+_MB = 1 << 20
 
 
-def _leave_signals_to_the_daemon() -> None:
-    """In a validation worker: Ctrl-C reaches the whole process group; the daemon decides."""
+@dataclass(frozen=True, slots=True)
+class CheckLimits:
+    """What one file's check may spend."""
+
+    max_seconds: float
+    max_memory_mb: int
+
+
+def _work(path: str, options: ValidationOptions, memory_mb: int, answer: Connection) -> None:
+    """In the worker: own process group, memory ceiling, check, send the report up the pipe."""
+    os.setpgid(0, 0)  # Ctrl-C reaches the daemon's group, not this one; a kill reaches the fork
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ceiling = memory_mb * _MB
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    try:
+        result: tuple[str, Any] = ("report", validate_file(path, options))
+    except MemoryError:
+        result = ("memory", None)
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, the daemon must hear of it
+        result = ("crashed", f"{type(exc).__name__}: {exc}")
+    try:
+        answer.send(result)
+    except MemoryError:
+        answer.send(("memory", None))
+    answer.close()
+
+
+def _receive(answer: Connection) -> tuple[str, Any]:
+    """The worker's answer, or ("died", None) when it ended without one."""
+    try:
+        result: tuple[str, Any] = answer.recv()
+    except (EOFError, OSError):
+        return ("died", None)
+    return result
 
 
 class ValidationPool:
-    """Checks files in worker processes, replacing the workers when they die.
+    """Checks files in worker processes, at most ``workers`` at a time.
 
     Args:
         workers: how many files are checked at once.
+        limits: the wall-clock and memory limit of one check.
     """
 
-    def __init__(self, workers: int) -> None:
-        self._workers = workers
-        self._pool = self._new()
-        self.replaced = 0  # how often the workers died and were replaced
-
-    def _new(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            self._workers,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_leave_signals_to_the_daemon,
-        )
+    def __init__(self, workers: int, limits: CheckLimits) -> None:
+        self._limits = limits
+        self._slots = asyncio.Semaphore(workers)
+        self._context = multiprocessing.get_context("forkserver")
+        self._context.set_forkserver_preload(["watcher.validate.workbook"])
+        self._running: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.replaced = 0  # how often a worker died or was killed
+        self.start_error: str | None = None  # why the last worker could not start, if it could not
 
     @property
     def pids(self) -> list[int]:
         """The worker processes running now."""
-        return [p.pid for p in (self._pool._processes or {}).values() if p.pid is not None]
+        return list(self._running)
+
+    @property
+    def healthy(self) -> bool:
+        """The last attempt to start a worker worked (readiness)."""
+        return self.start_error is None
+
+    async def warm_up(self) -> None:
+        """Start the forkserver and one worker now, so that a pool that cannot start shows."""
+        with contextlib.suppress(CheckerUnavailableError):
+            await self.validate(os.devnull, ValidationOptions())
 
     async def validate(self, path: str, options: ValidationOptions) -> Report:
-        """Check one file; never raises for a dead worker."""
-        loop = asyncio.get_running_loop()
-        for attempt in range(1, _ATTEMPTS + 1):
-            pool = self._pool
-            try:
-                return await loop.run_in_executor(pool, validate_file, path, options)
-            except BrokenProcessPool:
-                log.error("validation.worker_died", attempt=attempt)
-                self._replace(pool)
-        report = Report(examples_per_kind=options.examples_per_kind)
-        report.add(
-            "check_failed",
-            None,
-            None,
-            "",
-            f"the checker process died {_ATTEMPTS} times while reading this file "
-            "(killed, or out of memory)",
+        """Check one file; never raises for a dead, slow or greedy worker.
+
+        Raises:
+            CheckerUnavailableError: no worker could be started; the file was not judged.
+        """
+        async with self._slots:
+            for attempt in range(1, _ATTEMPTS + 1):
+                kind, value = await self._check_once(path, options)
+                if kind == "report":
+                    assert isinstance(value, Report)
+                    return value
+                if kind == "unavailable":
+                    raise CheckerUnavailableError(value)
+                if kind != "died":
+                    return self._failed(options, kind, value)
+                self.replaced += 1
+                log.error("validation.worker_died", attempt=attempt, cause=value)
+            return self._failed(options, "died", value)
+
+    async def _check_once(self, path: str, options: ValidationOptions) -> tuple[str, Any]:
+        answer, handed = self._context.Pipe(duplex=False)
+        process = self._context.Process(
+            target=_work,
+            args=(path, options, self._limits.max_memory_mb, handed),
+            name="isales-watcher-validate",
         )
+        try:
+            await asyncio.to_thread(process.start)
+        except OSError as exc:
+            self.start_error = f"cannot start a validation worker: {exc}"
+            log.error("validation.start_failed", error=str(exc))
+            return ("unavailable", self.start_error)
+        finally:
+            handed.close()
+        self.start_error = None
+        pid = process.pid
+        assert pid is not None
+        self._running[pid] = process
+        receiving = asyncio.ensure_future(asyncio.to_thread(_receive, answer))
+        try:
+            async with asyncio.timeout(self._limits.max_seconds):
+                kind, value = await asyncio.shield(receiving)
+        except TimeoutError:
+            kind, value = ("slow", None)
+        finally:
+            _kill_group(pid)  # the worker and any fork of it; a finished one is gone already
+            await asyncio.to_thread(process.join)
+            await receiving  # the pipe is closed now: the thread returns
+            answer.close()
+            del self._running[pid]
+        if kind == "died":
+            value = _death(process.exitcode)
+        return kind, value
+
+    def _failed(self, options: ValidationOptions, kind: str, detail: Any) -> Report:
+        limits = self._limits
+        reasons = {
+            "slow": f"checking this file took longer than {limits.max_seconds:g} s, the most "
+            "this service allows (validation.max_seconds); split the list into smaller files",
+            "memory": f"checking this file needed more than {limits.max_memory_mb:,} MB of "
+            "memory, the most this service allows (validation.max_memory_mb); split the list "
+            "into smaller files",
+            "died": f"the checker process died {_ATTEMPTS} times while reading this file "
+            f"({detail})",
+            "crashed": f"the checker failed on this file ({detail}); please report this to the "
+            "operators",
+        }
+        log.warning("validation.failed", cause=kind)
+        report = Report(examples_per_kind=options.examples_per_kind)
+        report.add("check_failed", None, None, "", reasons[kind])
         return report
 
-    def _replace(self, broken: ProcessPoolExecutor) -> None:
-        if self._pool is broken:  # not already replaced by another file's failure
-            broken.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._new()
-            self.replaced += 1
-
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Kill the workers still running (the daemon stops)."""
+        for pid in list(self._running):
+            _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill the worker and its fork; the worker itself too if it had no group of its own yet."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
+
+
+def _death(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = ", as the out-of-memory killer does" if name == "SIGKILL" else ""
+        return f"killed by {name}{hint}"
+    return f"it exited with status {exitcode} without an answer"

@@ -176,8 +176,8 @@ KINDS: dict[str, Kind] = {
     "check_failed": Kind(
         True,
         "The file could not be checked",
-        "The checker stopped while reading it, twice. Ask an operator to look at the daemon's "
-        "log; splitting the list into smaller files usually helps.",
+        "Split the list into smaller files. If a small file fails so too, ask an operator to "
+        "look at the daemon's log.",
     ),
     "unknown_column": Kind(
         False,

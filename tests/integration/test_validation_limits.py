@@ -1,0 +1,132 @@
+"""A checker is bounded from outside: too slow or too greedy, it is killed and the file rejected."""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import settled_as, wait_for
+from tests.workbooks import rows_valid, xlsxwriter_bytes
+from watcher.errors import CheckerUnavailableError
+from watcher.validate.pool import CheckLimits, ValidationPool
+from watcher.validate.report import ValidationOptions
+from watcher.validate.xlsx import Limits
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def test_a_check_past_max_seconds_is_killed_and_the_file_rejected(
+    make_world, emulator, upload, run_daemon
+):
+    world = make_world(daemon_extra="[validation]\nmax_seconds = 0.5\n")
+    daemon = await run_daemon(world)
+    pool = daemon.validation
+    assert pool is not None
+    seen: set[int] = set()
+
+    def workers_seen() -> bool:
+        seen.update(pool.pids)
+        return bool(seen)
+
+    await upload(world.inbox / "slow.xlsx", xlsxwriter_bytes(rows_valid(60_000, seed=90)))
+    await wait_for(workers_seen, 60, "a checker at work")
+    await wait_for(settled_as(world, "slow.xlsx", "rejected"), 60, "slow.xlsx rejected")
+    receipt = world.settled("rejected", "slow.xlsx.result.txt").read_text()
+    assert "longer than 0.5 s" in receipt
+    assert "validation.max_seconds" in receipt
+    assert not any(_alive(pid) for pid in seen), "the killed checker is gone, fork and all"
+    assert emulator.uploads == []
+    # The next file gets a fresh checker, within the same limit.
+    await upload(world.inbox / "small.xlsx", xlsxwriter_bytes(rows_valid(3, seed=91)))
+    await wait_for(settled_as(world, "small.xlsx", "done"), 45, "small.xlsx done")
+
+
+@pytest.fixture
+def big_sst(tmp_path: Path) -> Path:
+    """A small valid list whose shared-strings table also holds ~120 MB of unused strings.
+
+    The table is read whole, so checking it needs that much memory. It compresses ~1000 times,
+    which the ZIP-bomb ratio would refuse first: the test relaxes that ratio to reach the ceiling.
+    """
+    small = zipfile.ZipFile(io.BytesIO(xlsxwriter_bytes(rows_valid(3, seed=92))))
+    path = tmp_path / "big-sst.xlsx"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in small.infolist():
+            data = small.read(info)
+            if info.filename != "xl/sharedStrings.xml":
+                out.writestr(info, data)
+                continue
+            head, tail = data.split(b"</sst>")
+            with out.open("xl/sharedStrings.xml", "w") as part:
+                part.write(head)
+                for index in range(120_000):
+                    part.write(b"<si><t>filler %07d " % index + b"x" * 1000 + b"</t></si>")
+                part.write(b"</sst>" + tail)
+    return path
+
+
+async def test_a_checker_past_max_memory_fails_its_allocation_and_the_file_is_rejected(big_sst):
+    options = ValidationOptions(limits=Limits(max_ratio=100_000))
+    pool = ValidationPool(1, CheckLimits(max_seconds=120, max_memory_mb=100))
+    report = await pool.validate(str(big_sst), options)
+    assert report.counts == {"check_failed": 1}
+    message = str(report.as_json())
+    assert "more than 100 MB" in message
+    assert "max_memory_mb" in message
+    # The same file, with room, is checked completely: the ceiling, not the file, failed it.
+    roomy = ValidationPool(1, CheckLimits(max_seconds=120, max_memory_mb=1024))
+    report = await roomy.validate(str(big_sst), options)
+    assert report.data_rows == 3
+    assert report.is_valid
+
+
+class _NoProcesses:
+    """A multiprocessing context whose processes cannot start (as with EAGAIN from fork)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def Pipe(self, duplex: bool) -> Any:  # noqa: N802 - multiprocessing's name
+        return self.real.Pipe(duplex)
+
+    def Process(self, **kwargs: Any) -> Any:  # noqa: N802
+        process = self.real.Process(**kwargs)
+
+        def refuse() -> None:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+        process.start = refuse
+        return process
+
+
+async def test_a_pool_that_cannot_start_makes_the_daemon_unready_and_the_file_waits(
+    make_world, emulator, upload, run_daemon
+):
+    world = make_world()
+    daemon = await run_daemon(world)
+    pool = daemon.validation
+    assert pool is not None
+    real = pool._context
+    pool._context = _NoProcesses(real)
+    await upload(world.inbox / "waits.xlsx", xlsxwriter_bytes(rows_valid(3, seed=93)))
+    await wait_for(lambda: not pool.healthy, 45, "the pool unhealthy")
+    ready, details = daemon.health.readiness()
+    assert not ready
+    assert details["checks"]["validation"] is False
+    with pytest.raises(CheckerUnavailableError, match="cannot start a validation worker"):
+        await pool.validate(os.devnull, ValidationOptions())
+    assert not settled_as(world, "waits.xlsx", "rejected")(), "not judged without a check"
+    pool._context = real  # fork works again: the file goes on by itself
+    await wait_for(settled_as(world, "waits.xlsx", "done"), 60, "waits.xlsx done")
+    await wait_for(lambda: daemon.health.readiness()[1]["checks"]["validation"], 10, "ready")
