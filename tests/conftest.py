@@ -1,14 +1,9 @@
-"""Shared fixtures: a real OpenSSH sshd on loopback, the iSales emulator, configs, workbooks."""
+"""Shared fixtures: real SFTP servers on loopback, the iSales emulator, configs, workbooks."""
 
 from __future__ import annotations
 
 import asyncio
-import getpass
 import hashlib
-import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,97 +14,78 @@ from typing import Any
 import asyncssh
 import pytest
 
+from tests.sftpservers import (
+    GESFTPSERVER,
+    SftpServer,
+    Sshd,
+    require,
+    running_proftpd,
+    running_sshd,
+)
 from watcher.daemon import Daemon
 from watcher.isales.emulator import Emulator, RegisteredServer
 from watcher.ledger import Ledger
 from watcher.settings import load_settings
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 ACCESS_KEY = "test-ak"
 SECRET_KEY = "test-sk-0123456789"
 VDN = 7
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Sshd:
-    """A running OpenSSH server and what a client needs to use it."""
-
-    host: str
-    port: int
-    username: str
-    client_key: Path
-    known_hosts: Path
-    host_pub: str
-    root: Path  # a folder the tests own; routes live below it
-
-    def connect_options(self) -> dict[str, Any]:
-        return {"client_keys": [str(self.client_key)], "known_hosts": str(self.known_hosts)}
-
-
 @pytest.fixture(scope="session")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """Real OpenSSH sshd on 127.0.0.1:<free port>, key auth, internal-sftp."""
-    if not os.path.exists(SSHD):
-        pytest.fail(
-            f"OpenSSH server not installed ({SSHD}): run .ci/run or apt-get install openssh-server"
-        )
-    d = tmp_path_factory.mktemp("sshd")
-    for name in ("host", "client"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True
-        )
-    (d / "authorized_keys").write_text((d / "client.pub").read_text())
-    os.chmod(d / "authorized_keys", 0o644)
-    port = free_port()
-    (d / "sshd_config").write_text(f"""\
-Port {port}
-ListenAddress 127.0.0.1
-HostKey {d}/host
-PidFile {d}/sshd.pid
-AuthorizedKeysFile {d}/authorized_keys
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-AllowTcpForwarding yes
-X11Forwarding no
-MaxStartups 100
-MaxSessions 100
-Subsystem sftp internal-sftp
-LogLevel VERBOSE
-""")
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    log = open(d / "sshd.log", "w")  # noqa: SIM115 - sshd writes to it until teardown
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(d / "sshd_config")], stderr=log)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                if s.recv(8) == b"SSH-2.0-":
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("sshd did not start:\n" + (d / "sshd.log").read_text())
-        time.sleep(0.01)
-    host_pub = " ".join((d / "host.pub").read_text().split()[:2])
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub}\n")
-    root = d / "data"
-    root.mkdir()
-    yield Sshd(
-        "127.0.0.1", port, getpass.getuser(), d / "client", d / "known_hosts", host_pub, root
-    )
-    proc.terminate()
-    proc.wait(5)
-    log.close()
+    with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+# The SFTP servers the claim and settle steps are proven against (tests/sftpservers.py).
+@pytest.fixture(scope="session")
+def openssh_sftp(sshd: Sshd) -> SftpServer:
+    return sshd.sftp_server("openssh")
+
+
+@pytest.fixture(scope="session")
+def gesftpserver_sftp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    """The Green End SFTP server, as the sftp subsystem of an OpenSSH sshd."""
+    require(GESFTPSERVER, "gesftpserver")
+    folder = tmp_path_factory.mktemp("gesftpserver")
+    with running_sshd(folder, subsystem=GESFTPSERVER) as server:
+        yield server.sftp_server("gesftpserver")
+
+
+@pytest.fixture(scope="session")
+def proftpd_sftp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SftpServer]:
+    """ProFTPD's mod_sftp."""
+    with running_proftpd(tmp_path_factory.mktemp("proftpd"), name="proftpd") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def proftpd_without_posix_rename_sftp(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[SftpServer]:
+    """ProFTPD's mod_sftp with posix-rename@openssh.com turned off."""
+    folder = tmp_path_factory.mktemp("proftpd-nopr")
+    with running_proftpd(folder, name="proftpd_without_posix_rename", posix_rename=False) as server:
+        yield server
+
+
+SERVER_LOGS = pytest.StashKey[list[SftpServer]]()
+
+
+def show_logs_on_failure(request: pytest.FixtureRequest, server: SftpServer) -> None:
+    """Add ``server``'s logs to the report of this test if it fails."""
+    request.node.stash.setdefault(SERVER_LOGS, []).append(server)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        for server in item.stash.get(SERVER_LOGS, []):
+            report.sections.append((f"{server.name} logs", server.log_text()))
+    return report
 
 
 def new_emulator(sshd: Sshd, *, import_delay_s: float = 0.2) -> Emulator:

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from tests.conftest import ACCESS_KEY, SECRET_KEY, cli, free_port, wait_for
+from tests.conftest import ACCESS_KEY, SECRET_KEY, cli, wait_for
+from tests.sftpservers import free_port
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 
 

@@ -7,7 +7,8 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.conftest import free_port, wait_for
+from tests.conftest import wait_for
+from tests.sftpservers import free_port
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 
 

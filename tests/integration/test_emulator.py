@@ -19,7 +19,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from tests.conftest import ACCESS_KEY, SECRET_KEY, VDN, Sshd, wait_for
+from tests.conftest import ACCESS_KEY, SECRET_KEY, VDN, wait_for
+from tests.sftpservers import Sshd
 from tests.workbooks import xlsxwriter_bytes
 from watcher.isales.emulator import VENDOR_SAMPLE_SERVER, Emulator
 from watcher.isales.faults import Fault, FaultKind
