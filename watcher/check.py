@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import posixpath
-import secrets
 from collections.abc import Callable
 
-from watcher.errors import ConfigError, WatcherError
+from watcher.errors import ConfigError, SourceRefusedError, WatcherError
 from watcher.isales.client import IsalesClient, choose_server
 from watcher.isales.replies import FileServer
-from watcher.settings import Settings
+from watcher.settings import RouteSettings, Settings, is_campaign_folder
+from watcher.sources import Source, check_access, make_source
 from watcher.sources.sftp import SftpSource
 
 __all__ = ("list_servers", "run_checks")
@@ -38,25 +37,48 @@ def _zone_line(settings: Settings, client: IsalesClient) -> tuple[bool, str]:
     return True, f"iSales times without a zone are read as {zone}; {skew}"
 
 
-async def _check_sftp(settings: Settings, say: Say) -> bool:
-    source = SftpSource(settings.sftp)
+async def _check_route(source: Source, route: RouteSettings, say: Say) -> bool:
+    """May the daemon work in this route's inbox (or, for a template, in every campaign folder)?"""
+    if not route.is_template:
+        inboxes = [route.inbox_path]
+    else:
+        # The campaign folders are made by the business: the parent must take new ones.
+        try:
+            await check_access(source, route.parent, folders=False)
+        except SourceRefusedError as exc:
+            say(False, f"route {route.name}: {exc}")
+            return False
+        say(True, f"route {route.name}: {route.parent} is writable")
+        inboxes = [
+            route.for_campaign(name).inbox_path
+            for name in await source.list_folders(route.parent)
+            if is_campaign_folder(name)
+        ]
+    healthy = True
+    for inbox in inboxes:
+        try:
+            await check_access(source, inbox)
+            say(True, f"route {route.name}: files can be moved from {inbox} into processing/")
+        except SourceRefusedError as exc:
+            healthy = False
+            say(False, f"route {route.name}: {exc}")
+    return healthy
+
+
+async def _check_source(settings: Settings, say: Say) -> bool:
+    source = make_source(settings)
     try:
-        await source.connect()
-        say(True, f"SFTP login to {source.address} as {settings.sftp.username}, host key verified")
-        healthy = True
-        for route in settings.routes:
-            # A template route's campaign folders are made by the business: probe their parent.
-            folder = route.parent if route.is_template else route.inbox_path
-            probe = posixpath.join(folder, f".isales-watcher-check-{secrets.token_hex(4)}")
-            try:
-                await source.makedirs(folder)
-                await source.write_file(probe, b"check\n")
-                await source.remove_file(probe)
-                say(True, f"route {route.name}: {folder} is writable")
-            except WatcherError as exc:
-                healthy = False
-                say(False, f"route {route.name}: {folder} is not writable: {exc}")
-        return healthy
+        if isinstance(source, SftpSource):
+            await source.connect()
+            say(
+                True,
+                f"SFTP login to {source.address} as {settings.sftp.username}, host key verified",
+            )
+        else:
+            assert settings.local is not None
+            say(True, f"local mode: the file server's disk is {settings.local.base_dir}")
+        results = [await _check_route(source, route, say) for route in settings.routes]
+        return all(results)
     except WatcherError as exc:
         say(False, str(exc))
         return False
@@ -89,6 +111,6 @@ async def _check_isales(settings: Settings, say: Say) -> bool:
 
 async def run_checks(settings: Settings, say: Say) -> bool:
     """Check the file server, every inbox and iSales; ``say`` each verdict in one line."""
-    sftp_ok = await _check_sftp(settings, say)
+    sftp_ok = await _check_source(settings, say)
     isales_ok = await _check_isales(settings, say)
     return sftp_ok and isales_ok

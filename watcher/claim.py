@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 
 import structlog
 
-from watcher.errors import SkipFileError, TransientError
+from watcher.errors import SkipFileError, SourceRefusedError, TransientError, WatcherError
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, RemoteEntry
 from watcher.settings import RouteSettings
@@ -24,6 +25,9 @@ async def claim(
 
     A row still in ``claiming`` is returned when the server failed mid-claim.
 
+    Raises:
+        SourceRefusedError: the server refused the move; the row is ``lost``, the file untouched.
+
     From here on the uploader cannot change or replace the bytes that iSales will read.
     """
     record = ledger.insert_claim(
@@ -32,6 +36,17 @@ async def claim(
     try:
         await source.makedirs(record.processing_dir)
         await source.rename(posixpath.join(route.inbox_path, entry.name), record.processing_path)
+    except SourceRefusedError as exc:
+        # The server answered no (a permission, a sticky folder, a link): nothing moved.
+        with contextlib.suppress(WatcherError):
+            await source.remove_dir(record.processing_dir)
+        ledger.transition(
+            record.id,
+            FileState.lost,
+            expect=FileState.claiming,
+            reason=f"the claim was refused, the file stays in the inbox: {exc}",
+        )
+        raise
     except TransientError as exc:
         # Whether the rename happened is unknown: the row stays ``claiming`` for resolve_claim.
         log.warning("file.claim_interrupted", file_id=record.id, error=str(exc))

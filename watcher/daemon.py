@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-import re
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from watcher.errors import (
     HostKeyError,
     LedgerError,
     SkipFileError,
+    SourceRefusedError,
     SourceUnavailableError,
     TransientError,
     WatcherError,
@@ -28,10 +29,8 @@ from watcher.ledger import Ledger, StateLock, utc_now
 from watcher.models import FileState, RemoteEntry
 from watcher.notify import Notifier
 from watcher.pipeline import Pipeline
-from watcher.settings import RouteSettings, Settings
-from watcher.sources import Source
-from watcher.sources.local import LocalSource
-from watcher.sources.sftp import SftpSource
+from watcher.settings import RouteSettings, Settings, is_campaign_folder
+from watcher.sources import Source, check_access, make_source
 from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("Daemon",)
@@ -40,19 +39,12 @@ log = structlog.get_logger(__name__)
 
 _MAX_BACKOFF_S = 300.0
 _MAX_CLAIM_ATTEMPTS = 3
-_CAMPAIGN_FOLDER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ACCESS_RECHECK_S = 30.0
 _T = TypeVar("_T")
 
 
 class _StopRequestedError(Exception):
     """A stop was requested while waiting."""
-
-
-def _make_source(settings: Settings) -> Source:
-    if settings.daemon.source == "local":
-        assert settings.local is not None
-        return LocalSource(settings.local, settings.sftp.base_path)
-    return SftpSource(settings.sftp)
 
 
 class Daemon:
@@ -68,7 +60,7 @@ class Daemon:
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
-        self._source: Source = source or _make_source(settings)
+        self._source: Source = source or make_source(settings)
         self._gate = StabilityGate(settings.daemon.settle_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[str] = set()
@@ -78,6 +70,8 @@ class Daemon:
         self._control: ControlServer | None = None
         self._api_probe: asyncio.Task[None] | None = None
         self._route_errors: dict[str, str] = {}
+        self._access_ok: set[str] = set()  # inboxes the daemon proved it may work in
+        self._access_refused: dict[str, tuple[float, str]] = {}
         self.validation: ValidationPool | None = None
         self._notifier = Notifier()
 
@@ -320,7 +314,7 @@ class Daemon:
                 routes.append(route)
                 continue
             for name in await self._source.list_folders(route.parent):
-                if _CAMPAIGN_FOLDER.match(name):
+                if is_campaign_folder(name):
                     routes.append(route.for_campaign(name))
                 elif not name.startswith(".") and name not in self._odd_folders:
                     self._odd_folders.add(name)
@@ -335,20 +329,36 @@ class Daemon:
     async def _scan_contained(self, pipeline: Pipeline, route: RouteSettings) -> None:
         """One inbox's trouble (gone, unreadable, a bug) stays with that inbox."""
         try:
+            await self._check_access(route)
             await self._scan(pipeline, route)
         except SourceUnavailableError:
             raise  # the server, not the inbox: the whole pass waits
         except WatcherError as exc:
             if self._route_errors.get(route.name) != str(exc):  # said once, not every poll
-                log.warning(
-                    "route.scan_failed", route=route.name, inbox=route.inbox, error=str(exc)
-                )
+                log.error("route.scan_failed", route=route.name, inbox=route.inbox, error=str(exc))
             self._route_errors[route.name] = str(exc)
             return
         except Exception:
             log.exception("route.scan_crashed", route=route.name, inbox=route.inbox)
             return
         self._route_errors.pop(route.name, None)
+
+    async def _check_access(self, route: RouteSettings) -> None:
+        """Before an inbox's first claim: may the daemon move files out of it? (once; a refused
+        inbox is tried again every ``_ACCESS_RECHECK_S``, and not scanned meanwhile)."""
+        inbox = route.inbox_path
+        if inbox in self._access_ok:
+            return
+        refused = self._access_refused.get(inbox)
+        if refused is not None and time.monotonic() - refused[0] < _ACCESS_RECHECK_S:
+            raise SourceRefusedError(refused[1])
+        try:
+            await check_access(self._source, inbox)
+        except SourceRefusedError as exc:
+            self._access_refused[inbox] = (time.monotonic(), str(exc))
+            raise
+        self._access_refused.pop(inbox, None)
+        self._access_ok.add(inbox)
 
     async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
         inbox = route.inbox_path
@@ -413,13 +423,16 @@ class Daemon:
     ) -> None:
         try:
             record = await pipeline.intake(route, entry, verdict)
+        except SourceRefusedError as exc:
+            self._count_refusal(key, entry, str(exc))
+            return
         finally:
             self._busy.discard(key)
             self._gate.forget(key)
         if record is None:
             return  # another actor took it
         if record.state is FileState.claiming:
-            self._count_refusal(key, entry)
+            self._count_refusal(key, entry, record.reason or "the claim was interrupted")
         await pipeline.drive(record)
 
     def _is_refused(self, key: str, entry: RemoteEntry) -> bool:
@@ -431,18 +444,21 @@ class Daemon:
             return False
         return refused[1] >= _MAX_CLAIM_ATTEMPTS
 
-    def _count_refusal(self, key: str, entry: RemoteEntry) -> None:
+    def _count_refusal(self, key: str, entry: RemoteEntry, error: str) -> None:
         """A poison file (say, one we may not rename) is tried a few times, never forever."""
         _, count = self._refusals.get(key, (entry, 0))
         self._refusals[key] = (entry, count + 1)
-        if count + 1 >= _MAX_CLAIM_ATTEMPTS:
-            log.error(
-                "file.claim_refused",
-                file=key,
-                attempts=count + 1,
-                advice="check that the daemon's SFTP user may rename files in this inbox; the "
-                "file is tried again when it changes or the daemon restarts",
-            )
+        if count + 1 < _MAX_CLAIM_ATTEMPTS:
+            log.warning("file.claim_failed", file=key, attempt=count + 1, error=error)
+            return
+        log.error(
+            "file.claim_refused",
+            file=key,
+            attempts=count + 1,
+            error=error,
+            advice="the daemon's user must be allowed to move files out of this inbox; the "
+            "file stays there and is tried again when it changes or the daemon restarts",
+        )
 
     async def _drain(self) -> None:
         if not self._tasks:

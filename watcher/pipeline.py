@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from watcher.errors import (
     FileGoneError,
     LedgerError,
     SkipFileError,
+    SourceRefusedError,
     TransientError,
+    WatcherError,
     WorkbookRejected,
 )
 from watcher.gate import ZipVerdict
@@ -53,6 +56,8 @@ _GATE_KINDS = {  # the problem kind whose advice the receipt gives
     ZipVerdict.old_excel: "old_xls",
 }
 _MAX_CRASHES = 3
+_LEDGER_RESERVE_BYTES = 64_000_000  # a work copy never takes the ledger's last room
+_MAX_REFUSALS = 5  # a path the server refuses this often is not going to work by itself
 # A busy iSales (429, "called too frequently") is asked again this often before the file waits.
 _SEND_ATTEMPTS = 4
 
@@ -139,16 +144,7 @@ class Pipeline:
                 advanced = await self._gone(record, exc, failures)
             except (TransientError, SkipFileError) as exc:
                 failures += 1
-                self.health.retries.labels(record.state.value).inc()
-                daemon = self.settings.daemon
-                wait_s = min(daemon.max_backoff_s, daemon.retry_backoff_s * 2.0 ** (failures - 1))
-                if isinstance(exc, ApiUnavailableError) and exc.retry_after_s is not None:
-                    wait_s = min(daemon.max_backoff_s, max(wait_s, exc.retry_after_s))
-                log.warning(
-                    "file.step_failed", state=record.state.value, error=str(exc), retry_in_s=wait_s
-                )
-                await self._pause(wait_s)
-                advanced = self.ledger.get(record.id)
+                advanced = await self._failed_step(record, exc, failures)
             except LedgerError:
                 raise
             except Exception as exc:
@@ -171,6 +167,41 @@ class Pipeline:
             if advanced.state is FileState.uncertain:
                 await self._parked_receipt(advanced)
             record = advanced
+
+    async def _failed_step(
+        self, record: FileRecord, exc: WatcherError, failures: int
+    ) -> FileRecord:
+        """Wait and try again; a file the server keeps refusing to hand over is rejected."""
+        self.health.retries.labels(record.state.value).inc()
+        if (
+            isinstance(exc, SourceRefusedError)
+            and record.state is FileState.claimed
+            and failures >= _MAX_REFUSALS
+        ):
+            # Nothing was sent: say so, and where, instead of trying for ever.
+            return self.ledger.transition(
+                record.id,
+                FileState.settling,
+                expect=FileState.claimed,
+                outcome=Outcome.rejected,
+                reason=f"the file could not be read after it was taken in ({exc}); check its "
+                "permissions and drop it again",
+            )
+        daemon = self.settings.daemon
+        wait_s = min(daemon.max_backoff_s, daemon.retry_backoff_s * 2.0 ** (failures - 1))
+        if isinstance(exc, ApiUnavailableError) and exc.retry_after_s is not None:
+            wait_s = min(daemon.max_backoff_s, max(wait_s, exc.retry_after_s))
+        if failures == _MAX_REFUSALS and record.state is FileState.settling:
+            # Its outcome is decided and recorded; only the move is left, and it keeps failing.
+            log.error(
+                "file.settle_stuck",
+                outcome=record.outcome,
+                error=str(exc),
+                advice="the file stays in processing/ until the move works; fix the folder",
+            )
+        log.warning("file.step_failed", state=record.state.value, error=str(exc), retry_in_s=wait_s)
+        await self._pause(wait_s)
+        return self.ledger.get(record.id)
 
     async def recheck(self, record: FileRecord) -> None:
         """Look at a parked file again; carry it on when its task is found, or has ended."""
@@ -312,11 +343,22 @@ class Pipeline:
             reconciler=self.reconciler,
         )
 
+    def _room_for(self, size_bytes: int) -> None:
+        """The work copy may not take the room the ledger needs: the file waits instead."""
+        free = shutil.disk_usage(self.work_dir).free
+        if free < size_bytes + _LEDGER_RESERVE_BYTES:
+            raise TransientError(
+                f"the state directory's disk has {free / 1e6:,.0f} MB free; a copy of this file "
+                f"needs {size_bytes / 1e6:,.0f} MB and the ledger keeps "
+                f"{_LEDGER_RESERVE_BYTES / 1e6:,.0f} MB: free some space in {self.work_dir}"
+            )
+
     async def _check(self, record: FileRecord, route: RouteSettings, local: Path) -> FileRecord:
         max_bytes = self.settings.validation.max_file_bytes
         try:
             if record.size_bytes > max_bytes:  # the listing says so already: nothing copied
                 raise too_large(record.name, max_bytes)
+            self._room_for(record.size_bytes)
             sha256 = await self.source.download(record.processing_path, local, max_bytes)
         except WorkbookRejected as exc:
             report = Report()

@@ -257,6 +257,14 @@ class LocalSettings(_Section):
         return self
 
 
+_CAMPAIGN_FOLDER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def is_campaign_folder(name: str) -> bool:
+    """A folder of a template route that names a campaign (its id)."""
+    return _CAMPAIGN_FOLDER.match(name) is not None
+
+
 class RouteSettings(_Section):
     """One drop folder and the campaign its files are imported into."""
 

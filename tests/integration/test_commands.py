@@ -18,7 +18,7 @@ async def test_check_passes_on_a_good_setup(make_world):
     assert code == 0, output
     assert "ok    SFTP login to" in output
     assert "host key verified" in output
-    assert "is writable" in output
+    assert "files can be moved from" in output
     assert "accepted the signature" in output
     assert "file server fs-1" in output
 

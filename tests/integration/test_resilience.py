@@ -44,7 +44,7 @@ async def test_a_dropped_connection_is_reopened(
         await proxy.stop()
 
 
-async def test_a_file_that_cannot_be_claimed_is_tried_three_times_not_forever(
+async def test_an_inbox_whose_processing_folder_cannot_be_made_is_refused_before_any_claim(
     make_world, run_daemon, emulator, upload
 ):
     world = make_world()
@@ -53,14 +53,16 @@ async def test_a_file_that_cannot_be_claimed_is_tried_three_times_not_forever(
     with structlog.testing.capture_logs() as logs:
         await run_daemon(world)
         await wait_for(
-            lambda: any(e["event"] == "file.claim_refused" for e in logs), 30, "the refusal"
+            lambda: any(e["event"] == "route.scan_failed" for e in logs), 30, "the refusal"
         )
-        await asyncio.sleep(2)  # several more polls
+        await asyncio.sleep(2)  # several more polls: said once, not every poll
+    [refusal] = [e for e in logs if e["event"] == "route.scan_failed"]
+    assert f"The daemon needs {world.inbox}/processing to be a real folder" in refusal["error"]
+    assert "not a directory" in refusal["error"]
     ledger = Ledger(world.state_dir / "ledger.sqlite3")
     rows = ledger.rows()
     ledger.close()
-    assert [r.state for r in rows] == [FileState.lost] * 3
-    assert all("the claim did not happen" in (r.reason or "") for r in rows)
+    assert rows == []  # nothing half-claimed: no claim was even begun
     assert (world.inbox / "stuck.xlsx").exists()
     assert emulator.uploads == []
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import posixpath
+import secrets
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from watcher.errors import WorkbookRejected
+from watcher.errors import SkipFileError, SourceRefusedError, WatcherError, WorkbookRejected
 from watcher.models import RemoteEntry
 
-__all__ = ("Source", "too_large")
+if TYPE_CHECKING:
+    from watcher.settings import Settings
+
+__all__ = ("Source", "check_access", "make_source", "too_large")
 
 
 def too_large(path: str, max_bytes: int) -> WorkbookRejected:
@@ -81,3 +87,65 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def make_source(settings: Settings) -> Source:
+    """The source the configuration names: SFTP, or the local disk beside the file server."""
+    if settings.daemon.source == "local":
+        from watcher.sources.local import LocalSource
+
+        assert settings.local is not None
+        return LocalSource(settings.local, settings.sftp.base_path, settings.sftp.op_timeout_s)
+    from watcher.sources.sftp import SftpSource
+
+    return SftpSource(settings.sftp)
+
+
+async def check_access(source: Source, inbox: str, *, folders: bool = True) -> None:
+    """Prove that the daemon may do in ``inbox`` what a file's flow needs, with a file of its own.
+
+    It creates its folders (with ``folders``), writes a probe file in the inbox and moves it into
+    ``processing/``, as a claim moves a dropped file. Nothing the users dropped is touched, so a
+    refusal here leaves no file half-claimed.
+
+    Raises:
+        SourceRefusedError: naming the folder and the permission the daemon lacks.
+        SourceUnavailableError: the file server cannot be reached.
+    """
+    parent = posixpath.dirname(inbox)
+    needed = [inbox, *(posixpath.join(inbox, f) for f in ("processing", "done", "rejected"))]
+    for folder in needed if folders else [inbox]:
+        try:
+            await source.makedirs(folder)
+        except SourceRefusedError as exc:
+            above = parent if folder == inbox else inbox
+            raise SourceRefusedError(
+                f"{exc}. The daemon needs {folder} to be a real folder that it may write in "
+                f"(to create it: write permission on {above})"
+            ) from None
+    probe = posixpath.join(inbox, f".isales-watcher-probe-{secrets.token_hex(4)}")
+    try:
+        await source.write_file(probe, b"isales-watcher access check\n")
+    except SourceRefusedError as exc:
+        raise SourceRefusedError(
+            f"the daemon cannot write in {inbox} ({exc}); it needs write permission on that "
+            "folder to move dropped files out of it"
+        ) from None
+    if not folders:
+        await _remove(source, probe)
+        return
+    moved = posixpath.join(inbox, "processing", posixpath.basename(probe))
+    try:
+        await source.rename(probe, moved)
+    except (SourceRefusedError, SkipFileError) as exc:
+        await _remove(source, probe)
+        raise SourceRefusedError(
+            f"the daemon cannot move files from {inbox} into {inbox}/processing ({exc}); it "
+            "needs write permission on both folders"
+        ) from None
+    await _remove(source, moved)
+
+
+async def _remove(source: Source, path: str) -> None:
+    with contextlib.suppress(WatcherError):
+        await source.remove_file(path)

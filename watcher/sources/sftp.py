@@ -6,8 +6,8 @@ import asyncio
 import hashlib
 import posixpath
 import secrets
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from watcher.errors import (
     HostKeyError,
     SourceRefusedError,
     SourceUnavailableError,
+    TransientError,
 )
 from watcher.models import RemoteEntry
 from watcher.settings import SftpSettings
@@ -38,6 +39,17 @@ _CONNECTION_GONE = (
     asyncssh.ConnectionLost,
     ConnectionError,
 )
+
+
+async def _refuse_link(sftp: asyncssh.SFTPClient, path: str) -> None:
+    """The server follows symbolic links; we never do: only a regular file is moved or read."""
+    try:
+        kind = (await sftp.lstat(path)).type
+    except asyncssh.SFTPNoSuchFile:
+        return  # the operation itself says what a missing name means there
+    if kind != asyncssh.FILEXFER_TYPE_REGULAR:
+        what = "a symbolic link" if kind == asyncssh.FILEXFER_TYPE_SYMLINK else "not a file"
+        raise SourceRefusedError(f"{path} is {what}, which the daemon never follows or moves")
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -202,6 +214,7 @@ class SftpSource:
     async def rename(self, source: str, target: str) -> None:
         # A plain SFTP rename fails when the target exists; that failure is the lost race.
         async with self._session(f"renaming {source}") as sftp:
+            await _refuse_link(sftp, source)
             try:
                 await sftp.rename(source, target)
             except asyncssh.SFTPFileAlreadyExists:
@@ -222,9 +235,10 @@ class SftpSource:
         deadline_s = self._settings.op_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
+                await _refuse_link(sftp, path)
                 remote = await sftp.open(path, "rb")
             async with remote:
-                with local.open("wb") as out:
+                with _work_copy(local) as out:
                     while True:
                         # A deadline per chunk: a big file may take long, a stalled one may not.
                         async with asyncio.timeout(deadline_s):
@@ -235,12 +249,16 @@ class SftpSource:
                         if max_bytes is not None and size > max_bytes:
                             raise too_large(path, max_bytes)
                         digest.update(chunk)
-                        out.write(chunk)
+                        out(chunk)
         except asyncssh.SFTPNoSuchFile:
             raise FileGoneError(f"downloading {path}: no such file") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
-            if isinstance(exc, _CONNECTION_GONE) or not isinstance(exc, asyncssh.SFTPError):
-                self._drop()
+            if isinstance(exc, asyncssh.SFTPError) and not isinstance(exc, _CONNECTION_GONE):
+                # The session answered: this file, not the server, is the trouble.
+                raise SourceRefusedError(
+                    f"downloading {path}: {exc.reason} (SFTP code {exc.code})"
+                ) from None
+            self._drop()
             raise SourceUnavailableError(f"downloading {path}: {exc!r}") from None
         return digest.hexdigest()
 
@@ -268,3 +286,21 @@ class SftpSource:
                 await sftp.rmdir(path)
             except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPFailure):
                 return  # gone already, or not empty: leave it
+
+
+@contextmanager
+def _work_copy(local: Path) -> Iterator[Callable[[bytes], None]]:
+    """A writer of the local copy whose failures (a full disk) are ours, not the server's."""
+    try:
+        out = local.open("wb")
+    except OSError as exc:
+        raise TransientError(f"creating the work copy {local}: {exc.strerror}") from None
+    with out:
+
+        def write(chunk: bytes) -> None:
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise TransientError(f"writing the work copy {local}: {exc.strerror}") from None
+
+        yield write
