@@ -99,6 +99,7 @@ class Daemon:
             lock.release()
             raise
         self.health = Health(self.settings, ledger, self._gate.waiting)
+        self.health.source_stalled_s = self._source.stalled_s
         control = self._control = (
             ControlServer(self.health, daemon.control_listen) if daemon.control_listen else None
         )

@@ -67,6 +67,7 @@ class Health:
         self._listing_ok_at: float | None = None
         self._api_ok_at: float | None = None
         self.validation_ok: Callable[[], bool] = lambda: True  # a checker can be started
+        self.source_stalled_s: Callable[[], float] = lambda: 0.0  # a file system call hangs
         self.registry = CollectorRegistry()
         self.api_seconds = Histogram(
             "isales_watcher_api_seconds",
@@ -108,7 +109,14 @@ class Health:
         daemon = self._settings.daemon
         limit_s = max(60.0, 5 * daemon.poll_interval_s) + self._settings.sftp.op_timeout_s
         age_s = self._clock() - self._beat_at
-        return age_s < limit_s, {"loop_age_s": round(age_s, 1), "limit_s": limit_s}
+        # A call stuck in the kernel (a hung NFS mount) is not cancelled by its deadline: the
+        # loop goes on, but the daemon is not well either.
+        stalled_s = self.source_stalled_s()
+        stall_limit_s = 2 * self._settings.sftp.op_timeout_s
+        details = {"loop_age_s": round(age_s, 1), "limit_s": limit_s}
+        if stalled_s:
+            details["file_system_call_stalled_s"] = round(stalled_s, 1)
+        return age_s < limit_s and stalled_s < stall_limit_s, details
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready: a good listing and a good iSales call recently, and a writable ledger."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -135,6 +136,7 @@ class Pipeline:
 
     async def _drive(self, record: FileRecord) -> None:
         failures = crashes = 0
+        refusals: Counter[FileState] = Counter()  # per step: the server said no to this path
         structlog.contextvars.bind_contextvars(file_id=record.id)
         while not record.state.is_terminal and not self.stop.is_set():
             try:
@@ -144,7 +146,8 @@ class Pipeline:
                 advanced = await self._gone(record, exc, failures)
             except (TransientError, SkipFileError) as exc:
                 failures += 1
-                advanced = await self._failed_step(record, exc, failures)
+                refusals[record.state] += isinstance(exc, SourceRefusedError)
+                advanced = await self._failed_step(record, exc, failures, refusals[record.state])
             except LedgerError:
                 raise
             except Exception as exc:
@@ -169,15 +172,12 @@ class Pipeline:
             record = advanced
 
     async def _failed_step(
-        self, record: FileRecord, exc: WatcherError, failures: int
+        self, record: FileRecord, exc: WatcherError, failures: int, refusals: int
     ) -> FileRecord:
         """Wait and try again; a file the server keeps refusing to hand over is rejected."""
         self.health.retries.labels(record.state.value).inc()
-        if (
-            isinstance(exc, SourceRefusedError)
-            and record.state is FileState.claimed
-            and failures >= _MAX_REFUSALS
-        ):
+        refused = isinstance(exc, SourceRefusedError)
+        if refused and record.state is FileState.claimed and refusals >= _MAX_REFUSALS:
             # Nothing was sent: say so, and where, instead of trying for ever.
             return self.ledger.transition(
                 record.id,
@@ -191,8 +191,10 @@ class Pipeline:
         wait_s = min(daemon.max_backoff_s, daemon.retry_backoff_s * 2.0 ** (failures - 1))
         if isinstance(exc, ApiUnavailableError) and exc.retry_after_s is not None:
             wait_s = min(daemon.max_backoff_s, max(wait_s, exc.retry_after_s))
-        if failures == _MAX_REFUSALS and record.state is FileState.settling:
+        if refused and refusals == _MAX_REFUSALS and record.state is FileState.settling:
             # Its outcome is decided and recorded; only the move is left, and it keeps failing.
+            stuck = {"error": str(exc), "attempts": failures}
+            self.ledger.update(record.id, details=with_details(record, settle_stuck=stuck))
             log.error(
                 "file.settle_stuck",
                 outcome=record.outcome,

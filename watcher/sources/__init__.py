@@ -86,6 +86,10 @@ class Source(Protocol):
         """An event set when something may have changed in ``folders``; None: poll only."""
         ...
 
+    def stalled_s(self) -> float:
+        """How long a call that cannot be cancelled (a thread in a hung mount) has run; 0: none."""
+        ...
+
     async def close(self) -> None: ...
 
 

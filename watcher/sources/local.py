@@ -101,7 +101,8 @@ class LocalSource:
         self._changed: asyncio.Event | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        self._hung = 0  # calls started and not returned (threads blocked in the kernel)
+        self._started: dict[int, float] = {}  # calls not returned yet: when each began
+        self._calls = 0
         self._links_seen: set[str] = set()
 
     # -- paths -------------------------------------------------------------------------------
@@ -153,19 +154,21 @@ class LocalSource:
         self, what: str, work: Callable[[], _T], progress: _Progress | None = None
     ) -> _T:
         """Run ``work`` in a thread; errors become the source's errors, a hang a deadline."""
-        if self._hung >= _MAX_HUNG_CALLS:
+        if len(self._started) >= _MAX_HUNG_CALLS:
             raise SourceUnavailableError(
-                f"{what}: {self._hung} file system calls have not returned; the disk or mount "
-                f"under {self._settings.base_dir} is hung"
+                f"{what}: {len(self._started)} file system calls have not returned; the disk "
+                f"or mount under {self._settings.base_dir} is hung"
             )
         loop = asyncio.get_running_loop()
         future: asyncio.Future[_T] = loop.create_future()
         # An answer that comes after its waiter was cancelled is read here, never reported.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._hung += 1
+        self._calls += 1
+        call = self._calls
+        self._started[call] = time.monotonic()
 
         def done(result: _T | None, error: BaseException | None) -> None:
-            self._hung -= 1
+            self._started.pop(call, None)
             if future.done():
                 return  # given up on after its deadline
             if error is not None:
@@ -199,6 +202,10 @@ class LocalSource:
             raise _source_error(what, exc) from None
 
     # -- the Source protocol -----------------------------------------------------------------
+
+    def stalled_s(self) -> float:
+        """How long the oldest file system call still running has been running (0: none)."""
+        return time.monotonic() - min(self._started.values(), default=time.monotonic())
 
     def change_event(self, folders: Sequence[str]) -> asyncio.Event:
         """An event set whenever something changes in ``folders`` (watchfiles)."""

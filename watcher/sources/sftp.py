@@ -141,6 +141,9 @@ class SftpSource:
     def change_event(self, folders: Sequence[str]) -> asyncio.Event | None:
         return None  # SFTP has no notifications: the poll interval decides
 
+    def stalled_s(self) -> float:
+        return 0.0  # every SFTP call is a coroutine that its deadline cancels
+
     async def close(self) -> None:
         async with self._lock:
             self._drop()
