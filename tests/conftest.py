@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import pwd
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -19,6 +21,7 @@ from tests.sftpservers import (
     SftpServer,
     Sshd,
     require,
+    running_chrooted_sshd,
     running_proftpd,
     running_sshd,
 )
@@ -36,6 +39,17 @@ VDN = 7
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """Real OpenSSH sshd on 127.0.0.1:<free port>, key auth, internal-sftp."""
     with running_sshd(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def chroot_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
+    """The same sshd, where a non-root user (``isales-ci``) is chrooted and sees ``/data``.
+
+    Its ``root`` is the local folder shown as ``/data``; ``remote()`` turns a local path into
+    the user's. Permission errors need it: root reads and writes whatever the modes say.
+    """
+    with running_chrooted_sshd(tmp_path_factory.mktemp("chroot-sshd")) as server:
         yield server
 
 
@@ -88,6 +102,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+def registered(server_id: str, sshd: Sshd) -> RegisteredServer:
+    """The sshd as iSales knows a file server: its address, user and default path."""
+    return RegisteredServer(
+        server_id,
+        sshd.host,
+        sshd.port,
+        sshd.username,
+        sshd.base_path,
+        connect_options=sshd.connect_options(),
+    )
+
+
 def new_emulator(sshd: Sshd, *, import_delay_s: float = 0.2) -> Emulator:
     """An emulator (not started) with the sshd registered as file server ``fs-1``, no campaign."""
     return Emulator(
@@ -96,16 +122,7 @@ def new_emulator(sshd: Sshd, *, import_delay_s: float = 0.2) -> Emulator:
         vdn_id=VDN,
         import_delay_s=import_delay_s,
         campaigns=set(),  # make_world registers the campaign of each route it writes
-        servers=[
-            RegisteredServer(
-                "fs-1",
-                sshd.host,
-                sshd.port,
-                sshd.username,
-                str(sshd.root),
-                connect_options=sshd.connect_options(),
-            )
-        ],
+        servers=[registered("fs-1", sshd)],
     )
 
 
@@ -126,9 +143,10 @@ class World:
     """A test's own route on the shared sshd, and its configuration file."""
 
     config: Path
-    inbox: Path  # the local path of the route's inbox (the sshd serves the local disk)
+    inbox: Path  # the local path of the route's inbox
     state_dir: Path
     campaign: str
+    remote_inbox: str  # the inbox as the daemon's SFTP user sees it (configured as the route's)
 
     def settled(self, outcome: str, name: str) -> Path:
         return self.inbox / outcome / name
@@ -138,7 +156,11 @@ class World:
 def make_world(
     sshd: Sshd, emulator: Emulator, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Callable[..., World]:
-    """Write a configuration for a fresh route; keyword arguments override TOML values."""
+    """Write a configuration for a fresh route; keyword arguments override TOML values.
+
+    ``server`` names the sshd fixture the daemon logs in to (``chroot_sshd``: a non-root
+    user); the inbox then belongs to that user, and iSales knows that server as ``fs-<server>``.
+    """
     counter = iter(range(1000))
 
     def make(
@@ -152,11 +174,18 @@ def make_world(
         base_url: str | None = None,
         isales_extra: str = "allow_insecure_http = true",
         control_listen: str = "",
+        server: str = "sshd",
     ) -> World:
+        served: Sshd = request.getfixturevalue(server)
+        if served is not sshd and f"fs-{server}" not in emulator.servers:
+            emulator.servers[f"fs-{server}"] = registered(f"fs-{server}", served)
         digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]
         name = f"{request.node.originalname[:32]}-{digest}-{next(counter)}"
-        inbox = sshd.root / "inbox" / name
+        inbox = served.root / "inbox" / name
         inbox.mkdir(parents=True)
+        account = pwd.getpwnam(served.username)
+        if account.pw_uid != os.geteuid():
+            os.chown(inbox, account.pw_uid, account.pw_gid)
         state = tmp_path / f"state-{name}"
         (tmp_path / "sk").write_text(SECRET_KEY + "\n")
         config = tmp_path / f"{name}.toml"
@@ -172,16 +201,16 @@ track_poll_s = 0.2
 
 [sftp]
 host = "127.0.0.1"
-port = {sftp_port or sshd.port}
-username = "{sshd.username}"
-private_key_file = "{sshd.client_key}"
-known_hosts_file = "{known_hosts or sshd.known_hosts}"
-base_path = "{sshd.root}"
+port = {sftp_port or served.port}
+username = "{served.username}"
+private_key_file = "{served.client_key}"
+known_hosts_file = "{known_hosts or served.known_hosts}"
+base_path = "{served.base_path}"
 op_timeout_s = 20
 
 [[routes]]
 name = "r{abs(hash(name)) % 10**8}"
-inbox = "{inbox}"
+inbox = "{served.remote(inbox)}"
 campaign_id = "c-{name}"
 {route_extra}
 
@@ -194,7 +223,7 @@ shutdown_grace_s = 5
 {daemon_extra}
 """)
         emulator.campaigns.add(f"c-{name}")
-        return World(config, inbox, state, f"c-{name}")
+        return World(config, inbox, state, f"c-{name}", served.remote(inbox))
 
     return make
 

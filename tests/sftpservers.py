@@ -8,14 +8,17 @@ folder of its own; a client pins its host key through a known_hosts file.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import grp
 import os
 import posixpath
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,39 +104,62 @@ class Sshd:
     host_pub: str
     root: Path  # a folder the tests own; routes live below it
     log: Path
+    seen_as: str | None = None  # what ``username`` sees ``root`` as, when chrooted
+
+    @property
+    def base_path(self) -> str:
+        """The path a client uses for ``root``."""
+        return self.seen_as or str(self.root)
+
+    def remote(self, local: Path) -> str:
+        """The path a client uses for ``local``, a path below ``root``."""
+        return posixpath.join(self.base_path, local.relative_to(self.root).as_posix())
 
     def connect_options(self) -> dict[str, Any]:
         return {"client_keys": [str(self.client_key)], "known_hosts": str(self.known_hosts)}
 
     def sftp_server(self, name: str) -> SftpServer:
-        """This sshd as an :class:`SftpServer`: no chroot, so clients see local paths."""
+        """This sshd as an :class:`SftpServer`."""
         settings = SftpSettings(
             host=self.host,
             port=self.port,
             username=self.username,
             private_key_file=self.client_key,
             known_hosts_file=self.known_hosts,
-            base_path=str(self.root),
+            base_path=self.base_path,
             op_timeout_s=10,
         )
         return SftpServer(name, settings, self.root, (self.log,))
 
 
 @contextmanager
-def running_sshd(folder: Path, subsystem: str = "internal-sftp") -> Iterator[Sshd]:
-    """OpenSSH sshd on 127.0.0.1:<free port>, key auth, ``subsystem`` serving SFTP."""
+def running_sshd(
+    folder: Path,
+    subsystem: str = "internal-sftp",
+    *,
+    authorized_keys: Path | None = None,
+    match_blocks: str = "",
+) -> Iterator[Sshd]:
+    """OpenSSH sshd on 127.0.0.1:<free port>, key auth, ``subsystem`` serving SFTP.
+
+    Args:
+        authorized_keys: where to write the client's key (default: in ``folder``); sshd reads
+            it as the login user, so another user's must be somewhere that user can reach.
+        match_blocks: ``Match`` blocks for the end of the configuration.
+    """
     require(SSHD, "openssh-server")
     d = folder
     host, client = _keypair(d, "host"), _keypair(d, "client")
-    (d / "authorized_keys").write_text(client.with_suffix(".pub").read_text())
-    os.chmod(d / "authorized_keys", 0o644)  # sshd reads it as the login user
+    keys = authorized_keys or d / "authorized_keys"
+    keys.write_text(client.with_suffix(".pub").read_text())
+    os.chmod(keys, 0o644)  # sshd reads it as the login user
     port = free_port()
     (d / "sshd_config").write_text(f"""\
 Port {port}
 ListenAddress 127.0.0.1
 HostKey {host}
 PidFile {d}/sshd.pid
-AuthorizedKeysFile {d}/authorized_keys
+AuthorizedKeysFile {keys}
 PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -145,7 +171,7 @@ MaxStartups 100
 MaxSessions 100
 Subsystem sftp {subsystem}
 LogLevel VERBOSE
-""")
+{match_blocks}""")
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation
     log_path = d / "sshd.log"
@@ -170,6 +196,69 @@ LogLevel VERBOSE
         finally:
             proc.terminate()
             proc.wait(5)
+
+
+CHROOT_USER = "isales-ci"
+# Every component of a ChrootDirectory must be root's and writable by no one else: not /tmp.
+CHROOT_PARENT = Path("/srv/isales-watcher-tests")
+
+
+def ensure_system_user(name: str) -> pwd.struct_passwd:
+    """A system account without a home or a shell, created if missing, that key login accepts."""
+    with contextlib.suppress(KeyError):
+        return _unlocked(name)
+    created = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+    )
+    if created.returncode not in (0, 9):  # 9: another run created it meanwhile
+        pytest.fail(f"useradd {name} failed: {created.stderr}")
+    return _unlocked(name)
+
+
+def _unlocked(name: str) -> pwd.struct_passwd:
+    entry = pwd.getpwnam(name)
+    # useradd locks the account ("!"), and sshd without PAM refuses a locked account even for
+    # a key; "*" keeps password login impossible.
+    subprocess.run(["usermod", "-p", "*", name], check=True, capture_output=True)
+    return entry
+
+
+@contextmanager
+def running_chrooted_sshd(folder: Path, user: str = CHROOT_USER) -> Iterator[Sshd]:
+    """The OpenSSH sshd of :func:`running_sshd`, where ``user`` (not root) is chrooted.
+
+    ``user`` logs in with the client key into ``/srv/isales-watcher-tests/<unique>/<user>`` and
+    sees its ``data`` folder as ``/data``: only sftp, and the kernel's permission checks, which
+    root would bypass. ``data`` is root's; the tests give out folders with the owners and modes
+    they need. Everything below /srv is removed at the end.
+    """
+    if os.geteuid() != 0:
+        pytest.fail("a chrooted SFTP user needs sshd to run as root")
+    account = ensure_system_user(user)
+    CHROOT_PARENT.mkdir(mode=0o755, exist_ok=True)
+    jail_parent = Path(tempfile.mkdtemp(dir=CHROOT_PARENT))
+    try:
+        jail_parent.chmod(0o755)  # mkdtemp makes it 0700; the user reads its keys in it
+        jail = jail_parent / user
+        (jail / "data").mkdir(mode=0o755, parents=True)
+        jail.chmod(0o755)
+        match = f"""
+Match User {user}
+    ChrootDirectory {jail_parent}/%u
+    ForceCommand internal-sftp
+"""
+        with running_sshd(
+            folder, authorized_keys=jail_parent / "authorized_keys", match_blocks=match
+        ) as server:
+            yield dataclasses.replace(
+                server, username=account.pw_name, root=jail / "data", seen_as="/data"
+            )
+    finally:
+        shutil.rmtree(jail_parent)
+        with contextlib.suppress(OSError):
+            CHROOT_PARENT.rmdir()  # unless another run still uses it
 
 
 @contextmanager

@@ -58,7 +58,11 @@ async def _check_route(source: Source, route: RouteSettings, say: Say) -> bool:
     for inbox in inboxes:
         try:
             await check_access(source, inbox)
-            say(True, f"route {route.name}: files can be moved from {inbox} into processing/")
+            say(
+                True,
+                f"route {route.name}: files can be moved from {inbox} into processing/, "
+                "done/ and rejected/",
+            )
         except SourceRefusedError as exc:
             healthy = False
             say(False, f"route {route.name}: {exc}")

@@ -105,49 +105,70 @@ def make_source(settings: Settings) -> Source:
     return SftpSource(settings.sftp)
 
 
+# One probe name per process: a refusal then reads the same at every re-check, and the daemon
+# says it once (daemon._scan_contained); another process (check, a second daemon) has its own.
+_PROBE_NAME = f".isales-watcher-probe-{secrets.token_hex(4)}"
+# Where a file goes after the inbox, and why the daemon needs to write there.
+_FLOW_FOLDERS = (
+    ("processing", "to claim dropped files"),
+    ("done", "to settle imported files there"),
+    ("rejected", "to settle rejected files there"),
+)
+
+
 async def check_access(source: Source, inbox: str, *, folders: bool = True) -> None:
     """Prove that the daemon may do in ``inbox`` what a file's flow needs, with a file of its own.
 
-    It creates its folders (with ``folders``), writes a probe file in the inbox and moves it into
-    ``processing/``, as a claim moves a dropped file. Nothing the users dropped is touched, so a
-    refusal here leaves no file half-claimed.
+    It writes a probe file in the inbox, creates its folders (with ``folders``) and moves the
+    probe through ``processing/``, ``done/`` and ``rejected/`` as a file's flow moves it.
+    Nothing the users dropped is touched, so a refusal here leaves no file half-claimed.
 
     Raises:
         SourceRefusedError: naming the folder and the permission the daemon lacks.
         SourceUnavailableError: the file server cannot be reached.
     """
-    parent = posixpath.dirname(inbox)
-    needed = [inbox, *(posixpath.join(inbox, f) for f in ("processing", "done", "rejected"))]
-    for folder in needed if folders else [inbox]:
-        try:
-            await source.makedirs(folder)
-        except SourceRefusedError as exc:
-            above = parent if folder == inbox else inbox
-            raise SourceRefusedError(
-                f"{exc}. The daemon needs {folder} to be a real folder that it may write in "
-                f"(to create it: write permission on {above})"
-            ) from None
-    probe = posixpath.join(inbox, f".isales-watcher-probe-{secrets.token_hex(4)}")
+    await _make_folder(source, inbox, posixpath.dirname(inbox))
+    # The inbox first: a read-only inbox is named as such, not as a processing/ that cannot be
+    # made in it.
+    probe = posixpath.join(inbox, _PROBE_NAME)
     try:
         await source.write_file(probe, b"isales-watcher access check\n")
     except SourceRefusedError as exc:
         raise SourceRefusedError(
-            f"the daemon cannot write in {inbox} ({exc}); it needs write permission on that "
-            "folder to move dropped files out of it"
+            f"the daemon cannot write in {inbox}: it needs write permission on that folder to "
+            f"move dropped files out of it ({exc})"
         ) from None
     if not folders:
         await _remove(source, probe)
         return
-    moved = posixpath.join(inbox, "processing", posixpath.basename(probe))
+    here = probe
     try:
-        await source.rename(probe, moved)
-    except (SourceRefusedError, SkipFileError) as exc:
-        await _remove(source, probe)
+        for name, _ in _FLOW_FOLDERS:
+            await _make_folder(source, posixpath.join(inbox, name), inbox)
+        for name, why in _FLOW_FOLDERS:
+            folder = posixpath.join(inbox, name)
+            there = posixpath.join(folder, _PROBE_NAME)
+            try:
+                await source.rename(here, there)
+            except (SourceRefusedError, SkipFileError) as exc:
+                # The probe is ours and left a folder we may write in: the target is at fault.
+                raise SourceRefusedError(
+                    f"the daemon cannot move files into {folder}: it needs write permission on "
+                    f"that folder {why} ({exc})"
+                ) from None
+            here = there
+    finally:
+        await _remove(source, here)
+
+
+async def _make_folder(source: Source, folder: str, parent: str) -> None:
+    try:
+        await source.makedirs(folder)
+    except SourceRefusedError as exc:
         raise SourceRefusedError(
-            f"the daemon cannot move files from {inbox} into {inbox}/processing ({exc}); it "
-            "needs write permission on both folders"
+            f"{exc}. The daemon needs {folder} to be a real folder that it may write in "
+            f"(to create it: write permission on {parent})"
         ) from None
-    await _remove(source, moved)
 
 
 async def _remove(source: Source, path: str) -> None:
