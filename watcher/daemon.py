@@ -404,6 +404,12 @@ class Daemon:
         except SkipFileError as exc:
             self._gate.forget(key)
             log.info("file.vanished_before_claim", file=key, error=str(exc))
+        except SourceRefusedError as exc:
+            # Listed but not readable (its own permissions): claim it all the same, so that the
+            # flow rejects it with a receipt that says why (pipeline._failed_step), rather than
+            # leave it in the inbox and warn about it every poll.
+            log.warning("file.probe_refused", file=key, error=str(exc))
+            return ZipVerdict.complete
         except WatcherError as exc:
             log.warning("file.probe_failed", file=key, error=str(exc))
         except Exception:

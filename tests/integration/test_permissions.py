@@ -12,7 +12,6 @@ import os
 import pwd
 import stat
 
-import pytest
 import structlog
 
 from tests.conftest import World, cli, settled_as, wait_for
@@ -149,11 +148,6 @@ async def test_a_done_folder_the_user_cannot_write_in_is_refused_before_any_clai
     print(f"check: {line}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the gate's completeness probe (daemon._probe_contained) is refused too, and a "
-    "refused probe only warns (file.probe_failed, every poll): the file is never claimed",
-)
 async def test_a_file_the_user_cannot_read_is_rejected_with_a_receipt_that_says_why(
     make_world, run_daemon, emulator
 ):
