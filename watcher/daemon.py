@@ -31,6 +31,7 @@ from watcher.notify import Notifier
 from watcher.pipeline import Pipeline
 from watcher.settings import RouteSettings, Settings, is_campaign_folder
 from watcher.sources import Source, check_access, make_source
+from watcher.sources.lease import InboxLeases
 from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("Daemon",)
@@ -72,6 +73,12 @@ class Daemon:
         self._route_errors: dict[str, str] = {}
         self._access_ok: set[str] = set()  # inboxes the daemon proved it may work in
         self._access_refused: dict[str, tuple[float, str]] = {}
+        self._leases = InboxLeases(
+            self._source,
+            interval_s=settings.daemon.lease_interval_s,
+            stale_after=settings.daemon.lease_stale_after,
+        )
+        self._full = False  # max_in_flight reached (said once)
         self.validation: ValidationPool | None = None
         self._notifier = Notifier()
 
@@ -153,6 +160,9 @@ class Daemon:
             if self._api_probe is not None:
                 self._api_probe.cancel()
             pool.shutdown()
+            with contextlib.suppress(Exception):  # a server gone now keeps the lease till stale
+                async with asyncio.timeout(self.settings.sftp.op_timeout_s):
+                    await self._leases.release()
             if control is not None:
                 await control.close()
             await self._source.close()
@@ -331,6 +341,7 @@ class Daemon:
         """One inbox's trouble (gone, unreadable, a bug) stays with that inbox."""
         try:
             await self._check_access(route)
+            await self._leases.hold(route.inbox_path)
             await self._scan(pipeline, route)
         except SourceUnavailableError:
             raise  # the server, not the inbox: the whole pass waits
@@ -367,9 +378,12 @@ class Daemon:
         keys = [posixpath.join(inbox, entry.name) for entry in entries]
         self._gate.retain(keys, inbox + "/")
         taken = 0
+        room = self._room(pipeline)
         # Oldest first, and a bounded number of claims per pass: a folder of 100,000 files is
         # worked through in order instead of all at once.
         for key, entry in sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime):
+            if taken >= room:
+                return  # the daemon has enough in hand: the rest waits in the inbox, unclaimed
             if key in self._busy or not is_candidate(entry.name, route.pattern):
                 continue
             if self._is_refused(key, entry):
@@ -394,6 +408,19 @@ class Daemon:
             if taken >= self.settings.daemon.max_claims_per_poll:
                 self._recheck_in_s = min(self._recheck_in_s, 0.2)  # the rest: right after
                 break
+
+    def _room(self, pipeline: Pipeline) -> int:
+        """How many more files this daemon may claim now (``max_in_flight``)."""
+        limit = self.settings.daemon.max_in_flight
+        room = limit - pipeline.ledger.count_unfinished() - len(self._busy)
+        if room <= 0 and not self._full:
+            log.warning(
+                "daemon.in_flight_full",
+                max_in_flight=limit,
+                advice="new files wait in their inboxes, oldest first, until some settle",
+            )
+        self._full = room <= 0
+        return max(0, room)
 
     async def _probe_contained(self, key: str, entry: RemoteEntry) -> ZipVerdict | None:
         """The completeness check of one file; its failure is that file's, not the loop's."""

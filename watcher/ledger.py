@@ -291,6 +291,14 @@ class Ledger:
         )
         return [_record(r) for r in rows]
 
+    def count_unfinished(self) -> int:
+        """How many files are claimed and not settled (the daemon's work in flight)."""
+        marks = ",".join("?" * len(_UNFINISHED))
+        row = self._db.execute(
+            f"SELECT count(*) FROM files WHERE state IN ({marks})", _UNFINISHED
+        ).fetchone()
+        return int(row[0])
+
     def has_been(self, file_id: str, state: FileState) -> bool:
         """Whether the row was ever in ``state``."""
         row = self._db.execute(

@@ -345,6 +345,12 @@ class DaemonSettings(_Section):
     state_dir: Path = Field(default_factory=_default_state_dir)
     max_parallel_files: int = Field(default=2, ge=1, le=64)
     max_claims_per_poll: int = Field(default=50, ge=1)
+    # Files claimed and not yet settled, for the whole daemon; the rest wait in their inboxes.
+    max_in_flight: int = Field(default=200, ge=1)
+    # The inbox lease (one daemon per inbox): renewed this often, taken over after this many
+    # intervals without a heartbeat.
+    lease_interval_s: float = Field(default=15.0, gt=0)
+    lease_stale_after: int = Field(default=4, ge=2)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     retry_backoff_s: float = Field(default=2.0, gt=0)  # first wait after a failed step
     max_backoff_s: float = Field(default=300.0, gt=0)

@@ -56,6 +56,10 @@ class Source(Protocol):
         in one open (the gate asks this of every stable candidate)."""
         ...
 
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        """At most the first ``max_bytes`` of a small file of ours (a lease)."""
+        ...
+
     async def makedirs(self, path: str) -> None: ...
 
     async def rename(self, source: str, target: str) -> None:

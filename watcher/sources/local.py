@@ -291,6 +291,13 @@ class LocalSource:
 
         return await self._call(f"reading {path}", read)
 
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        def read() -> bytes:
+            with self._folder_of(path) as (folder, name), _open_file(folder, name) as fd:
+                return os.pread(fd, max_bytes, 0)
+
+        return await self._call(f"reading {path}", read)
+
     async def makedirs(self, path: str) -> None:
         await self._call(
             f"creating {path}", lambda: os.close(self._open_folder(self._parts(path), create=True))

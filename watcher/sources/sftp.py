@@ -206,6 +206,11 @@ class SftpSource:
             tail: bytes = await remote.read(tail_bytes, max(0, size_bytes - tail_bytes))
             return head, tail
 
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        async with self._session(f"reading {path}") as sftp, sftp.open(path, "rb") as remote:
+            data: bytes = await remote.read(max_bytes, 0)
+            return data
+
     async def makedirs(self, path: str) -> None:
         async with self._session(f"creating {path}") as sftp:
             await sftp.makedirs(path, exist_ok=True)
