@@ -16,12 +16,13 @@ from pathlib import Path
 
 from watcher import __version__
 from watcher.daemon import Daemon
-from watcher.errors import ConfigError, LedgerError, WatcherError
+from watcher.errors import CheckerUnavailableError, ConfigError, LedgerError, WatcherError
 from watcher.ledger import Ledger
 from watcher.logs import configure_logging
-from watcher.models import FileRecord, FileState
-from watcher.settings import DEFAULT_CONFIG, Settings, load_settings
-from watcher.validate import KINDS, Report, validate_file
+from watcher.models import FileRecord, FileState, escaped
+from watcher.settings import DEFAULT_CONFIG, Settings, ValidationSettings, load_settings
+from watcher.validate import KINDS, Report, ValidationOptions
+from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("main", "serve")
 
@@ -71,6 +72,12 @@ def _run(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _place(row: int | None, column: str | None) -> str:
+    if row is None:
+        return "the file" if column is None else f"column {column}"
+    return f"row {row}" + (f", column {column}" if column else "")
+
+
 def _describe(report: Report, name: str) -> list[str]:
     if report.is_valid:
         lines = [f"{name}: valid, {report.data_rows} data rows"]
@@ -80,8 +87,7 @@ def _describe(report: Report, name: str) -> list[str]:
         lines.append(f"  {KINDS[kind].title}: {count}")
         examples = [p for p in report.examples if p.kind == kind]
         lines.extend(
-            f"    row {p.row or '-'}, {p.column or '-'}: {p.message}"
-            for p in examples[:_EXAMPLES_PER_KIND]
+            f"    {_place(p.row, p.column)}: {p.message}" for p in examples[:_EXAMPLES_PER_KIND]
         )
         if count > _EXAMPLES_PER_KIND:
             lines.append(
@@ -91,47 +97,64 @@ def _describe(report: Report, name: str) -> list[str]:
     return lines
 
 
-class _ProgressBar:
-    """A one-line bar on the terminal for files big enough to make a person wait."""
-
-    _WIDTH = 30
+class _Ticker:
+    """A one-line "checking NAME... N s" on the terminal for files that make a person wait."""
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self._shown = -1
+        self._task: asyncio.Task[None] | None = None
+        self._width = 0
 
-    def __call__(self, done: int, total: int) -> None:
-        # ``done`` counts characters of XML and ``total`` bytes: close enough for a bar.
-        percent = min(99, done * 100 // max(total, 1))
-        if percent != self._shown:
-            self._shown = percent
-            filled = self._WIDTH * percent // 100
-            sys.stderr.write(
-                f"\r{self.label} [{'#' * filled}{'.' * (self._WIDTH - filled)}] {percent:3d}%"
-            )
+    async def __aenter__(self) -> _Ticker:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def _tick(self) -> None:
+        await asyncio.sleep(1)
+        started = asyncio.get_running_loop().time() - 1
+        while True:
+            line = f"\rchecking {self.label}... {asyncio.get_running_loop().time() - started:.0f} s"
+            self._width = len(line)
+            sys.stderr.write(line)
+            sys.stderr.flush()
+            await asyncio.sleep(1)
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        if self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
             sys.stderr.flush()
 
-    def close(self) -> None:
-        if self._shown >= 0:
-            sys.stderr.write("\r" + " " * (len(self.label) + self._WIDTH + 8) + "\r")
-            sys.stderr.flush()
 
-
-_BAR_MIN_BYTES = 2_000_000
 _EXAMPLES_PER_KIND = 10
+
+
+async def _check_files(paths: Sequence[Path], limits: CheckLimits) -> list[Report]:
+    """Each file in a checker of its own, under the daemon's limits: a hostile file ends too."""
+    pool = ValidationPool(1, limits, start="fork")
+    reports = []
+    try:
+        for path in paths:
+            ticker = _Ticker(escaped(path.name)) if sys.stderr.isatty() else None
+            async with ticker or contextlib.nullcontext():
+                reports.append(await pool.validate(str(path), ValidationOptions()))
+    finally:
+        pool.shutdown()
+    return reports
 
 
 def _validate(args: argparse.Namespace) -> int:
     worst = EX_OK
     results = []
-    for path in args.files:
-        show_bar = sys.stderr.isatty() and path.is_file() and path.stat().st_size > _BAR_MIN_BYTES
-        bar = _ProgressBar(path.name) if show_bar else None
-        try:
-            report = validate_file(path, progress=bar)
-        finally:
-            if bar is not None:
-                bar.close()
+    limits = CheckLimits(args.max_seconds, args.max_memory_mb)
+    try:
+        reports = asyncio.run(_check_files(args.files, limits))
+    except CheckerUnavailableError as exc:
+        return _fail(str(exc), EX_SOFTWARE)
+    for path, report in zip(args.files, reports, strict=True):
         if report.is_unreadable:
             worst = max(worst, EX_UNREADABLE)
         elif not report.is_valid:
@@ -352,6 +375,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("files", nargs="+", type=Path)
     validate.add_argument("--json", action="store_true", help="machine-readable output")
+    defaults = ValidationSettings()
+    validate.add_argument(
+        "--max-seconds",
+        type=float,
+        default=defaults.max_seconds,
+        help=f"give up on a file after this long (default {defaults.max_seconds:g})",
+    )
+    validate.add_argument(
+        "--max-memory-mb",
+        type=int,
+        default=defaults.max_memory_mb,
+        help=f"memory ceiling of the checker (default {defaults.max_memory_mb})",
+    )
     validate.set_defaults(handler=_validate)
 
     ledger = commands.add_parser("ledger", parents=[config], help="inspect the ledger")

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import settled_as, wait_for
+from tests.conftest import cli, settled_as, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.errors import CheckerUnavailableError
 from watcher.validate.pool import CheckLimits, ValidationPool
@@ -97,8 +97,8 @@ class _NoProcesses:
     def __init__(self, real: Any) -> None:
         self.real = real
 
-    def Pipe(self, duplex: bool) -> Any:  # noqa: N802 - multiprocessing's name
-        return self.real.Pipe(duplex)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
 
     def Process(self, **kwargs: Any) -> Any:  # noqa: N802
         process = self.real.Process(**kwargs)
@@ -130,3 +130,14 @@ async def test_a_pool_that_cannot_start_makes_the_daemon_unready_and_the_file_wa
     pool._context = real  # fork works again: the file goes on by itself
     await wait_for(settled_as(world, "waits.xlsx", "done"), 60, "waits.xlsx done")
     await wait_for(lambda: daemon.health.readiness()[1]["checks"]["validation"], 10, "ready")
+
+
+async def test_the_validate_command_keeps_the_same_limits(tmp_path):
+    slow = tmp_path / "slow.xlsx"
+    slow.write_bytes(xlsxwriter_bytes(rows_valid(60_000, seed=94)))
+    code, output = await cli("validate", "--max-seconds", "0.3", str(slow))
+    assert code == 2  # unreadable: not judged
+    assert "the file: checking this file took longer than 0.3 s" in output
+    code, output = await cli("validate", str(slow))
+    assert code == 0, output
+    assert "valid, 60000 data rows" in output

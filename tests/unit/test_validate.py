@@ -127,7 +127,7 @@ def test_the_validate_command_exit_codes(tmp_path):
     assert run(str(good)).returncode == 0
     result = run(str(bad))
     assert result.returncode == 1
-    assert "row 3, called" in result.stdout
+    assert "row 3, column called" in result.stdout
     assert run(str(junk)).returncode == 2
     result = run("--json", str(good), str(bad))
     assert result.returncode == 1

@@ -20,7 +20,8 @@ import resource
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from multiprocessing.context import ForkContext, ForkServerContext
+from typing import Any, Literal
 
 import structlog
 
@@ -80,11 +81,23 @@ class ValidationPool:
         limits: the wall-clock and memory limit of one check.
     """
 
-    def __init__(self, workers: int, limits: CheckLimits) -> None:
+    def __init__(
+        self,
+        workers: int,
+        limits: CheckLimits,
+        *,
+        start: Literal["fork", "forkserver"] = "forkserver",
+    ) -> None:
         self._limits = limits
         self._slots = asyncio.Semaphore(workers)
-        self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["watcher.validate.workbook"])
+        # The daemon forks from a clean forkserver (its own threads and sockets stay home); a
+        # one-shot command may fork itself, a second sooner.
+        self._context: ForkContext | ForkServerContext
+        if start == "fork":
+            self._context = multiprocessing.get_context("fork")
+        else:
+            self._context = multiprocessing.get_context("forkserver")
+            self._context.set_forkserver_preload(["watcher.validate.workbook"])
         self._running: dict[int, multiprocessing.process.BaseProcess] = {}
         self.replaced = 0  # how often a worker died or was killed
         self.start_error: str | None = None  # why the last worker could not start, if it could not
@@ -132,7 +145,10 @@ class ValidationPool:
             name="isales-watcher-validate",
         )
         try:
-            await asyncio.to_thread(process.start)
+            if self._context.get_start_method() == "fork":
+                process.start()  # a fork returns at once
+            else:
+                await asyncio.to_thread(process.start)  # may start the forkserver first
         except OSError as exc:
             self.start_error = f"cannot start a validation worker: {exc}"
             log.error("validation.start_failed", error=str(exc))
