@@ -402,6 +402,29 @@ CASES: list[tuple[str, Callable[[], bytes], str]] = [
     ),
     ("chinese_text", _chinese, "valid"),
     (
+        "cell_repeated_in_its_row",
+        lambda: raw_sheet(
+            _header_cells() + '<row r="2">' + '<c r="B2"><v>1</v></c>' * 3 + "</row>"
+        ),
+        "unreadable",
+    ),
+    (
+        "rows_out_of_order",
+        lambda: raw_sheet(
+            _header_cells() + inline_row(3, "a", '[{"calledNo":"1"}]') + inline_row(2, "b", "[]")
+        ),
+        "unreadable",
+    ),
+    (
+        "spans_past_the_grid",
+        lambda: raw_sheet(
+            (_header_cells() + inline_row(2, "a", '[{"calledNo":"1"}]')).replace(
+                "<row ", '<row spans="1:999999999" '
+            )
+        ),
+        "valid",
+    ),
+    (
         "empty_rows_between",
         lambda: xlsxwriter_bytes([rows_valid(1)[0], [], [], rows_valid(2, 1)[1]]),
         "valid",

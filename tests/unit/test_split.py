@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from tests.corpus import inline_row, raw_sheet
+from tests.corpus import inline_row, member, raw_sheet, rezip
 from tests.workbooks import HEADER, rows_valid, xlsxwriter_bytes
 from watcher.validate import ValidationOptions, validate_file
+from watcher.validate.text import CHUNK_BYTES
 
 SERIAL = ValidationOptions(workers=1)
 SPLIT = ValidationOptions(workers=2, split_min_bytes=1)
@@ -21,13 +24,16 @@ def rows_with_problems(count: int) -> list[list[object]]:
     return rows
 
 
-@pytest.mark.parametrize("inline", [False, True])
+@pytest.mark.parametrize("inline", [False, True, "x"])
 def test_two_processes_find_exactly_what_one_finds(tmp_path, inline):
     path = tmp_path / "big.xlsx"
     rows = rows_with_problems(3000)
     if inline:
-        body = "".join(inline_row(n + 2, *map(str, row)) for n, row in enumerate(rows))
-        path.write_bytes(raw_sheet(inline_row(1, *HEADER) + body))
+        prefix = inline if isinstance(inline, str) else ""  # "x": the Open XML SDK's spelling
+        body = "".join(
+            inline_row(n + 2, *map(str, row), prefix=prefix) for n, row in enumerate(rows)
+        )
+        path.write_bytes(raw_sheet(inline_row(1, *HEADER, prefix=prefix) + body, prefix=prefix))
     else:
         path.write_bytes(xlsxwriter_bytes(rows))
     serial, split = validate_file(path, SERIAL), validate_file(path, SPLIT)
@@ -39,11 +45,11 @@ def test_two_processes_find_exactly_what_one_finds(tmp_path, inline):
 
 
 def test_a_sheet_the_fast_path_cannot_read_is_read_again_serially(tmp_path):
-    path = tmp_path / "prefixed.xlsx"
+    path = tmp_path / "without_r.xlsx"
     body = "".join(
-        inline_row(n, f"s{n}", f'[{{"calledNo":"{n}"}}]', prefix="x") for n in range(2, 400)
+        inline_row(n, f"s{n}", f'[{{"calledNo":"{n}"}}]', with_r=False) for n in range(2, 400)
     )
-    path.write_bytes(raw_sheet(inline_row(1, *HEADER[:2], prefix="x") + body, prefix="x"))
+    path.write_bytes(raw_sheet(inline_row(1, *HEADER[:2], with_r=False) + body))
     report = validate_file(path, SPLIT)
     assert report.is_valid
     assert report.data_rows == 398
@@ -57,3 +63,25 @@ def test_a_problem_in_the_second_half_reaches_the_verdict(tmp_path):
     report = validate_file(path, SPLIT)
     assert "unreadable" in report.counts
     assert "shared string" in report.examples[0].message
+
+
+def test_a_row_repeated_where_the_two_halves_meet_is_refused_as_by_one_process(tmp_path):
+    # Rows of one width (five-digit numbers), so that renumbering one moves no piece boundary.
+    body = "".join(inline_row(n, f"s{n}", f'[{{"calledNo":"{n}"}}]') for n in range(10_000, 22_000))
+    data = raw_sheet(inline_row(1, *HEADER[:2]) + body)
+    sheet = member(data, "xl/worksheets/sheet1.xml")
+    # The second process starts at the first row after the last piece cut before the middle.
+    middle = len(sheet) * 54 // 100
+    start = sheet.rfind(b"</row>", 0, middle // CHUNK_BYTES * CHUNK_BYTES) + len(b"</row>")
+    first = re.match(rb'<row r="(\d+)">', sheet[start:])
+    assert first is not None
+    number = int(first[1])
+    end = sheet.index(b"</row>", start)
+    again = sheet[start:end].replace(str(number).encode(), str(number - 1).encode())
+    sheet = sheet[:start] + again + sheet[end:]  # row number - 1, twice: one in each half
+    path = tmp_path / "seam.xlsx"
+    path.write_bytes(rezip(data, replace={"xl/worksheets/sheet1.xml": sheet}))
+    for options in (SERIAL, SPLIT):
+        report = validate_file(path, options)
+        assert report.counts == {"unreadable": 1}
+        assert report.examples[0].message.startswith(f"row {number - 1:,} appears twice")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-import re
 from array import array
 from collections.abc import Iterator
 from itertools import accumulate
@@ -12,19 +10,9 @@ from typing import IO
 
 from watcher.errors import WorkbookRejected
 
-__all__ = ("CHUNK_BYTES", "BytePieces", "SharedStrings", "rich_text")
+__all__ = ("CHUNK_BYTES", "BytePieces", "SharedStrings")
 
 CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
-_TEXT = re.compile(r"<t(?:\s[^>]*)?>([^<]*)</t>")
-_PHONETIC = re.compile(r"<rPh\b.*?</rPh>", re.S)
-
-
-def rich_text(inner: str) -> str:
-    """The text of rich-text runs, without the phonetic (ruby) runs."""
-    if "<rPh" in inner:
-        inner = _PHONETIC.sub("", inner)
-    text = "".join(_TEXT.findall(inner))
-    return html.unescape(text) if "&" in text else text
 
 
 class BytePieces:
@@ -36,6 +24,7 @@ class BytePieces:
 
     def __init__(self, stream: IO[bytes], separator: bytes, limit_bytes: int, what: str) -> None:
         self.position = 0  # bytes read from the stream when the last piece was cut
+        self.offset = 0  # where the last piece starts in the stream
         self._stream = stream
         self._separator = separator
         self._limit_bytes = limit_bytes
@@ -43,6 +32,7 @@ class BytePieces:
 
     def __iter__(self) -> Iterator[bytes]:
         rest = b""
+        cut_at = 0  # bytes yielded so far
         while data := self._stream.read(CHUNK_BYTES):
             self.position += len(data)
             data = rest + data
@@ -58,8 +48,11 @@ class BytePieces:
                 continue
             cut += len(self._separator)
             rest = data[cut:]
+            self.offset = cut_at
+            cut_at += cut
             yield data[:cut]
         if rest:
+            self.offset = cut_at
             yield rest
 
 

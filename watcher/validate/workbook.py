@@ -6,11 +6,12 @@ import os
 import pickle
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from watcher.validate.fingerprint import RowsFingerprint
+from watcher.validate.markup import refuse_row
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
 from watcher.validate.xlsx import FastPathUnsupported, Row, SheetReader, WorkbookRejected
@@ -112,6 +113,15 @@ def _finish(
         )
 
 
+def _narrowed(
+    columns: dict[int, str], keep_columns: Callable[[Iterable[int]], list[int]] | None
+) -> dict[int, str]:
+    """Have the reader keep only the header's template columns; the map of the rows it yields."""
+    if keep_columns is None:
+        return columns
+    return {slot: columns[index] for slot, index in enumerate(keep_columns(columns))}
+
+
 def check_rows(
     rows: Iterator[Row],
     report: Report,
@@ -119,12 +129,18 @@ def check_rows(
     *,
     sheet_name: str,
     other_sheets: Sequence[str] = (),
+    keep_columns: Callable[[Iterable[int]], list[int]] | None = None,
 ) -> None:
-    """Find the header among ``rows``, then check every data row below it into ``report``."""
+    """Find the header among ``rows``, then check every data row below it into ``report``.
+
+    ``keep_columns`` (:meth:`SheetReader.keep_columns`) narrows the rows still to come to the
+    template columns once the header is found.
+    """
     elsewhere = _elsewhere(other_sheets)
     columns = _header(report, rows, sheet_name, elsewhere)
     if columns is None:
         return
+    columns = _narrowed(columns, keep_columns)
     checker = RowChecker(report, columns, call_data_json=options.call_data_json)
     fingerprint = RowsFingerprint(columns)
     _check_data(rows, checker, fingerprint, report)
@@ -142,7 +158,8 @@ def _check_second_half(
         checker = RowChecker(part, columns, call_data_json=options.call_data_json)
         fingerprint = RowsFingerprint(columns)
         _check_data(reader.part_rows(start, None), checker, fingerprint, part)
-        payload = ("ok", part, checker.export_repeats(), fingerprint.export())
+        first_row = reader.span[0]  # the parent checks it follows its own last row
+        payload = ("ok", part, checker.export_repeats(), fingerprint.export(), first_row)
     except FastPathUnsupported:
         payload = ("unsupported",)
     except WorkbookRejected as exc:
@@ -172,6 +189,7 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
     if found is None:
         raise FastPathUnsupported("no header in the first half: let one process say why")
     report.header_row, columns = found
+    columns = _narrowed(columns, reader.keep_columns)  # before the fork: the child keeps them too
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -197,6 +215,9 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
         raise WorkbookRejected(payload[1], payload[2])
     if payload[0] == "damaged":
         raise ValueError(payload[1])
+    first_row, last_row = payload[4], reader.span[1]
+    if first_row and first_row <= last_row:  # a row repeated where the halves meet
+        refuse_row(last_row, first_row)
     report.merge(payload[1])
     checker.absorb_repeats(payload[2])
     fingerprint.absorb(payload[3])
@@ -258,6 +279,7 @@ def validate_file(
             options,
             sheet_name=reader.sheet_name,
             other_sheets=reader.other_sheets,
+            keep_columns=reader.keep_columns,
         )
     except WorkbookRejected as exc:
         report.add(exc.kind, None, None, "", exc.message)

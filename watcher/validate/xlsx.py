@@ -2,11 +2,26 @@
 
 Why not a library: python-calamine builds the whole sheet in memory (about 550 MB for 500,000
 rows) and openpyxl is four times slower (``research/xlsx-perf.md``). This reader inflates the
-sheet in 256 KB pieces and tokenises each chunk with one regular expression, so memory stays flat
-(the shared-strings table is kept as one UTF-8 buffer plus offsets). A guard counts the ``<c``
-tags of every chunk against the cells parsed; any mismatch (a namespace prefix, cells without
-``r=``, another attribute order) restarts the file with the slower ElementTree reader instead of
-guessing.
+sheet in 256 KB pieces and tokenises each piece with one regular expression, so memory stays flat
+(the shared-strings table is kept as one UTF-8 buffer plus offsets). The patterns are compiled
+for the prefix the part's root element binds to the main namespace: ``<c>`` as Excel writes it,
+``<x:c>`` as the Open XML SDK does (``markup``). Guards count the cell and row tags of every
+piece against what was parsed; any mismatch (cells without ``r=``, another attribute order, a
+namespace declared inside the sheet) restarts the file with the slower ElementTree reader
+(``tree``) instead of guessing. Shared strings are read the same way, with the same fallback.
+
+Order. Excel writes each row once, in ascending order, and each cell once, left to right in its
+row; a file that does otherwise is one Excel calls damaged and repairs. Both readers refuse it
+as "unreadable", naming the row or cell: a repeated row or cell, a row above one before it, a
+cell left of one before it in its row, or a cell whose reference names another row than its row
+element. Nothing is guessed: last-wins would silently pick one of two values, where another
+reader (iSales's importer) may pick the other. The verdict comes at the second copy, so a row of
+200,000 copies of one cell is never built.
+
+Bounds. A row's work follows the cells it holds. ``spans=`` and ``<dimension>`` are never read;
+a reference past column XFD or row 1,048,576 is refused; a row is at most ``max_row_bytes`` of
+XML; and once the header is known the caller keeps only the template columns
+(:meth:`SheetReader.keep_columns`), so a cell far right costs no padding.
 """
 
 from __future__ import annotations
@@ -14,70 +29,45 @@ from __future__ import annotations
 import html
 import re
 import zipfile
-from collections.abc import Callable, Generator, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from math import ceil
 from typing import IO, Any
 from xml.etree import ElementTree
 
 from watcher.errors import WorkbookRejected
-from watcher.validate.text import BytePieces, SharedStrings, rich_text
+from watcher.validate import tree
+from watcher.validate.markup import (
+    MAIN,
+    MAX_COLUMN,
+    MAX_ROW,
+    Markup,
+    column_index,
+    has_dtd,
+    markup_of,
+    prolog_verdict,
+    refuse_dtd,
+    refuse_row,
+    root_tag,
+)
+from watcher.validate.text import BytePieces, SharedStrings
+from watcher.validate.tree import PartEvents, Row, TreeRows
 
 __all__ = ("FastPathUnsupported", "Limits", "Row", "SheetReader", "WorkbookRejected")
 
-Row = tuple[int, list[Any]]  # (Excel row number, cell values from column A)
-
-_MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
 _REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
 _OLE = bytes.fromhex("d0cf11e0a1b11ae1")
 _ENCRYPTION_INFO = "EncryptionInfo".encode("utf-16-le")
-_DTD = re.compile(rb"<!(DOCTYPE|ENTITY)", re.IGNORECASE)
 _MAX_PROLOG_BYTES = 4 << 20
 _MAX_MEMBERS = 10_000
-
-
-def _prolog_verdict(data: bytes) -> str | None:
-    """What the prolog holds: "root" once the root element starts, "dtd" at a DTD, "utf16"
-    (which Excel never writes, and where a DTD could hide from a byte search), or None while
-    more bytes are needed."""
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or data[1:2] == b"\x00":
-        return "utf16"
-    at = 3 if data.startswith(b"\xef\xbb\xbf") else 0
-    while True:
-        while at < len(data) and data[at : at + 1].isspace():
-            at += 1
-        if len(data) - at < 9:
-            return None
-        if data.startswith(b"<?", at):
-            closing = b"?>"
-        elif data.startswith(b"<!--", at):
-            closing = b"-->"
-        elif data.startswith(b"<!", at):
-            return "dtd"
-        else:
-            return "root"  # an element (or text, which the parser refuses)
-        end = data.find(closing, at + 2)
-        if end < 0:
-            return None
-        at = end + len(closing)
-
-
-_FAST_CELL = re.compile(
-    rb'<c r="([A-Z]{1,3})(\d+)"(?: s="(\d+)")?(?: t="([a-zA-Z]+)")?(?: [a-zA-Z:]+="[^"]*")*(?:/>|>'
-    rb"(?:<f>[^<]*</f>|<f [^>]*/>|<f [^>]*>[^<]*</f>)?"
-    rb'(?:<v>([^<]*)</v>|<is><t(?: xml:space="preserve")?>([^<]*)</t></is>|<is>(.*?)</is>)?</c>)',
-    re.S,
-)
-_SHARED_STRING = re.compile(
-    r'<si><t(?: xml:space="preserve")?>([^<]*)</t></si>|<si>(.*?)</si>|<si/>', re.S
-)
-_SHARED_STRING_BYTES = re.compile(
-    rb'<si><t(?: xml:space="preserve")?>([^<]*)</t></si>|<si>(.*?)</si>|<si/>', re.S
-)
+_STRING_BATCH = 10_000
 _DATE_CODE = re.compile(r"[ydhs]|m")
 _BUILTIN_DATE_FORMATS = frozenset([*range(14, 23), *range(27, 37), *range(45, 48), *range(50, 59)])
 _EPOCH_1900 = datetime(1899, 12, 30)  # noqa: DTZ001 - Excel dates have no time zone
 _EPOCH_1904 = datetime(1904, 1, 1)  # noqa: DTZ001
+_BYTE_COLUMNS: dict[bytes, float] = {}  # column letters to index, filled as letters are met
 
 
 class FastPathUnsupported(Exception):  # noqa: N818
@@ -94,38 +84,13 @@ class Limits:
     max_row_bytes: int = 8_000_000
 
 
-_COLUMNS: dict[str, int] = {}  # column letters to index, filled as letters are met
-_BYTE_COLUMNS: dict[bytes, int] = {}
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """What the start of a part says: the fast path's patterns for it (None: leave the part to
+    ElementTree), and the offset where the root element's start tag ends."""
 
-
-_MAX_COLUMN = 16_384  # XFD: Excel's grid ends there
-_MAX_ROW = 1_048_576
-_LETTERS = re.compile(r"^[A-Z]{1,3}$")
-
-
-def _column(letters: str) -> int:
-    """The index of column ``letters``; a reference outside Excel's grid is refused, never padded
-    (column ZZZZZZ would otherwise make a row of 300 million empty cells)."""
-    index = _COLUMNS.get(letters)
-    if index is None:
-        index = 0
-        for char in letters:
-            index = index * 26 + ord(char) - 64
-        if not _LETTERS.match(letters) or index > _MAX_COLUMN:
-            raise WorkbookRejected(
-                "unreadable",
-                f"a cell refers to column {letters[:10]!r}, outside Excel's grid (A to XFD)",
-            )
-        index = _COLUMNS[letters] = index - 1
-    return index
-
-
-def _row_number(number: int) -> int:
-    if not 1 <= number <= _MAX_ROW:
-        raise WorkbookRejected(
-            "unreadable", f"a row is numbered {number:,}, outside Excel's grid (1 to 1,048,576)"
-        )
-    return number
+    markup: Markup | None
+    body: int
 
 
 def _has_content(values: list[Any]) -> bool:
@@ -139,9 +104,55 @@ def _number(text: str) -> int | float:
     return float(text)
 
 
+def _unescaped(raw: bytes) -> str:
+    text = raw.decode()
+    return html.unescape(text) if "&" in text else text
+
+
 def _is_date_format(code: str) -> bool:
     code = re.sub(r'"[^"]*"|\[[^\]]*\]|\\.|_.|\*.', "", code.lower()).replace("general", "")
     return bool(_DATE_CODE.search(code))
+
+
+def _check_piece(piece: bytes, name: str, offset: int, body: int, end: bytes | None) -> None:
+    """Refuse a DTD in a piece of a part (at ``offset``); give up on a namespace declared in
+    the part's body (after the root's start tag, at ``body``, and before ``end``): the patterns
+    know only the prefixes the root binds."""
+    if has_dtd(piece):
+        refuse_dtd(name)
+    if b"xmlns" in piece:
+        stop = piece.find(end) if end else -1
+        if piece.find(b"xmlns", max(body - offset, 0), stop if stop >= 0 else len(piece)) >= 0:
+            raise FastPathUnsupported("a namespace declared inside the part")
+
+
+def _check_count(
+    piece: bytes, tag: bytes, found: int, exactly: Callable[[bytes, int], bool]
+) -> None:
+    """Give up unless ``piece`` holds ``found`` elements: first a quick count of ``tag`` (which
+    may be off: "<c" also counts <cols>, "</si>" misses <si/>), then, if need be, the exact one."""
+    if piece.count(tag) != found and not exactly(piece, found):
+        raise FastPathUnsupported(f"{tag.decode()} tags the tokeniser does not understand")
+
+
+def _add_strings(table: SharedStrings, piece: bytes, markup: Markup) -> None:
+    """Add the shared strings of one piece of ``sharedStrings.xml`` to ``table``."""
+    # Runs, phonetic runs and <t/> fall to the pattern's second group ("rich"): only entities
+    # need looking for first, since plain text goes to the table as UTF-8 bytes, undecoded.
+    if b"&" not in piece:
+        plain = markup.plain_strings.findall(piece)
+        if not any(rich for _, rich in plain):
+            _check_count(piece, markup.string_end, len(plain), markup.counts_strings)
+            table.extend_utf8([text for text, _ in plain])
+            return
+    found = markup.strings.findall(piece.decode())
+    _check_count(piece, markup.string_end, len(found), markup.counts_strings)
+    table.extend(
+        [
+            (html.unescape(text) if "&" in text else text) if not rich else markup.rich_text(rich)
+            for text, rich in found
+        ]
+    )
 
 
 class SheetReader:
@@ -163,11 +174,16 @@ class SheetReader:
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self.fast_path = True  # False once a pass fell back to the ElementTree reader
+        self.span = (0, 0)  # the first and last row numbers the last fast pass met
         self._progress = progress
         self._zip = self._open(path)
         self.sheet_name, self._part, self.other_sheets, self._date1904 = self._first_sheet()
         self._date_styles = self._read_date_styles()
         self._strings: SharedStrings | None = None
+        self._slots: list[int] | None = None  # the kept columns: a slot per column, or -1
+        self._kept_columns: list[int] = []
+        self._keys = _BYTE_COLUMNS  # column letters to their place in a row (see _key)
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -249,21 +265,16 @@ class SheetReader:
             )
         self._check_prolog(name)
         data = self._zip.read(name)
+        if has_dtd(data):  # after the root: not well-formed, but refused as what it is
+            refuse_dtd(name)
         try:
             return ElementTree.fromstring(data)
         except ElementTree.ParseError as exc:
             raise WorkbookRejected("unreadable", f"{name} is not valid XML: {exc}") from None
 
-    @staticmethod
-    def _refuse_dtd(prolog: bytes, name: str) -> None:
-        if _DTD.search(prolog):
-            raise WorkbookRejected(
-                "xml_dtd",
-                f"{name} declares a DTD or entities, which Excel never writes (an XML bomb?)",
-            )
-
-    def _check_prolog(self, name: str) -> None:
-        """Refuse a DTD anywhere before the root element, however long the prolog.
+    def _check_prolog(self, name: str) -> _Head:
+        """Refuse a DTD anywhere before the root element, however long the prolog, and read the
+        root element's start tag.
 
         A DTD can only stand in the prolog; it is read whole (comments, processing
         instructions), up to a bound, instead of only its first kilobytes.
@@ -271,20 +282,24 @@ class SheetReader:
         with self._zip.open(name) as stream:
             buffer = b""
             while True:
-                verdict = _prolog_verdict(buffer)
+                verdict, at = prolog_verdict(buffer)
                 if verdict == "dtd":
-                    self._refuse_dtd(b"<!DOCTYPE", name)
+                    refuse_dtd(name)
                 if verdict == "utf16":
                     raise WorkbookRejected("unreadable", f"{name} is UTF-16, not Excel's UTF-8")
-                if verdict is not None:
-                    return
-                chunk = stream.read(1 << 16)
+                if verdict == "root":
+                    tag = root_tag(buffer, at)
+                    if tag is not None:
+                        return _Head(markup_of(tag), tag.end())
+                    if buffer[at : at + 1] != b"<":
+                        return _Head(None, at)  # text: the parser says what is wrong
+                chunk = stream.read(max(1 << 16, len(buffer)))  # doubling: linear in all
                 if not chunk:
-                    return  # no root element: the parser says what is wrong
+                    return _Head(None, len(buffer))  # no root element: as above
                 buffer += chunk
                 if len(buffer) > _MAX_PROLOG_BYTES:
                     raise WorkbookRejected(
-                        "unreadable", f"{name} has a prolog of more than 4 MB before its content"
+                        "unreadable", f"{name} has more than 4 MB before its content starts"
                     )
 
     def _member(self, target: str, base: str = "xl/") -> str:
@@ -304,11 +319,11 @@ class SheetReader:
         targets = {rel.get("Id"): rel.get("Target", "") for rel in rels}
         sheets = [
             (sheet.get("name", "?"), targets.get(sheet.get(f"{{{_REL}}}id")))
-            for sheet in workbook.iter(f"{{{_MAIN}}}sheet")
+            for sheet in workbook.iter(f"{{{MAIN}}}sheet")
         ]
         if not sheets or sheets[0][1] is None:
             raise WorkbookRejected("unreadable", "the workbook lists no worksheet")
-        properties = workbook.find(f"{{{_MAIN}}}workbookPr")
+        properties = workbook.find(f"{{{MAIN}}}workbookPr")
         date1904 = properties is not None and properties.get("date1904") in ("1", "true")
         name, target = sheets[0]
         part = self._member(str(target))
@@ -322,13 +337,13 @@ class SheetReader:
         styles = self._xml("xl/styles.xml")
         custom = {
             int(fmt.get("numFmtId", "-1")): fmt.get("formatCode", "")
-            for fmt in styles.iter(f"{{{_MAIN}}}numFmt")
+            for fmt in styles.iter(f"{{{MAIN}}}numFmt")
         }
-        cell_xfs = styles.find(f"{{{_MAIN}}}cellXfs")
+        cell_xfs = styles.find(f"{{{MAIN}}}cellXfs")
         if cell_xfs is None:
             return frozenset()
         dates = set()
-        for index, xf in enumerate(cell_xfs.iter(f"{{{_MAIN}}}xf")):
+        for index, xf in enumerate(cell_xfs.iter(f"{{{MAIN}}}xf")):
             number_format = int(xf.get("numFmtId", "0"))
             if number_format in _BUILTIN_DATE_FORMATS or (
                 number_format in custom and _is_date_format(custom[number_format])
@@ -337,7 +352,6 @@ class SheetReader:
         return frozenset(dates)
 
     def _shared_strings(self) -> SharedStrings:
-        strings = SharedStrings()
         name = next(
             (
                 n
@@ -347,29 +361,36 @@ class SheetReader:
             None,
         )
         if name is None:
-            return strings
-        self._check_prolog(name)
+            return SharedStrings()
+        head = self._check_prolog(name)
+        if head.markup is not None:
+            try:
+                return self._fast_strings(name, head.markup, head.body)
+            except FastPathUnsupported:
+                self.fast_path = False
+        return self._tree_strings(name)
+
+    def _fast_strings(self, name: str, markup: Markup, body: int) -> SharedStrings:
+        strings = SharedStrings()
         with self._zip.open(name) as stream:
-            pieces = BytePieces(stream, b"</si>", self.limits.max_cell_chars * 8, "a shared string")
+            limit = self.limits.max_cell_chars * 8
+            pieces = BytePieces(stream, markup.string_end, limit, "a shared string")
             for piece in pieces:
-                plain_found = None
-                if not (b"&" in piece or b"<r>" in piece or b"<rPh" in piece or b"<t/>" in piece):
-                    plain_found = _SHARED_STRING_BYTES.findall(piece)
-                    if any(rich for _, rich in plain_found):
-                        plain_found = None  # an <si> with more than one plain <t>
-                if plain_found is None:
-                    found = _SHARED_STRING.findall(piece.decode())
-                    strings.extend(
-                        [
-                            (html.unescape(plain) if "&" in plain else plain)
-                            if not rich
-                            else rich_text(rich)
-                            for plain, rich in found
-                        ]
-                    )
-                else:
-                    # Plain text needs no decoding: the UTF-8 bytes go to the table as they are.
-                    strings.extend_utf8([plain for plain, _ in plain_found])
+                _check_piece(piece, name, pieces.offset, body, None)
+                _add_strings(strings, piece, markup)
+        return strings
+
+    def _tree_strings(self, name: str) -> SharedStrings:
+        strings = SharedStrings()
+        with self._zip.open(name) as stream:
+            limit = self.limits.max_cell_chars * 8
+            batch: list[str] = []
+            for text in tree.strings(PartEvents(stream, name, limit, "a shared string")):
+                batch.append(text)
+                if len(batch) >= _STRING_BATCH:
+                    strings.extend(batch)
+                    batch = []
+            strings.extend(batch)
         return strings
 
     # -- reading ---------------------------------------------------------------------------------
@@ -396,6 +417,40 @@ class SheetReader:
         """Free the shared-strings table once no more rows will be read."""
         self._strings = None
 
+    def keep_columns(self, columns: Iterable[int]) -> list[int]:
+        """From the next row on, yield only ``columns`` (indices from column A), in ascending order.
+
+        Once the header is known, its template columns are all the checker reads: a row's work
+        then follows the cells it holds, not how far right they stand. A new :meth:`rows` pass
+        starts with every column again.
+
+        Returns:
+            The kept columns in ascending order: the column of each value of a row yielded.
+        """
+        kept = sorted(set(columns))
+        slots = [-1] * MAX_COLUMN
+        for slot, column in enumerate(kept):
+            slots[column] = slot
+        self._slots, self._kept_columns, self._keys = slots, kept, {}
+        return kept
+
+    def _key(self, letters: bytes) -> float:
+        """The place of column ``letters`` in a row yielded, which orders cells as their columns.
+
+        A kept column's place is its slot, an int, where the row holds its value. A column that
+        is not kept gets a fraction between the slots of the kept columns around it. So the one
+        test of the hot loop (is the place the row's length?) also finds a cell to skip, a gap
+        to pad and a cell out of order, and costs nothing more for the cells of a plain row.
+        """
+        column = column_index(letters.decode())
+        if self._slots is None:
+            return column
+        slot = self._slots[column]
+        if slot >= 0:
+            return slot
+        before = bisect_left(self._kept_columns, column)  # kept columns left of this one
+        return before - 1 + (column + 1) / (MAX_COLUMN + 2)
+
     def part_rows(self, start_byte: int, stop_byte: int | None) -> Generator[Row, None, None]:
         """The rows of one part of the sheet, by position in the inflated XML, fast path only.
 
@@ -412,25 +467,28 @@ class SheetReader:
         the ElementTree reader resumes after the last row number seen.
         """
         self.load_strings()
+        self._slots, self._keys = None, _BYTE_COLUMNS
         last = 0
         try:
             for row in self._fast_rows():
                 last = row[0]
                 yield row
         except FastPathUnsupported:
+            self.fast_path = False
             for row in self._tree_rows():
                 if row[0] > last:
                     yield row
 
-    def _head(self, name: str, size: int = 65536) -> bytes:
-        with self._zip.open(name) as stream:
-            return stream.read(size)
+    def _sheet_stream(self) -> tuple[_Head, IO[bytes]]:
+        head = self._check_prolog(self._part)
+        return head, self._zip.open(self._part)
 
-    def _sheet_stream(self) -> IO[bytes]:
-        self._check_prolog(self._part)
-        return self._zip.open(self._part)
+    def _kept(self) -> list[int] | None:
+        return self._slots
 
-    def _value(self, kind: str, style: str, raw: str, inline: str, rich: str) -> Any:
+    def _value(self, kind: str, style: str, raw: str, text: str) -> Any:
+        """A cell's value from its type, its style, its <v> text and its inline text (both
+        with entities resolved)."""
         if kind == "s":
             assert self._strings is not None
             try:
@@ -447,151 +505,130 @@ class SheetReader:
                 return self.date(number)
             return number
         if kind == "inlineStr":
-            return rich_text(rich) if rich else (html.unescape(inline) if "&" in inline else inline)
+            if len(text) > self.limits.max_cell_chars:
+                raise WorkbookRejected(
+                    "cell_too_long", "a cell holds more text than Excel allows (32,767 characters)"
+                )
+            return text
         if kind == "b":
             return raw == "1" if raw else None
-        return (html.unescape(raw) if "&" in raw else raw) if raw else None
+        return raw or None
 
     def _fast_rows(  # noqa: C901 - the hot loop, kept flat on purpose
         self, start_byte: int = 0, stop_byte: int | None = None
     ) -> Generator[Row, None, None]:
         # The hot loop of validation. It works on bytes: a shared-string index, a number or a
         # column letter is ASCII and never needs decoding; only text values are decoded.
-        findall = _FAST_CELL.findall
         strings = self._strings
         assert strings is not None
         buffer, ends = strings.buffer, strings.ends
         string_count = len(ends) - 1
-        column_of = _BYTE_COLUMNS.get
+        keys = self._keys
+        column_of = keys.get
         value_of = self._value
         date_styles = self._date_styles
         max_chars = self.limits.max_cell_chars
+        total = self.sheet_bytes
+        head, stream = self._sheet_stream()
+        markup = head.markup
+        if markup is None:
+            stream.close()
+            raise FastPathUnsupported("the sheet's root is not in the main namespace")
+        findall, inline_text = markup.cell.findall, markup.inline_text
+        cell_open, row_open = markup.cell_open, markup.row_open
         current = b""
         values: list[Any] = []
-        total = self._zip.getinfo(self._part).file_size
-        with self._sheet_stream() as stream:
-            head = self._head(self._part, 4096).decode("utf-8", "replace")
-            if re.search(r"<\w+:(worksheet|sheetData|row|c)[\s>]", head):
-                raise FastPathUnsupported("namespace prefix")
-            pieces = BytePieces(stream, b"</row>", self.limits.max_row_bytes, "a row")
-            for piece in pieces:
-                # Pieces are cut the same way in every process, so parts never overlap.
-                if pieces.position <= start_byte:
-                    continue
-                if stop_byte is not None and pieces.position > stop_byte:
-                    break
-                if self._progress is not None:
-                    self._progress(pieces.position - start_byte, (stop_byte or total) - start_byte)
-                cells = findall(piece)
-                if piece.count(b"<c ") + piece.count(b"<c>") + piece.count(b"<c/") != len(cells):
-                    raise FastPathUnsupported("cell tags the tokeniser does not understand")
-                for letters, number, style, kind, raw, inline, rich in cells:
-                    if number != current:
-                        if values and _has_content(values):
-                            yield int(current), values
-                        current, values = number, []
-                        _row_number(int(number))
-                    column = column_of(letters)
-                    if column is None:
-                        column = _BYTE_COLUMNS[letters] = _column(letters.decode())
-                    if column != len(values):
-                        if column < len(values):
-                            raise FastPathUnsupported("cells out of order")
-                        values.extend([None] * (column - len(values)))
-                    if kind == b"s":
-                        index = int(raw)
-                        if index >= string_count:
-                            raise WorkbookRejected(
-                                "unreadable",
-                                f"cell {letters.decode()}{number.decode()} refers to shared "
-                                f"string {index}, which does not exist",
+        first_row = last_row = 0
+        skipped = -1.0  # the place of the last cell skipped in this row
+        try:
+            with stream:
+                pieces = BytePieces(stream, markup.row_end, self.limits.max_row_bytes, "a row")
+                for piece in pieces:
+                    # Pieces are cut the same way in every process, so parts never overlap.
+                    if pieces.position <= start_byte:
+                        continue
+                    if stop_byte is not None and pieces.position > stop_byte:
+                        break
+                    if self._progress is not None:
+                        done = pieces.position - start_byte
+                        self._progress(done, (stop_byte or total) - start_byte)
+                    _check_piece(piece, self._part, pieces.offset, head.body, markup.sheet_data_end)
+                    cells = findall(piece)
+                    _check_count(piece, cell_open, len(cells), markup.counts_cells)
+                    rows = 0  # row numbers met in this piece; one per <row> that holds cells
+                    for letters, number, style, kind, raw, inline, rich in cells:
+                        if number != current:
+                            if values and _has_content(values):
+                                yield last_row, values
+                            row = int(number)
+                            if not last_row < row <= MAX_ROW:
+                                refuse_row(last_row, row)
+                            current, last_row, skipped, values = number, row, -1.0, []
+                            if keys is not self._keys:  # the caller keeps fewer columns now
+                                keys = self._keys
+                                column_of = keys.get
+                            first_row = first_row or row
+                            rows += 1
+                        column = column_of(letters)
+                        if column is None:
+                            column = keys[letters] = self._key(letters)
+                        if column != len(values):
+                            if column <= skipped or column <= len(values) - 1:
+                                # A cell, or a whole row, repeated? ElementTree sees the rows.
+                                raise FastPathUnsupported("cells out of order")
+                            # Up to a skipped cell's place too: no kept cell may come after.
+                            values.extend([None] * (ceil(column) - len(values)))
+                            if column % 1:  # a column not kept
+                                skipped = column
+                                continue
+                        if kind == b"s":
+                            index = int(raw)
+                            if index >= string_count:
+                                raise WorkbookRejected(
+                                    "unreadable",
+                                    f"cell {letters.decode()}{number.decode()} refers to shared "
+                                    f"string {index}, which does not exist",
+                                )
+                            values.append(buffer[ends[index] : ends[index + 1] - 1].decode())
+                        elif not kind or kind == b"n":
+                            if not raw:
+                                values.append(None)
+                                continue
+                            value: Any = int(raw) if raw.isdigit() else _number(raw.decode())
+                            if style and int(style) in date_styles:
+                                value = self.date(value)
+                            values.append(value)
+                        elif kind == b"inlineStr" and not rich and b"&" not in inline:
+                            text = inline.decode()
+                            if len(text) > max_chars:
+                                raise WorkbookRejected(
+                                    "cell_too_long",
+                                    f"cell {letters.decode()}{number.decode()} holds more text "
+                                    "than Excel allows (32,767 characters)",
+                                )
+                            values.append(text)
+                        else:
+                            values.append(
+                                value_of(
+                                    kind.decode(),
+                                    style.decode(),
+                                    _unescaped(raw),
+                                    inline_text(inline, rich),
+                                )
                             )
-                        values.append(buffer[ends[index] : ends[index + 1] - 1].decode())
-                    elif not kind or kind == b"n":
-                        if not raw:
-                            values.append(None)
-                            continue
-                        value: Any = int(raw) if raw.isdigit() else _number(raw.decode())
-                        if style and int(style) in date_styles:
-                            value = self.date(value)
-                        values.append(value)
-                    elif kind == b"inlineStr" and not rich and b"&" not in inline:
-                        text = inline.decode()
-                        if len(text) > max_chars:
-                            raise WorkbookRejected(
-                                "cell_too_long",
-                                f"cell {letters.decode()}{number.decode()} holds more text than "
-                                "Excel allows (32,767 characters)",
-                            )
-                        values.append(text)
-                    else:
-                        values.append(
-                            value_of(
-                                kind.decode(),
-                                style.decode(),
-                                raw.decode(),
-                                inline.decode(),
-                                rich.decode(),
-                            )
-                        )
-        if values and _has_content(values):
-            yield int(current), values
+                    # A row number that spans two <row> elements (a repeated row) shows here.
+                    _check_count(piece, row_open, rows, markup.counts_rows)
+            if values and _has_content(values):
+                yield last_row, values
+        finally:
+            self.span = (first_row, last_row)
 
     def _tree_rows(self) -> Iterator[Row]:
         """The robust path: ElementTree, any prefix, cells with or without ``r``."""
-        number = 0
-        with self._sheet_stream() as stream:
-            try:
-                for _, element in ElementTree.iterparse(stream, events=("end",)):
-                    if element.tag.rpartition("}")[2] != "row":
-                        continue
-                    given = element.get("r")
-                    number = _row_number(int(given) if given else number + 1)
-                    values = self._tree_cells(element)
-                    element.clear()
-                    if any(v is not None and v != "" for v in values):
-                        yield number, values
-            except ElementTree.ParseError as exc:
-                raise WorkbookRejected("unreadable", f"the sheet is not valid XML: {exc}") from None
-
-    def _tree_cells(self, row: ElementTree.Element) -> list[Any]:
-        values: list[Any] = []
-        for cell in row:
-            if cell.tag.rpartition("}")[2] != "c":
-                continue
-            reference = cell.get("r")
-            if reference:
-                column = _column(reference.rstrip("0123456789")[:8])
-                values.extend([None] * (column - len(values)))
-            raw = inline = ""
-            for child in cell:
-                local = child.tag.rpartition("}")[2]
-                if local == "v":
-                    raw = child.text or ""
-                elif local == "is":
-                    inline = "".join(
-                        t.text or ""
-                        for t in child.iter()
-                        if t.tag.rpartition("}")[2] == "t" and not _inside_phonetic(child, t)
-                    )
-            kind = cell.get("t") or ""
-            values.append(
-                self._value(
-                    kind if kind != "inlineStr" else "inlineStr",
-                    cell.get("s") or "",
-                    raw,
-                    inline,
-                    "",
-                )
-            )
-        return values
+        _, stream = self._sheet_stream()
+        with stream:
+            events = PartEvents(stream, self._part, self.limits.max_row_bytes, "a row")
+            yield from TreeRows(events, self._value, self._kept)
 
     def close(self) -> None:
         self._zip.close()
-
-
-def _inside_phonetic(root: ElementTree.Element, target: ElementTree.Element) -> bool:
-    for phonetic in root:
-        if phonetic.tag.rpartition("}")[2] == "rPh" and any(t is target for t in phonetic.iter()):
-            return True
-    return False
