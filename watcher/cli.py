@@ -171,9 +171,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 async def _bring_back(settings: Settings, record: FileRecord) -> None:
     from watcher.settle import bring_back
-    from watcher.sources.sftp import SftpSource
+    from watcher.sources import make_source
 
-    source = SftpSource(settings.sftp)
+    source = make_source(settings)  # SFTP, or the local disk in sidecar mode
     try:
         await bring_back(source, record)
     finally:
@@ -363,7 +363,9 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--config",
         type=Path,
-        default=DEFAULT_CONFIG,
+        # Accepted before or after a sub-command: no level's default may overwrite another's
+        # value, so the default is filled in after parsing.
+        default=argparse.SUPPRESS,
         help=f"the TOML configuration (default {DEFAULT_CONFIG})",
     )
 
@@ -524,5 +526,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``isales-watcher`` command."""
     args = _parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = DEFAULT_CONFIG
     code: int = args.handler(args)
     return code

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 
+import pytest
+
 from tests.conftest import cli, wait_for
 from tests.workbooks import openpyxl_bytes, rows_valid, xlsxwriter_bytes
 
@@ -120,11 +122,17 @@ async def test_the_configured_unpacked_size_limit_rejects_a_workbook(
     assert emulator.uploads == []
 
 
+@pytest.mark.parametrize("mode", ["sftp", "local"])
 async def test_a_duplicate_is_imported_again_on_an_operator_s_word(
-    make_world, run_daemon, emulator, upload
+    make_world, run_daemon, emulator, upload, sshd, mode
 ):
-
-    world = make_world()
+    # In sidecar mode the command acts through the local disk, as the daemon does: the SFTP
+    # port configured is closed, and nothing needs it (iSales fetches from its own server).
+    if mode == "local":
+        local = f'source = "local"\n[local]\nbase_dir = "{sshd.root}"\n'
+        world = make_world(daemon_extra=local, sftp_port=9, server_id="fs-1")
+    else:
+        world = make_world()
     data = xlsxwriter_bytes(rows_valid(5, seed=91))
     await run_daemon(world)
     await upload(world.inbox / "round1.xlsx", data)
@@ -141,10 +149,10 @@ async def test_a_duplicate_is_imported_again_on_an_operator_s_word(
     ledger.close()
     code, output = await cli(
         "ledger",
+        "--config",  # before the sub-command: as good as after it
+        str(world.config),
         "reprocess",
         row.id,
-        "--config",
-        str(world.config),
         "--reason",
         "second call round, agreed with the business",
         "--by",
