@@ -188,3 +188,24 @@ async def test_a_sticky_inbox_refuses_the_claim_whole_and_leaves_no_link(open_fo
         ledger.close()
     assert row.state is FileState.lost  # not left in claiming
     assert "the claim was refused" in (row.reason or "")
+
+
+@pytest.mark.parametrize("mode", ["sftp", "local"])
+async def test_a_name_that_is_not_utf8_is_left_alone_with_one_warning(
+    make_world, run_daemon, emulator, sshd, mode
+):
+    world = local_world(make_world, sshd) if mode == "local" else make_world()
+    odd = os.fsencode(world.inbox) + b"/list-\xff\xfe.xlsx"
+    with open(odd, "wb") as out:
+        out.write(xlsxwriter_bytes(rows_valid(3, seed=305)))
+    with structlog.testing.capture_logs() as logs:
+        await run_daemon(world)
+        (world.inbox / "fine.xlsx").write_bytes(xlsxwriter_bytes(rows_valid(3, seed=306)))
+        await wait_for(settled_as(world, "fine.xlsx", "done"), 30, "fine.xlsx done")
+        await asyncio.sleep(1)  # more polls: still one warning
+    warned = [e for e in logs if e["event"] == "source.name_not_utf8"]
+    assert len(warned) == 1
+    assert "\\xff\\xfe" in warned[0]["name"]
+    assert [r[0] for r in _rows(world)] == ["fine.xlsx"]
+    assert os.listdir(world.inbox).count(os.fsdecode(odd).rsplit("/", 1)[1]) == 1  # left there
+    assert not any(e["event"] in ("file.task_crashed", "route.scan_crashed") for e in logs)

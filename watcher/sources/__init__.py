@@ -10,13 +10,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+import structlog
+
 from watcher.errors import SkipFileError, SourceRefusedError, WatcherError, WorkbookRejected
 from watcher.models import RemoteEntry
 
 if TYPE_CHECKING:
     from watcher.settings import Settings
 
-__all__ = ("Source", "check_access", "make_source", "too_large")
+__all__ = ("OddNames", "Source", "check_access", "make_source", "too_large")
+
+log = structlog.get_logger(__name__)
 
 
 def too_large(path: str, max_bytes: int) -> WorkbookRejected:
@@ -95,6 +99,39 @@ class Source(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class OddNames:
+    """Names a listing cannot use, each warned of once: not UTF-8 (iSales takes UTF-8 names)."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def usable(self, folder: str, name: str | bytes) -> str | None:
+        """``name`` as text, or None (warned once) when it is not valid UTF-8."""
+        if isinstance(name, str):
+            try:
+                name.encode()
+            except UnicodeEncodeError:  # undecodable bytes, kept as surrogates by os.scandir
+                shown = name.encode(errors="surrogateescape")
+            else:
+                return name
+        else:
+            try:
+                return name.decode()
+            except UnicodeDecodeError:
+                shown = name
+        key = f"{folder}/{shown!r}"
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(
+                "source.name_not_utf8",
+                folder=folder,
+                name=repr(shown),
+                advice="rename the file: its name is not UTF-8, which iSales needs; it is left "
+                "where it is",
+            )
+        return None
 
 
 def make_source(settings: Settings) -> Source:

@@ -42,7 +42,7 @@ from watcher.errors import (
 )
 from watcher.models import RemoteEntry
 from watcher.settings import LocalSettings
-from watcher.sources import too_large
+from watcher.sources import OddNames, too_large
 
 __all__ = ("LocalSource",)
 
@@ -104,6 +104,7 @@ class LocalSource:
         self._started: dict[int, float] = {}  # calls not returned yet: when each began
         self._calls = 0
         self._links_seen: set[str] = set()
+        self._odd = OddNames()
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -265,7 +266,10 @@ class LocalSource:
 
     async def list_files(self, folder: str) -> list[RemoteEntry]:
         entries = []
-        for name, info, kind in await self._scan(folder):
+        for odd, info, kind in await self._scan(folder):
+            name = self._odd.usable(folder, odd) if kind == "file" else odd
+            if name is None:
+                continue
             if kind == "file":
                 entries.append(RemoteEntry(name, info.st_size, info.st_mtime_ns))
             elif kind == "link":
@@ -274,7 +278,10 @@ class LocalSource:
 
     async def list_folders(self, folder: str) -> list[str]:
         names = []
-        for name, _, kind in await self._scan(folder):
+        for odd, _, kind in await self._scan(folder):
+            name = self._odd.usable(folder, odd) if kind == "folder" else odd
+            if name is None:
+                continue
             if kind == "folder":
                 names.append(name)
             elif kind == "link":

@@ -24,7 +24,7 @@ from watcher.errors import (
 )
 from watcher.models import RemoteEntry
 from watcher.settings import SftpSettings
-from watcher.sources import too_large
+from watcher.sources import OddNames, too_large
 
 __all__ = ("SftpSource",)
 
@@ -74,6 +74,7 @@ class SftpSource:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
+        self._odd = OddNames()
 
     @property
     def address(self) -> str:
@@ -178,25 +179,31 @@ class SftpSource:
     async def _listing(self, folder: str) -> list[asyncssh.SFTPName]:
         async with self._session(f"listing {folder}") as sftp:
             try:
-                return [item async for item in sftp.scandir(folder)]
+                # Names as bytes: one name that is not UTF-8 must not fail the whole listing.
+                return [item async for item in sftp.scandir(folder.encode())]
             except asyncssh.SFTPNoSuchFile:
                 await sftp.makedirs(folder, exist_ok=True)
                 return []
 
     async def list_files(self, folder: str) -> list[RemoteEntry]:
-        return [
-            RemoteEntry(str(item.filename), item.attrs.size or 0, int(item.attrs.mtime or 0))
-            for item in await self._listing(folder)
-            if item.attrs.type == asyncssh.FILEXFER_TYPE_REGULAR
-        ]
+        entries = []
+        for item in await self._listing(folder):
+            if item.attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
+                continue  # links (the listing does not follow them), folders, devices
+            name = self._odd.usable(folder, item.filename)
+            if name is not None:
+                entries.append(RemoteEntry(name, item.attrs.size or 0, int(item.attrs.mtime or 0)))
+        return entries
 
     async def list_folders(self, folder: str) -> list[str]:
-        return [
-            str(item.filename)
-            for item in await self._listing(folder)
-            if item.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY
-            and item.filename not in (".", "..")
-        ]
+        names = []
+        for item in await self._listing(folder):
+            if item.attrs.type != asyncssh.FILEXFER_TYPE_DIRECTORY:
+                continue
+            name = self._odd.usable(folder, item.filename)
+            if name is not None and name not in (".", ".."):
+                names.append(name)
+        return names
 
     async def read_ends(
         self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
