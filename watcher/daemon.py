@@ -152,9 +152,11 @@ class Daemon:
                 self.ready.set()
                 self._notifier.ready(f"watching {len(self.settings.routes)} route(s)")
                 watchdog = asyncio.create_task(self._feed_watchdog())
+                renewals = asyncio.create_task(self._renew_leases())
                 await self._watch(pipeline)
                 self._notifier.stopping()
                 watchdog.cancel()
+                renewals.cancel()
                 await self._drain()
         finally:
             if self._api_probe is not None:
@@ -289,6 +291,12 @@ class Daemon:
                 log.error("daemon.stuck", **details)
             await self._pause(interval_s)
 
+    async def _renew_leases(self) -> None:
+        """Beat every held lease each half interval, whatever the watch loop is doing."""
+        while not self.stop.is_set():
+            await self._pause(self.settings.daemon.lease_interval_s / 2)
+            await self._leases.renew()
+
     def _probe_isales(self, pipeline: Pipeline) -> None:
         """An idle daemon still asks iSales now and then, so that readiness means something.
 
@@ -324,7 +332,15 @@ class Daemon:
             if not route.is_template:
                 routes.append(route)
                 continue
-            for name in await self._source.list_folders(route.parent):
+            try:
+                names = await self._source.list_folders(route.parent)
+            except SourceUnavailableError:
+                raise  # the server, not the folder: the whole pass waits
+            except WatcherError as exc:  # this template's folder: the other routes go on
+                self._route_failed(route, exc)
+                continue
+            self._route_errors.pop(route.name, None)
+            for name in names:
                 if is_campaign_folder(name):
                     routes.append(route.for_campaign(name))
                 elif not name.startswith(".") and name not in self._odd_folders:
@@ -346,14 +362,17 @@ class Daemon:
         except SourceUnavailableError:
             raise  # the server, not the inbox: the whole pass waits
         except WatcherError as exc:
-            if self._route_errors.get(route.name) != str(exc):  # said once, not every poll
-                log.error("route.scan_failed", route=route.name, inbox=route.inbox, error=str(exc))
-            self._route_errors[route.name] = str(exc)
+            self._route_failed(route, exc)
             return
         except Exception:
             log.exception("route.scan_crashed", route=route.name, inbox=route.inbox)
             return
         self._route_errors.pop(route.name, None)
+
+    def _route_failed(self, route: RouteSettings, exc: WatcherError) -> None:
+        if self._route_errors.get(route.name) != str(exc):  # said once, not every poll
+            log.error("route.scan_failed", route=route.name, inbox=route.inbox, error=str(exc))
+        self._route_errors[route.name] = str(exc)
 
     async def _check_access(self, route: RouteSettings) -> None:
         """Before an inbox's first claim: may the daemon move files out of it? (once; a refused
@@ -378,7 +397,7 @@ class Daemon:
         keys = [posixpath.join(inbox, entry.name) for entry in entries]
         self._gate.retain(keys, inbox + "/")
         taken = 0
-        room = self._room(pipeline)
+        room = self._room(pipeline, inbox)
         # Oldest first, and a bounded number of claims per pass: a folder of 100,000 files is
         # worked through in order instead of all at once.
         for key, entry in sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime):
@@ -409,10 +428,18 @@ class Daemon:
                 self._recheck_in_s = min(self._recheck_in_s, 0.2)  # the rest: right after
                 break
 
-    def _room(self, pipeline: Pipeline) -> int:
-        """How many more files this daemon may claim now (``max_in_flight``)."""
+    def _room(self, pipeline: Pipeline, inbox: str) -> int:
+        """How many more files this daemon may claim now from ``inbox`` (``max_in_flight``).
+
+        With several inboxes, one may hold at most half: files stuck in one (a folder they
+        cannot be settled in) never starve the others.
+        """
         limit = self.settings.daemon.max_in_flight
-        room = limit - pipeline.ledger.count_unfinished() - len(self._busy)
+        in_hand = pipeline.ledger.in_hand()
+        busy = len(self._busy)
+        mine = in_hand.get(inbox, 0) + sum(key.startswith(inbox + "/") for key in self._busy)
+        share = limit if len(self._access_ok) <= 1 else max(1, limit // 2)
+        room = min(limit - sum(in_hand.values()) - busy, share - mine)
         if room <= 0 and not self._full:
             log.warning(
                 "daemon.in_flight_full",

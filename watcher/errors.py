@@ -17,6 +17,7 @@ __all__ = (
     "RejectFileError",
     "SignatureRefusedError",
     "SkipFileError",
+    "SourceDeniedError",
     "SourceRefusedError",
     "SourceUnavailableError",
     "TaskTakenError",
@@ -47,6 +48,10 @@ class SourceRefusedError(TransientError):
 
     That path's trouble, not the server's: the other inboxes and files go on.
     """
+
+
+class SourceDeniedError(SourceRefusedError):
+    """The server said "permission denied" for this path: it will not change by waiting."""
 
 
 class HostKeyError(SourceUnavailableError):

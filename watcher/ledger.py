@@ -291,13 +291,17 @@ class Ledger:
         )
         return [_record(r) for r in rows]
 
-    def count_unfinished(self) -> int:
-        """How many files are claimed and not settled (the daemon's work in flight)."""
+    def in_hand(self) -> dict[str, int]:
+        """Files claimed and not settled, by inbox; not the scheduled imports that iSales holds
+        until their hour (they cost a query now and then, and may wait for hours)."""
         marks = ",".join("?" * len(_UNFINISHED))
-        row = self._db.execute(
-            f"SELECT count(*) FROM files WHERE state IN ({marks})", _UNFINISHED
-        ).fetchone()
-        return int(row[0])
+        rows = self._db.execute(
+            f"SELECT inbox, count(*) FROM files WHERE state IN ({marks}) AND NOT ("
+            "state = 'tracking' AND json_extract(details, '$.schedule') IS NOT NULL"
+            ") GROUP BY inbox",
+            _UNFINISHED,
+        )
+        return {inbox: int(count) for inbox, count in rows}
 
     def has_been(self, file_id: str, state: FileState) -> bool:
         """Whether the row was ever in ``state``."""

@@ -17,6 +17,7 @@ from watcher.errors import (
     FileGoneError,
     LedgerError,
     SkipFileError,
+    SourceDeniedError,
     SourceRefusedError,
     TransientError,
     WatcherError,
@@ -137,6 +138,7 @@ class Pipeline:
     async def _drive(self, record: FileRecord) -> None:
         failures = crashes = 0
         refusals: Counter[FileState] = Counter()  # per step: the server said no to this path
+        denials: Counter[FileState] = Counter()  # ... and said "permission denied"
         structlog.contextvars.bind_contextvars(file_id=record.id)
         while not record.state.is_terminal and not self.stop.is_set():
             try:
@@ -147,7 +149,10 @@ class Pipeline:
             except (TransientError, SkipFileError) as exc:
                 failures += 1
                 refusals[record.state] += isinstance(exc, SourceRefusedError)
-                advanced = await self._failed_step(record, exc, failures, refusals[record.state])
+                denials[record.state] += isinstance(exc, SourceDeniedError)
+                advanced = await self._failed_step(
+                    record, exc, failures, refusals[record.state], denials[record.state]
+                )
             except LedgerError:
                 raise
             except Exception as exc:
@@ -172,12 +177,12 @@ class Pipeline:
             record = advanced
 
     async def _failed_step(
-        self, record: FileRecord, exc: WatcherError, failures: int, refusals: int
+        self, record: FileRecord, exc: WatcherError, failures: int, refusals: int, denials: int
     ) -> FileRecord:
-        """Wait and try again; a file the server keeps refusing to hand over is rejected."""
+        """Wait and try again; a file the server keeps denying us is rejected."""
         self.health.retries.labels(record.state.value).inc()
         refused = isinstance(exc, SourceRefusedError)
-        if refused and record.state is FileState.claimed and refusals >= _MAX_REFUSALS:
+        if record.state is FileState.claimed and denials >= _MAX_REFUSALS:
             # Nothing was sent: say so, and where, instead of trying for ever.
             return self.ledger.transition(
                 record.id,

@@ -20,7 +20,9 @@ from watcher.models import FileState
 from watcher.settings import Settings, load_settings
 from watcher.sources.lease import LEASE_NAME
 
-FAST_LEASE = "lease_interval_s = 0.3\nlease_stale_after = 3\n"
+# Fast, but stale only after 3 s: a loaded machine (the suite beside two CPU hogs) must not
+# make a live holder look dead.
+FAST_LEASE = "lease_interval_s = 0.5\nlease_stale_after = 6\n"
 
 
 def _with_state(world, name: str) -> Settings:
@@ -103,7 +105,7 @@ async def test_a_lease_whose_heartbeat_stopped_is_taken_over_and_said(
 ):
     world = make_world(daemon_extra=FAST_LEASE)
     # A daemon on another host died holding the inbox: its heartbeat never moves again.
-    dead = {"host": "elsewhere", "pid": 4242, "instance": "0dead0", "beat": 17, "interval_s": 0.3}
+    dead = {"host": "elsewhere", "pid": 4242, "instance": "0dead0", "beat": 17, "interval_s": 0.5}
     (world.inbox / LEASE_NAME).write_text(json.dumps(dead))
     await upload(world.inbox / "waiting.xlsx", xlsxwriter_bytes(rows_valid(3, seed=411)))
     with structlog.testing.capture_logs() as logs:
@@ -114,7 +116,7 @@ async def test_a_lease_whose_heartbeat_stopped_is_taken_over_and_said(
     [taken] = [e for e in logs if e["event"] == "route.lease_taken_over"]
     assert "host elsewhere, pid 4242" in taken["previous"]
     assert "no heartbeat" in taken["why"]
-    assert waited_s >= 0.9  # three intervals of 0.3 s: not before the lease was stale
+    assert waited_s >= 3  # six intervals of 0.5 s: not before the lease was stale
     lease = json.loads((world.inbox / LEASE_NAME).read_text())
     assert lease["instance"] == daemon._leases.me["instance"]
     assert lease["beat"] > 17
@@ -128,7 +130,7 @@ async def test_in_flight_work_is_bounded_and_the_rest_waits_unclaimed_oldest_fir
     names = [f"f{n}.xlsx" for n in range(5)]
     for n, name in enumerate(names):
         path = world.inbox / name
-        path.write_bytes(xlsxwriter_bytes(rows_valid(3, seed=420 + n)))
+        path.write_bytes(xlsxwriter_bytes(rows_valid(20_000, seed=420 + n)))  # ~0.5 s checks
         os.utime(path, (1_700_000_000 + n, 1_700_000_000 + n))  # f0 is the oldest
     most = 0
     order: list[str] = []
@@ -139,7 +141,7 @@ async def test_in_flight_work_is_bounded_and_the_rest_waits_unclaimed_oldest_fir
         while not done.is_set():
             ledger = Ledger(world.state_dir / "ledger.sqlite3")
             try:
-                most = max(most, ledger.count_unfinished())
+                most = max(most, sum(ledger.in_hand().values()))
                 order[:] = [r.name for r in reversed(ledger.rows())]
             finally:
                 ledger.close()
@@ -155,3 +157,25 @@ async def test_in_flight_work_is_bounded_and_the_rest_waits_unclaimed_oldest_fir
     assert most <= 2
     assert order == names  # claimed oldest first, each once
     assert any(e["event"] == "daemon.in_flight_full" for e in logs)
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        '{"host": "x", "pid": 1, "beat": "oops"}',  # not what a daemon writes
+        "not json at all",
+        '{"host": "x", "pid": 1, "instance": "i", "beat": true}',
+    ],
+)
+async def test_a_planted_lease_is_unreadable_and_taken_over_once_stale(
+    make_world, emulator, upload, daemons, planted
+):
+    world = make_world(daemon_extra=FAST_LEASE)
+    (world.inbox / LEASE_NAME).write_text(planted)
+    await upload(world.inbox / "list.xlsx", xlsxwriter_bytes(rows_valid(3, seed=430)))
+    with structlog.testing.capture_logs() as logs:
+        daemons(load_settings(world.config))
+        await wait_for(settled_as(world, "list.xlsx", "done"), 45, "list.xlsx done")
+    [taken] = [e for e in logs if e["event"] == "route.lease_taken_over"]
+    assert taken["previous"] == "an unreadable lease"
+    assert not any(e["event"] == "route.scan_crashed" for e in logs)

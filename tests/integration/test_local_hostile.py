@@ -209,3 +209,24 @@ async def test_a_name_that_is_not_utf8_is_left_alone_with_one_warning(
     assert [r[0] for r in _rows(world)] == ["fine.xlsx"]
     assert os.listdir(world.inbox).count(os.fsdecode(odd).rsplit("/", 1)[1]) == 1  # left there
     assert not any(e["event"] in ("file.task_crashed", "route.scan_crashed") for e in logs)
+
+
+async def test_a_campaign_folder_named_in_gbk_stops_nothing(make_world, run_daemon, emulator):
+    world = make_world()
+    text = world.config.read_text().replace(
+        f'inbox = "{world.inbox}"\ncampaign_id = "{world.campaign}"',
+        f'inbox = "{world.inbox}/{{campaign_id}}"',
+    )
+    world.config.write_text(text)
+    os.mkdir(os.fsencode(world.inbox) + b"/" + "春季".encode("gbk"))  # an old client's name
+    (world.inbox / "1647").mkdir()
+    emulator.campaigns.add("1647")
+    with structlog.testing.capture_logs() as logs:
+        daemon = await run_daemon(world)
+        (world.inbox / "1647" / "list.xlsx").write_bytes(xlsxwriter_bytes(rows_valid(3, seed=307)))
+        await wait_for((world.inbox / "1647" / "done" / "list.xlsx.result.txt").exists, 30, "done")
+    assert daemon.failed is None
+    assert [e["event"] for e in logs if e["event"] == "source.name_not_utf8"] == [
+        "source.name_not_utf8"
+    ]
+    assert [u.campaign_id for u in emulator.uploads] == ["1647"]

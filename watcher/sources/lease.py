@@ -37,7 +37,7 @@ from typing import Any
 
 import structlog
 
-from watcher.errors import ClaimConflictError, FileGoneError, WatcherError
+from watcher.errors import ClaimConflictError, FileGoneError, SourceRefusedError, WatcherError
 from watcher.sources import Source
 
 __all__ = ("LEASE_NAME", "InboxLeases", "LeaseHeldError")
@@ -161,6 +161,17 @@ class InboxLeases:
             return await self._source.read_file(path, _MAX_LEASE_BYTES)
         except FileGoneError:
             return None
+        except SourceRefusedError as exc:
+            raise SourceRefusedError(
+                f"the inbox lease {path} cannot be read ({exc}); it must be a plain file that "
+                "only isales-watcher writes: remove whatever is there"
+            ) from None
+
+    async def renew(self) -> None:
+        """Renew every lease held, apart from the watch loop: a slow pass never loses one."""
+        for inbox in list(self._held):
+            with contextlib.suppress(WatcherError):
+                await self.hold(inbox)
 
     async def release(self) -> None:
         """On a clean stop: remove the leases still ours, so the inboxes are free at once."""
@@ -173,12 +184,21 @@ class InboxLeases:
             del self._held[inbox]
 
 
+_FIELDS = {"host": str, "pid": int, "instance": str, "beat": int}
+
+
 def _parse(text: bytes) -> dict[str, Any]:
+    """The lease, or {} (an unreadable lease) when it is not what a daemon writes."""
     try:
         lease = json.loads(text)
     except ValueError:
         return {}
-    return lease if isinstance(lease, dict) else {}
+    if not isinstance(lease, dict):
+        return {}
+    for key, kind in _FIELDS.items():
+        if not isinstance(lease.get(key), kind) or isinstance(lease.get(key), bool):
+            return {}
+    return lease
 
 
 def _is(lease: dict[str, Any], me: dict[str, Any]) -> bool:

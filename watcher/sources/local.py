@@ -35,6 +35,7 @@ import watchfiles
 from watcher.errors import (
     ClaimConflictError,
     FileGoneError,
+    SourceDeniedError,
     SourceRefusedError,
     SourceUnavailableError,
     TransientError,
@@ -54,22 +55,22 @@ _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks open
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_HUNG_CALLS = 16  # calls that never returned; past this, no new call is started
-# The path's own trouble (the other files go on); anything else (EIO, ESTALE...) is the disk's.
-_REFUSED = frozenset(
+# The disk's or the mount's trouble, not one path's: the whole pass waits. Anything else is the
+# trouble of the path at hand (a permission, a link, a socket where a file should be).
+_DISK_GONE = frozenset(
     {
-        errno.EACCES,
-        errno.EPERM,
-        errno.ELOOP,
-        errno.ENAMETOOLONG,
-        errno.ENOTDIR,
-        errno.EISDIR,
-        errno.EROFS,
-        errno.ENOSPC,
-        errno.EDQUOT,
-        errno.EINVAL,
-        errno.EEXIST,
-        errno.ENOTEMPTY,
-        errno.EMLINK,
+        errno.EIO,
+        errno.ESTALE,
+        errno.ENOTCONN,
+        errno.ETIMEDOUT,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ECONNABORTED,
+        errno.ECONNRESET,
+        errno.ENOLINK,
+        errno.EREMOTEIO,
+        errno.ENODEV,
+        errno.ENOMEDIUM,
     }
 )
 
@@ -230,7 +231,7 @@ class LocalSource:
                 force_polling=self._settings.force_polling or None,
             ):
                 self._changed.set()
-        except (OSError, RuntimeError, WatcherError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a name it cannot decode, an inotify limit...
             # Events are a help, not a need: the periodic listing still finds every file.
             log.warning("local.watch_failed", error=str(exc))
 
@@ -238,7 +239,7 @@ class LocalSource:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watcher
 
     async def _scan(self, folder: str) -> list[tuple[str, os.stat_result, str]]:
@@ -471,6 +472,8 @@ def _source_error(what: str, exc: OSError) -> WatcherError:
     detail = exc.strerror or os.strerror(exc.errno or 0)
     if exc.errno == errno.ELOOP and detail == os.strerror(errno.ELOOP):
         detail = "it is a symbolic link, which the daemon never follows"
-    if exc.errno in _REFUSED:
-        return SourceRefusedError(f"{what}: {detail}")
-    return SourceUnavailableError(f"{what}: {detail}")
+    if exc.errno in _DISK_GONE:
+        return SourceUnavailableError(f"{what}: {detail}")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return SourceDeniedError(f"{what}: {detail}")
+    return SourceRefusedError(f"{what}: {detail}")  # that path's trouble (ENXIO: a socket...)

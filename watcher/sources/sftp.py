@@ -18,6 +18,7 @@ from watcher.errors import (
     ClaimConflictError,
     FileGoneError,
     HostKeyError,
+    SourceDeniedError,
     SourceRefusedError,
     SourceUnavailableError,
     TransientError,
@@ -172,6 +173,8 @@ class SftpSource:
             raise SourceUnavailableError(
                 f"{what}: no answer within {self._settings.op_timeout_s:g} s"
             ) from None
+        except asyncssh.SFTPPermissionDenied as exc:
+            raise SourceDeniedError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
         except asyncssh.SFTPError as exc:
             # The session is alive and answered: this path, not the server, is the trouble.
             raise SourceRefusedError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
@@ -214,9 +217,11 @@ class SftpSource:
             return head, tail
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
-        async with self._session(f"reading {path}") as sftp, sftp.open(path, "rb") as remote:
-            data: bytes = await remote.read(max_bytes, 0)
-            return data
+        async with self._session(f"reading {path}") as sftp:
+            await _refuse_link(sftp, path)
+            async with sftp.open(path, "rb") as remote:
+                data: bytes = await remote.read(max_bytes, 0)
+                return data
 
     async def makedirs(self, path: str) -> None:
         async with self._session(f"creating {path}") as sftp:
@@ -268,9 +273,15 @@ class SftpSource:
         except asyncssh.SFTPNoSuchFile:
             raise FileGoneError(f"downloading {path}: no such file") from None
         except (OSError, asyncssh.Error, TimeoutError) as exc:
+            if isinstance(exc, asyncssh.SFTPPermissionDenied):
+                # Said plainly: this file may not be read, and waiting will not change that.
+                raise SourceDeniedError(
+                    f"downloading {path}: {exc.reason} (SFTP code {exc.code})"
+                ) from None
             if isinstance(exc, asyncssh.SFTPError) and not isinstance(exc, _CONNECTION_GONE):
-                # The session answered: this file, not the server, is the trouble.
-                raise SourceRefusedError(
+                # "Failure" (code 4) is how OpenSSH reports EIO or ESTALE on its own disk: the
+                # session lives on, and the file is tried again later.
+                raise SourceUnavailableError(
                     f"downloading {path}: {exc.reason} (SFTP code {exc.code})"
                 ) from None
             self._drop()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import resource
@@ -34,6 +35,7 @@ __all__ = ("CheckLimits", "ValidationPool")
 log = structlog.get_logger(__name__)
 
 _ATTEMPTS = 2  # a checker killed from outside gets one more try
+_PR_SET_PDEATHSIG = 1
 _MB = 1 << 20
 
 
@@ -45,12 +47,24 @@ class CheckLimits:
     max_memory_mb: int
 
 
-def _work(path: str, options: ValidationOptions, memory_mb: int, answer: Connection) -> None:
+def _die_with_parent() -> None:
+    """SIGKILL when the process that started this one goes (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _work(
+    path: str, options: ValidationOptions, memory_mb: int, seconds: float, answer: Connection
+) -> None:
     """In the worker: own process group, memory ceiling, check, send the report up the pipe."""
     os.setpgid(0, 0)  # Ctrl-C reaches the daemon's group, not this one; a kill reaches the fork
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     ceiling = memory_mb * _MB
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    # A last bound of its own, should the daemon that keeps the wall clock die (SIGKILL).
+    cpu_s = int(seconds) + 10
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
     try:
         result: tuple[str, Any] = ("report", validate_file(path, options))
     except MemoryError:
@@ -141,7 +155,7 @@ class ValidationPool:
         answer, handed = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_work,
-            args=(path, options, self._limits.max_memory_mb, handed),
+            args=(path, options, self._limits.max_memory_mb, self._limits.max_seconds, handed),
             name="isales-watcher-validate",
         )
         try:

@@ -224,6 +224,9 @@ class ValidationOptions:
         return frozenset(promoted)
 
 
+_MAX_MESSAGE = 400
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     """One problem, where a person can find it in Excel."""
@@ -268,8 +271,11 @@ class Report:
     ) -> None:
         count = self.counts[kind] = self.counts.get(kind, 0) + 1
         if count <= self.examples_per_kind:
+            # Both may quote the file (a part's name, a cell): a 40 MB name must not become a
+            # 40 MB receipt, ledger row and log line.
             cut = excerpt if len(excerpt) <= 60 else excerpt[:57] + "..."
-            self.examples.append(Problem(kind, row, column, cut, message))
+            said = message if len(message) <= _MAX_MESSAGE else message[: _MAX_MESSAGE - 3] + "..."
+            self.examples.append(Problem(kind, row, column, cut, said))
 
     def merge(self, other: Report) -> None:
         """Add the findings of a later part of the same sheet (the fingerprint is set after)."""

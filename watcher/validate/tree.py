@@ -48,6 +48,7 @@ class PartEvents:
 
     def __init__(self, stream: IO[bytes], name: str, limit_bytes: int, what: str) -> None:
         self.namespace = ""  # of the root element, as "{uri}", or "" for none
+        self.root: ElementTree.Element | None = None
         self._stream = stream
         self._name = name
         self._limit_bytes = limit_bytes
@@ -104,6 +105,7 @@ class PartEvents:
                 f"{self._name} is not SpreadsheetML (its root is in namespace {namespace[:80]!r})",
             )
         self.namespace = f"{{{namespace}}}" if namespace else ""
+        self.root = element
         self._rooted = True
 
 
@@ -116,6 +118,13 @@ def _text(inline: ElementTree.Element, ns: str) -> str:
         elif child.tag == f"{ns}r":
             texts.extend(t.text or "" for t in child if t.tag == f"{ns}t")
     return "".join(texts)
+
+
+def _drop(element: ElementTree.Element, holder: ElementTree.Element | None) -> None:
+    """Anything that ends outside a row (junk between rows, parts after the sheet data) is
+    dropped at once: only a row's cells are ever kept, one at a time."""
+    if holder is not None and element is not holder:
+        holder.clear()
 
 
 def strings(events: PartEvents) -> Iterator[str]:
@@ -165,10 +174,7 @@ class TreeRows:
     def __iter__(self) -> Iterator[Row]:
         parent: ElementTree.Element | None = None
         for event, element in self._events:
-            if not self._tags[0]:
-                ns = self._events.namespace
-                self._tags = (f"{ns}row", f"{ns}c", f"{ns}sheetData", f"{ns}v", f"{ns}is")
-            row, cell, sheet_data = self._tags[:3]
+            row, cell, sheet_data = self._named()[:3]
             if element.tag == row:
                 if event == "start":
                     self._start_row(element)
@@ -179,11 +185,22 @@ class TreeRows:
                     yield self._number, self._values
                 if parent is not None:
                     parent.clear()  # the rows read so far
-            elif element.tag == sheet_data and event == "start":
+            elif element.tag == sheet_data:
+                if event == "end":
+                    return  # nothing after the sheet data holds a row: read no further
                 parent = element
             elif element.tag == cell and event == "end" and self._row is not None:
                 self._add_cell(element)
                 self._row.clear()  # a row holds one cell at a time
+            elif event == "end" and self._row is None:
+                _drop(element, parent or self._events.root)
+
+    def _named(self) -> tuple[str, str, str, str, str]:
+        """The tags of row, c, sheetData, v and is in the root's namespace."""
+        if not self._tags[0]:
+            ns = self._events.namespace
+            self._tags = (f"{ns}row", f"{ns}c", f"{ns}sheetData", f"{ns}v", f"{ns}is")
+        return self._tags
 
     def _start_row(self, row: ElementTree.Element) -> None:
         given = row.get("r")

@@ -257,7 +257,7 @@ class SheetReader:
                 f"{self.limits.max_uncompressed_bytes / 1e9:.1f} GB",
             )
 
-    def _xml(self, name: str, max_bytes: int = 50_000_000) -> ElementTree.Element:
+    def _xml(self, name: str, max_bytes: int) -> ElementTree.Element:
         info = self._zip.getinfo(name)
         if info.file_size > max_bytes:
             raise WorkbookRejected(
@@ -314,8 +314,10 @@ class SheetReader:
         return "/".join(parts)
 
     def _first_sheet(self) -> tuple[str, str, list[str], bool]:
-        workbook = self._xml("xl/workbook.xml")
-        rels = self._xml("xl/_rels/workbook.xml.rels")
+        # Read whole as trees: small parts in every real workbook, capped well below what a
+        # tree of them could cost (a tree takes ~30 times its XML).
+        workbook = self._xml("xl/workbook.xml", 5_000_000)
+        rels = self._xml("xl/_rels/workbook.xml.rels", 1_000_000)
         targets = {rel.get("Id"): rel.get("Target", "") for rel in rels}
         sheets = [
             (sheet.get("name", "?"), targets.get(sheet.get(f"{{{_REL}}}id")))
@@ -334,7 +336,7 @@ class SheetReader:
     def _read_date_styles(self) -> frozenset[int]:
         if "xl/styles.xml" not in self._zip.NameToInfo:
             return frozenset()
-        styles = self._xml("xl/styles.xml")
+        styles = self._xml("xl/styles.xml", 10_000_000)
         custom = {
             int(fmt.get("numFmtId", "-1")): fmt.get("formatCode", "")
             for fmt in styles.iter(f"{{{MAIN}}}numFmt")
