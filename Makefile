@@ -36,13 +36,14 @@ format: install
 	$(PY) -m ruff check --fix watcher tests $(wildcard bench)
 	$(PY) -m ruff format watcher
 
-# The wheels are built here, on the host: the build itself needs no package index.
+# The wheels are built here, on the host: the watcher's build needs no network at all. The SFTP
+# server's may (apt-get, on a stock Debian base): the host's network, no bridge, no NAT rules.
 image: install
 	rm -rf build/wheels
 	$(PY) -m pip wheel -q --disable-pip-version-check -w build/wheels .
-	$(ENGINE) build $(BUILD_ARGS) -f deploy/Dockerfile \
+	$(ENGINE) build $(BUILD_ARGS) --network=none -f deploy/Dockerfile \
 		-t localhost/isales-watcher:$(VERSION) -t localhost/isales-watcher:latest build/wheels
-	$(ENGINE) build $(BUILD_ARGS) \
+	$(ENGINE) build $(BUILD_ARGS) --network=host \
 		-t localhost/isales-sftp-server:$(VERSION) -t localhost/isales-sftp-server:latest \
 		deploy/sftp-server
 
