@@ -3,7 +3,15 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test lint format clean image base-image
+
+# Container images (deploy/): podman, or docker when podman is missing.
+ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' watcher/__init__.py)
+# Empty: the Dockerfiles' defaults (python:3.11-slim-bookworm, debian:bookworm-slim).
+BASE_IMAGE ?=
+BUILD_ARGS = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	$(if $(findstring podman,$(ENGINE)),--format docker)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +35,21 @@ lint: install
 format: install
 	$(PY) -m ruff check --fix watcher tests $(wildcard bench)
 	$(PY) -m ruff format watcher
+
+# The wheels are built here, on the host: the watcher's build needs no network at all. The SFTP
+# server's may (apt-get, on a stock Debian base): the host's network, no bridge, no NAT rules.
+image: install
+	rm -rf build/wheels
+	$(PY) -m pip wheel -q --disable-pip-version-check -w build/wheels .
+	$(ENGINE) build $(BUILD_ARGS) --network=none -f deploy/Dockerfile \
+		-t localhost/isales-watcher:$(VERSION) -t localhost/isales-watcher:latest build/wheels
+	$(ENGINE) build $(BUILD_ARGS) --network=host \
+		-t localhost/isales-sftp-server:$(VERSION) -t localhost/isales-sftp-server:latest \
+		deploy/sftp-server
+
+# No registry reachable: a base made from Debian packages (make image BASE_IMAGE=...).
+base-image:
+	ENGINE=$(ENGINE) deploy/debian-base.sh localhost/debian-python:bookworm
 
 clean:
 	rm -rf $(VENV) demo-data build *.egg-info

@@ -335,6 +335,19 @@ def _fake_isales(args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from watcher.probe import ProbeError, control_address, probe
+
+    try:
+        address = control_address(args.config)
+        reasons = probe(address, args.which, args.timeout)
+    except ProbeError as exc:
+        # Exit 1 for every no: a container engine reads 1 as unhealthy (2 is reserved).
+        return _fail(f"{args.which}: NO: {exc}", EX_INVALID)
+    _print(f"{args.which}: ok{f' ({reasons})' if reasons else ''}")
+    return EX_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
@@ -502,6 +515,15 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate chain")
     fake.add_argument("--tls-key", type=Path)
     fake.set_defaults(handler=_fake_isales)
+
+    probe = commands.add_parser(
+        "probe",
+        parents=[config],
+        help="ask the running daemon's control port whether it is live or ready (exit 0 or 1)",
+    )
+    probe.add_argument("which", choices=["live", "ready"])
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    probe.set_defaults(handler=_probe)
 
     demo = commands.add_parser(
         "demo", help="everything embedded: SFTP server, iSales emulator, daemon"

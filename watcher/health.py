@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import platform
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from watcher import __version__
 from watcher.ledger import Ledger
 from watcher.settings import Settings
 
@@ -87,6 +89,12 @@ class Health:
             ["state"],
             registry=self.registry,
         )
+        Gauge(
+            "isales_watcher_build_info",
+            "The running version (the value is always 1)",
+            ["version", "python"],
+            registry=self.registry,
+        ).labels(__version__, platform.python_version()).set(1)
         self.registry.register(_LedgerCollector(ledger, waiting))
 
     def beat(self) -> None:

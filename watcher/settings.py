@@ -51,18 +51,56 @@ def parse_utc_offset(text: str) -> timezone:
     return timezone(sign * timedelta(hours=int(match.group(2)), minutes=int(match.group(3))))
 
 
-def _read_secret(values: dict[str, Any], key: str) -> None:
-    """Fill ``key`` from ``key_file`` when only the file is given.
+def _credentials_directory() -> Path | None:
+    folder = os.environ.get("CREDENTIALS_DIRECTORY")
+    return Path(folder) if folder else None
 
-    A relative path is looked up in systemd's ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``).
+
+def _resolve_files(values: dict[str, Any]) -> dict[str, Any]:
+    """Every ``*_file`` key given as a bare name is a credential in ``$CREDENTIALS_DIRECTORY``.
+
+    systemd sets that variable for ``LoadCredential=``; the container image sets it to
+    ``/run/secrets`` (compose secrets, a Kubernetes Secret volume). The same rule holds for
+    every ``*_file`` key, so a key, a known_hosts file and a CA file are found the same way.
     """
+    resolved = dict(values)
+    for key, value in values.items():
+        if not key.endswith("_file") or not isinstance(value, str | os.PathLike):
+            continue
+        path = Path(value)
+        if path.is_absolute():
+            continue
+        folder = _credentials_directory()
+        if folder is None:
+            raise ValueError(
+                f"{key}: {str(path)!r} is a credential name, looked up in "
+                "$CREDENTIALS_DIRECTORY (set by systemd's LoadCredential=, and to /run/secrets "
+                "in the container image), which is not set; give an absolute path instead"
+            )
+        resolved[key] = folder / path
+    return resolved
+
+
+def _check_readable(key: str, path: Path | None) -> None:
+    """A file the daemon reads later must exist and be readable now, by this user."""
+    if path is None:
+        return
+    if not path.is_file():
+        raise ValueError(f"{key}: {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise ValueError(
+            f"{key}: {path} is not readable by uid {os.geteuid()} (under systemd's "
+            "DynamicUser=, load it with LoadCredential= and give its bare name)"
+        )
+
+
+def _read_secret(values: dict[str, Any], key: str) -> None:
+    """Fill ``key`` from ``key_file`` (already resolved) when only the file is given."""
     file_key = f"{key}_file"
     source = values.get(file_key)
     if source is None or values.get(key):
         return
     path = Path(source)
-    if not path.is_absolute() and "CREDENTIALS_DIRECTORY" in os.environ:
-        path = Path(os.environ["CREDENTIALS_DIRECTORY"]) / path
     try:
         secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -112,7 +150,7 @@ class IsalesSettings(_Section):
     @classmethod
     def _secrets_from_files(cls, values: Any) -> Any:
         if isinstance(values, dict):
-            values = dict(values)
+            values = _resolve_files(values)
             _read_secret(values, "access_key")
             _read_secret(values, "secret_key")
         return values
@@ -127,8 +165,7 @@ class IsalesSettings(_Section):
                 "base_url: plain http:// sends the signature in clear; use https://, "
                 "or set allow_insecure_http = true for a test bench"
             )
-        if self.ca_file is not None and not self.ca_file.is_file():
-            raise ValueError(f"ca_file: {self.ca_file} does not exist")
+        _check_readable("ca_file", self.ca_file)
         self._check_headers()
         if self.server_utc_offset is not None:
             try:
@@ -213,22 +250,20 @@ class SftpSettings(_Section):
     @classmethod
     def _secrets_from_files(cls, values: Any) -> Any:
         if isinstance(values, dict):
-            values = dict(values)
+            values = _resolve_files(values)
             _read_secret(values, "password")
         return values
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        if self.known_hosts_file is not None and not self.known_hosts_file.is_file():
-            raise ValueError(f"known_hosts_file: {self.known_hosts_file} does not exist")
+        _check_readable("known_hosts_file", self.known_hosts_file)
         if self.host_key_fingerprint is not None and not _FINGERPRINT.match(
             self.host_key_fingerprint
         ):
             raise ValueError(
                 "host_key_fingerprint: expected the form SHA256:<43 base64 characters>"
             )
-        if self.private_key_file is not None and not self.private_key_file.is_file():
-            raise ValueError(f"private_key_file: {self.private_key_file} does not exist")
+        _check_readable("private_key_file", self.private_key_file)
         if not self.base_path.startswith("/"):
             raise ValueError("base_path: must be an absolute path such as /home/sftp")
         return self

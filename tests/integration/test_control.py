@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import platform
 
 import aiohttp
 import pytest
 
-from tests.conftest import wait_for
+from tests.conftest import cli, wait_for
 from tests.sftpservers import free_port
 from tests.workbooks import rows_valid, xlsxwriter_bytes
+from watcher import __version__
 
 
 async def test_probes_and_metrics(make_world, run_daemon, emulator, upload):
@@ -41,7 +43,17 @@ async def test_probes_and_metrics(make_world, run_daemon, emulator, upload):
     assert 'isales_watcher_api_seconds_count{call="uploadFileServer",outcome="ok"} 1.0' in text
     assert "isales_watcher_validation_seconds_count 1.0" in text
     assert "isales_watcher_oldest_waiting_seconds" in text
+    build = f'python="{platform.python_version()}",version="{__version__}"'
+    assert f"isales_watcher_build_info{{{build}}} 1.0" in text
     assert daemon.control_address == f"127.0.0.1:{port}"
+    # What a container's HEALTHCHECK runs: the daemon's own command, reading the port from the
+    # configuration.
+    code, output = await cli("probe", "ready", "--config", str(world.config))
+    assert code == 0, output
+    assert output.startswith("ready: ok")
+    code, output = await cli("probe", "live", "--config", str(world.config))
+    assert code == 0, output
+    assert output.startswith("live: ok (loop_age_s=")
 
 
 async def test_not_ready_while_the_file_server_is_unreachable(
@@ -66,3 +78,22 @@ async def test_not_ready_while_the_file_server_is_unreachable(
             assert response.status == 200  # alive: it keeps trying
     assert body["checks"]["listing"] is False
     assert body["checks"]["ledger"] is True
+    code, output = await cli("probe", "ready", "--config", str(world.config))
+    assert code == 1
+    assert "ready: NO: failed: listing" in output
+
+
+async def test_the_probe_says_why_it_cannot_ask(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text(f'[daemon]\ncontrol_listen = "0.0.0.0:{free_port()}"\n')  # nobody there
+    code, output = await cli("probe", "live", "--config", str(config))
+    assert code == 1
+    assert "live: NO: no answer from http://127.0.0.1:" in output
+    config.write_text('[daemon]\ncontrol_listen = ""\n')
+    code, output = await cli("probe", "live", "--config", str(config))
+    assert code == 1
+    assert "the probe needs a fixed port" in output
+
+
+async def test_the_version_is_printed():
+    assert await cli("--version") == (0, f"isales-watcher {__version__}\n")

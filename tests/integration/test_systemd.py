@@ -85,3 +85,51 @@ def test_the_unit_is_hardened(tmp_path):
     assert level is not None, result.stdout + result.stderr
     assert float(level.group(1)) <= 2.0, level.group(0)
     assert level.group(2) == "OK"
+
+
+def _credentials_the_unit_loads() -> list[str]:
+    return re.findall(r"^LoadCredential=([^:\s]+):", UNIT.read_text(), flags=re.M)
+
+
+def _bare_file_names_in_the_readme() -> set[str]:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    return set(re.findall(r'^\w+_file = "([^/"]+)"', readme, flags=re.M))
+
+
+def test_the_readme_names_only_credentials_the_unit_loads():
+    loaded = set(_credentials_the_unit_loads())
+    assert {"isales_ak", "isales_sk", "sftp_key"} <= loaded
+    named = _bare_file_names_in_the_readme()
+    assert named, "the README's sample configuration names no credential"
+    assert named <= loaded, f"the README names {sorted(named - loaded)}, which the unit never loads"
+
+
+async def test_every_secret_comes_from_the_credentials_directory(
+    make_world, run_daemon, sshd, tmp_path, monkeypatch
+):
+    from tests.conftest import ACCESS_KEY, SECRET_KEY, wait_for
+    from tests.workbooks import rows_valid, xlsxwriter_bytes
+
+    # What systemd makes of the unit's LoadCredential= lines: one file per credential.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    sources = {
+        "isales_ak": ACCESS_KEY,
+        "isales_sk": SECRET_KEY,
+        "sftp_key": sshd.client_key.read_text(),
+    }
+    for name in _credentials_the_unit_loads():
+        (credentials / name).write_text(sources[name])
+        (credentials / name).chmod(0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+    world = make_world()
+    text = world.config.read_text()
+    text = re.sub(r'^access_key = .*$', 'access_key_file = "isales_ak"', text, flags=re.M)
+    text = re.sub(r'^secret_key_file = .*$', 'secret_key_file = "isales_sk"', text, flags=re.M)
+    text = re.sub(r'^private_key_file = .*$', 'private_key_file = "sftp_key"', text, flags=re.M)
+    world.config.write_text(text)
+    assert str(tmp_path / "sk") not in text  # nothing but bare names left
+
+    await run_daemon(world)  # logs in over SFTP with the key from the credentials
+    (world.inbox / "list.xlsx").write_bytes(xlsxwriter_bytes(rows_valid(3, seed=4)))
+    await wait_for(world.settled("done", "list.xlsx.result.txt").exists, 30, "list.xlsx in done/")

@@ -175,3 +175,39 @@ def test_a_gateway_host_header_and_the_server_zone(files):
         load_settings(write(files, isales='server_utc_offset = "Asia/Shanghai"'))
     with pytest.raises(ConfigError, match="host_header"):
         load_settings(write(files, isales='host_header = "a b\\r\\nX: y"'))
+
+
+def test_every_file_key_given_by_name_comes_from_the_credentials_directory(files, monkeypatch):
+    creds = files["dir"] / "creds"
+    creds.mkdir()
+    contents = {"isales_ak": "AK2", "isales_sk": "SK2", "sftp_key": "k", "kh": ""}
+    for name, content in contents.items():
+        (creds / name).write_text(content)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    config = write(files)
+    text = config.read_text().replace('access_key = "AK"', 'access_key_file = "isales_ak"')
+    text = text.replace(str(files["sk"]), "isales_sk").replace(str(files["id"]), "sftp_key")
+    config.write_text(text.replace(str(files["kh"]), "kh"))
+    settings = load_settings(config)
+    assert settings.isales.access_key.get_secret_value() == "AK2"
+    assert settings.isales.secret_key.get_secret_value() == "SK2"
+    assert settings.sftp.private_key_file == creds / "sftp_key"
+    assert settings.sftp.known_hosts_file == creds / "kh"
+
+
+def test_a_credential_name_without_a_credentials_directory_is_named(files, monkeypatch):
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    config = write(files)
+    config.write_text(config.read_text().replace(str(files["id"]), "sftp_key"))
+    with pytest.raises(ConfigError, match=r"private_key_file: 'sftp_key' is a credential name"):
+        load_settings(config)
+
+
+def test_a_key_the_service_user_cannot_read_is_named(files, monkeypatch):
+    import os
+
+    # As a DynamicUser= service sees a root-only key in /etc (root, running the tests, reads all).
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: p != files["id"] and real_access(p, m))
+    with pytest.raises(ConfigError, match=r"private_key_file: .* is not readable by uid"):
+        load_settings(write(files))
