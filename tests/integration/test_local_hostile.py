@@ -230,3 +230,35 @@ async def test_a_campaign_folder_named_in_gbk_stops_nothing(make_world, run_daem
         "source.name_not_utf8"
     ]
     assert [u.campaign_id for u in emulator.uploads] == ["1647"]
+
+
+async def test_a_claimed_file_is_the_daemons_own_copy_that_its_uploader_cannot_change(tmp_path):
+    nobody = pwd.getpwnam("nobody")
+    inbox = tmp_path / "base" / "in"
+    inbox.mkdir(parents=True)
+    dropped = inbox / "list.xlsx"
+    dropped.write_bytes(b"the rows that were checked")
+    os.chown(dropped, nobody.pw_uid, nobody.pw_gid)
+    dropped.chmod(0o666)
+    source = LocalSource(LocalSettings(base_dir=tmp_path / "base"), "/srv", 5)
+    with dropped.open("r+b") as uploaders_handle:  # opened before the claim, kept after it
+        await source.makedirs("/srv/in/processing/1")
+        await source.rename("/srv/in/list.xlsx", "/srv/in/processing/1/list.xlsx")
+        uploaders_handle.write(b"forty rows nobody checked")
+        uploaders_handle.flush()
+    claimed = inbox / "processing" / "1" / "list.xlsx"
+    assert claimed.read_bytes() == b"the rows that were checked"
+    assert claimed.stat().st_uid == os.geteuid()
+    assert not dropped.exists()
+    assert [p.name for p in claimed.parent.iterdir()] == ["list.xlsx"]  # no copy left over
+
+
+async def test_a_daemon_folder_made_by_someone_else_is_refused_by_name(tmp_path):
+    nobody = pwd.getpwnam("nobody")
+    inbox = tmp_path / "base" / "in"
+    (inbox / "processing").mkdir(parents=True)
+    os.chown(inbox / "processing", nobody.pw_uid, nobody.pw_gid)
+    source = LocalSource(LocalSettings(base_dir=tmp_path / "base"), "/srv", 5)
+    with pytest.raises(SourceRefusedError, match=r"processing is owned by uid \d+, not by the"):
+        await check_access(source, "/srv/in")
+    assert sorted(p.name for p in inbox.iterdir()) == ["processing"]  # no probe left

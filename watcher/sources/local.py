@@ -55,6 +55,7 @@ _FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO never blocks open
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_HUNG_CALLS = 16  # calls that never returned; past this, no new call is started
+_DAEMON_FOLDERS = frozenset({"processing", "done", "rejected"})
 # The disk's or the mount's trouble, not one path's: the whole pass waits. Anything else is the
 # trouble of the path at hand (a permission, a link, a socket where a file should be).
 _DISK_GONE = frozenset(
@@ -307,9 +308,15 @@ class LocalSource:
         return await self._call(f"reading {path}", read)
 
     async def makedirs(self, path: str) -> None:
-        await self._call(
-            f"creating {path}", lambda: os.close(self._open_folder(self._parts(path), create=True))
-        )
+        def make() -> None:
+            fd = self._open_folder(self._parts(path), create=True)
+            try:
+                if posixpath.basename(path) in _DAEMON_FOLDERS:
+                    _check_owner(fd, path)
+            finally:
+                os.close(fd)
+
+        await self._call(f"creating {path}", make)
 
     async def rename(self, source: str, target: str) -> None:
         """Move without ever overwriting ``target``: link, then unlink the old name."""
@@ -323,6 +330,7 @@ class LocalSource:
                 ),
             ):
                 _move(old_dir, old, new_dir, new, source)
+                _own(new_dir, new, target)
 
         await self._call(f"renaming {source} to {target}", move)
 
@@ -433,6 +441,46 @@ def _move(old_dir: int, old: str, new_dir: int, new: str, shown: str) -> None:
             "permission to delete other users' files there (the folder is not writable for it, "
             "or sticky: chmod -t, or run the daemon as the uploaders' user)",
         ) from None
+
+
+def _check_owner(folder: int, shown: str) -> None:
+    """A folder of the daemon's own (processing/, done/, rejected/) must be the daemon's or
+    root's: whoever owns it can move what lies in it."""
+    owner = os.fstat(folder).st_uid
+    if owner not in (os.geteuid(), 0):
+        raise OSError(
+            errno.EPERM,
+            f"{shown} is owned by uid {owner}, not by the daemon's user (uid {os.geteuid()}): "
+            "someone else made it, and could change the files in it; remove it (the daemon "
+            "makes its own) or chown it to the daemon's user",
+        )
+
+
+def _own(folder: int, name: str, shown: str) -> None:
+    """A claimed file the daemon does not own becomes a copy of its own, so that nobody else
+    can change the bytes that are checked and that iSales will read. Best effort: when the copy
+    fails (a full disk), the file stays claimed as it is, which is what a rename gives."""
+    try:
+        fd = os.open(name, _READ, dir_fd=folder)
+    except OSError:
+        return
+    temporary = f".isales-watcher-{secrets.token_hex(8)}.tmp"
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.geteuid() or not stat.S_ISREG(info.st_mode):
+            return
+        out = os.open(temporary, _CREATE, 0o644, dir_fd=folder)
+        with os.fdopen(out, "wb") as writer:
+            while chunk := os.read(fd, _CHUNK_BYTES):
+                writer.write(chunk)
+        os.utime(temporary, ns=(info.st_atime_ns, info.st_mtime_ns), dir_fd=folder)
+        os.replace(temporary, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary, dir_fd=folder)
+        log.warning("local.copy_failed", path=shown, error=exc.strerror or str(exc))
+    finally:
+        os.close(fd)
 
 
 def _copy_and_hash(
