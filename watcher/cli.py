@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import getpass
 import json
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,10 +15,10 @@ from pathlib import Path
 from watcher import __version__
 from watcher.daemon import Daemon
 from watcher.errors import CheckerUnavailableError, ConfigError, LedgerError, WatcherError
-from watcher.ledger import Ledger
+from watcher.ledger_commands import add_ledger_commands
 from watcher.logs import configure_logging
-from watcher.models import FileRecord, FileState, escaped
-from watcher.settings import DEFAULT_CONFIG, Settings, ValidationSettings, load_settings
+from watcher.models import escaped
+from watcher.settings import DEFAULT_CONFIG, ValidationSettings, load_settings
 from watcher.validate import KINDS, Report, ValidationOptions
 from watcher.validate.pool import CheckLimits, ValidationPool
 
@@ -169,124 +167,6 @@ def _validate(args: argparse.Namespace) -> int:
     return worst
 
 
-async def _bring_back(settings: Settings, record: FileRecord) -> None:
-    from watcher.settle import bring_back
-    from watcher.sources import make_source
-
-    source = make_source(settings)  # SFTP, or the local disk in sidecar mode
-    try:
-        await bring_back(source, record)
-    finally:
-        await source.close()
-
-
-_SHOWN_FIELDS = (
-    "id",
-    "state",
-    "route",
-    "campaign_id",
-    "inbox",
-    "name",
-    "size_bytes",
-    "sha256",
-    "import_task_id",
-    "outcome",
-    "reason",
-    "created_at",
-    "updated_at",
-    "submitted_at",
-    "settled_path",
-)
-
-
-def _ledger_list(ledger: Ledger, args: argparse.Namespace) -> int:
-    states = [FileState(args.state)] if args.state else None
-    for record in ledger.rows(states, limit=args.limit):
-        _print(
-            f"{record.id}  {record.state.value:<10}  {record.route:<16}  {record.shown_name}"
-            f"  {record.reason or ''}"
-        )
-    return EX_OK
-
-
-def _ledger_show(ledger: Ledger, record: FileRecord) -> int:
-    for key in _SHOWN_FIELDS:
-        _print(f"{key:>15}: {getattr(record, key)}")
-    _print("    transitions:")
-    for step in ledger.transitions(record.id):
-        _print(
-            f"      {step['at']}  {step['from_state'] or '-'} -> {step['to_state']}"
-            f"  ({step['actor']}) {step['reason'] or ''}"
-        )
-    return EX_OK
-
-
-def _ledger_reprocess(
-    ledger: Ledger, record: FileRecord, settings: Settings, args: argparse.Namespace
-) -> int:
-    who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
-    try:
-        if record.state is FileState.rejected:
-            asyncio.run(_bring_back(settings, record))
-        record = ledger.reprocess(record.id, actor=who, reason=args.reason)
-    except WatcherError as exc:
-        return _fail(f"cannot reprocess {record.id}: {exc}", EX_INVALID)
-    _print(
-        f"{record.id} will be sent to iSales again (by {who}: {args.reason}); "
-        "a running daemon picks it up within one poll"
-    )
-    return EX_OK
-
-
-def _ledger_resolve(
-    ledger: Ledger, record: FileRecord, settings: Settings, args: argparse.Namespace
-) -> int:
-    from watcher.resolve import resolve_imported
-
-    who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
-    try:
-        if args.imported:
-            record = asyncio.run(
-                resolve_imported(
-                    settings, ledger, record, args.imported, actor=who, reason=args.reason
-                )
-            )
-            _print(
-                f"{record.id} is now tracked as import task {args.imported} (by {who}); a running "
-                "daemon follows it to its end and settles the file within one poll"
-            )
-        else:
-            record = ledger.resolve(record.id, task_id=None, actor=who, reason=args.reason)
-            _print(
-                f"{record.id} was not imported (by {who}: {args.reason}); a running daemon sends "
-                "it once more within one poll"
-            )
-    except WatcherError as exc:
-        return _fail(f"cannot resolve {record.id}: {exc}", EX_INVALID)
-    return EX_OK
-
-
-def _ledger(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
-    ledger = Ledger(settings.daemon.state_dir / "ledger.sqlite3")
-    try:
-        if args.ledger_command == "list":
-            return _ledger_list(ledger, args)
-        found = ledger.find(args.id)
-        if len(found) != 1:
-            return _fail(f"{len(found)} ledger rows match {args.id!r}", EX_INVALID)
-        if args.ledger_command == "reprocess":
-            return _ledger_reprocess(ledger, found[0], settings, args)
-        if args.ledger_command == "resolve":
-            return _ledger_resolve(ledger, found[0], settings, args)
-        return _ledger_show(ledger, found[0])
-    finally:
-        ledger.close()
-
-
 def _check(args: argparse.Namespace) -> int:
     from watcher.check import run_checks
 
@@ -305,7 +185,6 @@ def _check(args: argparse.Namespace) -> int:
 
 def _servers(args: argparse.Namespace) -> int:
     from watcher.check import list_servers
-    from watcher.errors import WatcherError
 
     configure_logging(level=logging.WARNING)
     try:
@@ -405,42 +284,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     validate.set_defaults(handler=_validate)
 
-    ledger = commands.add_parser("ledger", parents=[config], help="inspect the ledger")
-    ledger_commands = ledger.add_subparsers(dest="ledger_command", required=True)
-    listing = ledger_commands.add_parser("list", parents=[config], help="the newest files")
-    listing.add_argument("--limit", type=int, default=50)
-    listing.add_argument(
-        "--state",
-        choices=[s.value for s in FileState],
-        help="only files in this state (say, uncertain)",
-    )
-    show = ledger_commands.add_parser("show", parents=[config], help="one file and its history")
-    show.add_argument("id", help="a ledger id or its beginning")
-    reprocess = ledger_commands.add_parser(
-        "reprocess",
-        parents=[config],
-        help="send a file parked as uncertain, or rejected (say, as a duplicate), again (audited)",
-    )
-    reprocess.add_argument("id", help="a ledger id or its beginning")
-    reprocess.add_argument("--reason", required=True, help="why (kept in the ledger)")
-    reprocess.add_argument("--by", help="who asks (default: the login name)")
-    resolve = ledger_commands.add_parser(
-        "resolve",
-        parents=[config],
-        help="settle an uncertain file from what iSales shows: --imported TASK_ID or "
-        "--not-imported (audited)",
-    )
-    resolve.add_argument("id", help="a ledger id or its beginning")
-    verdict = resolve.add_mutually_exclusive_group(required=True)
-    verdict.add_argument(
-        "--imported", metavar="TASK_ID", help="iSales imported it as this task: track it"
-    )
-    verdict.add_argument(
-        "--not-imported", action="store_true", help="iSales did not import it: send it once more"
-    )
-    resolve.add_argument("--reason", required=True, help="what you saw (kept in the ledger)")
-    resolve.add_argument("--by", help="who decides (default: the login name)")
-    ledger.set_defaults(handler=_ledger)
+    add_ledger_commands(commands, config)
 
     check = commands.add_parser(
         "check",

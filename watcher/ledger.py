@@ -267,6 +267,51 @@ class Ledger:
         )
         return [_record(r) for r in rows]
 
+    def search(
+        self,
+        *,
+        route: str | None = None,
+        states: Iterable[FileState] = (),
+        since: str | None = None,
+        until: str | None = None,
+        name: str | None = None,
+        limit: int = 1000,
+    ) -> list[FileRecord]:
+        """The newest rows that match every filter given (times are ISO 8601, UTC; ``name`` is
+        a shell pattern such as ``*2026-03*.xlsx``)."""
+        where, args = ["1"], []
+        wanted = list(states)
+        for clause, value in (
+            ("route = ?", route),
+            ("created_at >= ?", since),
+            ("created_at < ?", until),
+            ("name GLOB ?", name),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if wanted:
+            where.append(f"state IN ({','.join('?' * len(wanted))})")
+            args.extend(wanted)
+        query = f"SELECT {_COLUMNS} FROM files WHERE {' AND '.join(where)} ORDER BY rowid DESC"
+        return [_record(r) for r in self._db.execute(query + " LIMIT ?", [*args, limit])]
+
+    def lookup(self, key: str) -> list[FileRecord]:
+        """Rows an operator may mean by ``key``: an id or its start, a file name, or a SHA-256
+        or its start (at least 8 hex digits)."""
+        found = self.find(key)
+        if found:
+            return found
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM files WHERE name = ? ORDER BY rowid", (key,)
+        ).fetchall()
+        if not rows and len(key) >= 8 and all(c in "0123456789abcdef" for c in key.lower()):
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM files WHERE sha256 LIKE ? ORDER BY rowid",
+                (key.lower() + "%",),
+            ).fetchall()
+        return [_record(r) for r in rows]
+
     def rows(
         self, states: Iterable[FileState] | None = None, limit: int = 1000
     ) -> list[FileRecord]:

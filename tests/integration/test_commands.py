@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import csv
+import hashlib
+import io
+import json
 import sys
 
 import pytest
@@ -141,3 +145,47 @@ async def test_fake_isales_serves_with_scripted_faults(tmp_path, sshd):
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_ledger_answers_what_happened_to_a_file(make_world, run_daemon, upload):
+    world = make_world()
+    await run_daemon(world)
+    good = xlsxwriter_bytes(rows_valid(3, seed=86))
+    await upload(world.inbox / "march calls.xlsx", good)
+    rows = rows_valid(3, seed=87)
+    rows[1][1] = "nope"
+    await upload(world.inbox / "april.xlsx", xlsxwriter_bytes(rows))
+    await wait_for(world.settled("done", "march calls.xlsx.result.txt").exists, 30, "march")
+    await wait_for(world.settled("rejected", "april.xlsx.result.txt").exists, 30, "april")
+    config = ("--config", str(world.config))
+    # Filters, and --json for scripts; --config is taken before the sub-command as well.
+    code, output = await cli("ledger", *config, "list", "--state", "rejected", "--json")
+    assert code == 0, output
+    [rejected] = json.loads(output)
+    assert rejected["name"] == "april.xlsx"
+    code, output = await cli("ledger", "list", "--name", "march*", "--since", "2020-01-01", *config)
+    assert code == 0
+    assert "march calls.xlsx" in output
+    assert "april.xlsx" not in output
+    code, output = await cli("ledger", "list", "--until", "2020-01-01", *config)
+    assert output.strip() == ""
+    # show by name or by SHA-256: the history, the receipts and the import's counts.
+    code, output = await cli("ledger", "show", "march calls.xlsx", *config)
+    assert code == 0, output
+    assert "march calls.xlsx.result.txt" in output
+    assert "import task" in output
+    assert "tracking -> settling" in output
+    sha = hashlib.sha256(good).hexdigest()
+    code, by_sha = await cli("ledger", "show", sha[:12], *config)
+    assert by_sha == output
+    code, output = await cli("ledger", "show", "no-such-file.xlsx", *config)
+    assert code == 1
+    assert "no ledger row matches" in output
+    # export: every transition of every file since a date.
+    code, output = await cli("ledger", "export", "--since", "2020-01-01", *config)
+    assert code == 0
+    exported = list(csv.DictReader(io.StringIO(output)))
+    assert {r["name"] for r in exported} == {"march calls.xlsx", "april.xlsx"}
+    assert any(r["to_state"] == "done" for r in exported)
+    code, output = await cli("ledger", "export", "--since", "2020", "--format", "json", *config)
+    assert len(json.loads(output)) == len(exported)
