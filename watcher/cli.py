@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -148,11 +149,18 @@ def _validate(args: argparse.Namespace) -> int:
     worst = EX_OK
     results = []
     limits = CheckLimits(args.max_seconds, args.max_memory_mb)
+    files = []
+    for path in args.files:  # a wrong path is the user's typo, not a broken workbook
+        if path.is_file():
+            files.append(path)
+            continue
+        worst = EX_UNREADABLE
+        _fail(f"{path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}", 0)
     try:
-        reports = asyncio.run(_check_files(args.files, limits))
+        reports = asyncio.run(_check_files(files, limits))
     except CheckerUnavailableError as exc:
         return _fail(str(exc), EX_SOFTWARE)
-    for path, report in zip(args.files, reports, strict=True):
+    for path, report in zip(files, reports, strict=True):
         if report.is_unreadable:
             worst = max(worst, EX_UNREADABLE)
         elif not report.is_valid:
@@ -237,10 +245,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _template(args: argparse.Namespace) -> int:
+    from xlsxwriter.exceptions import FileCreateError
+
     from watcher.samples import write_template
 
-    write_template(args.out)
-    _print(f"wrote {args.out}")
+    out: Path = args.out
+    if out.suffix.lower() != ".xlsx":
+        return _fail(f"{out}: the template is an .xlsx workbook; give a name ending in .xlsx", 64)
+    if out.exists() and not args.force:
+        return _fail(f"{out} exists already; add --force to overwrite it", 73)
+    if not out.parent.is_dir():
+        return _fail(f"cannot write {out}: the folder {out.parent} does not exist", 73)
+    try:
+        write_template(out)
+    except (OSError, FileCreateError) as exc:
+        return _fail(f"cannot write {out}: {exc}", 73)
+    _print(f"wrote {out}")
     return EX_OK
 
 
@@ -383,8 +403,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(handler=_demo)
 
-    template = commands.add_parser("template", help="write an empty template with an example row")
+    template = commands.add_parser(
+        "template",
+        help="write an empty template with an example row",
+        description="Write the outbound-call template (.xlsx) with one example row. "
+        "Example: isales-watcher template calls.xlsx. Exit codes: 0 written, 64 not an .xlsx "
+        "name, 73 exists already (use --force) or cannot be written.",
+    )
     template.add_argument("out", type=Path)
+    template.add_argument("--force", action="store_true", help="overwrite an existing file")
     template.set_defaults(handler=_template)
     return parser
 
@@ -394,5 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not hasattr(args, "config"):
         args.config = DEFAULT_CONFIG
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+        sys.stdout.flush()  # here, where a closed pipe can still be answered
+    except BrokenPipeError:
+        # `ledger list | head`: the reader has all it wanted; end quietly, as cat does.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for cat
     return code

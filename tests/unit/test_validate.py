@@ -172,3 +172,51 @@ def test_repeats_are_warnings_unless_a_route_says_otherwise(tmp_path, options, e
         (5, "duplicate_session_id"),
         (6, "duplicate_called_no"),
     }
+
+
+def _command(*args: str, stdout=subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", *args],
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_user_mistakes_get_one_line_and_an_exit_code_never_a_traceback(tmp_path):
+    result = _command("validate", str(tmp_path / "missing.xlsx"), str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"isales-watcher: {tmp_path / 'missing.xlsx'}: no such file",
+        f"isales-watcher: {tmp_path}: is a folder, not a file",
+    ]
+    result = _command("template", str(tmp_path / "no-folder" / "t.xlsx"))
+    assert (result.returncode, result.stderr.count("\n")) == (73, 1)
+    result = _command("template", str(tmp_path / "t.csv"))
+    assert result.returncode == 64
+    assert "ending in .xlsx" in result.stderr
+    out = tmp_path / "t.xlsx"
+    assert _command("template", str(out)).returncode == 0
+    before = out.read_bytes()
+    out.write_bytes(b"mine")
+    result = _command("template", str(out))
+    assert result.returncode == 73
+    assert "--force" in result.stderr
+    assert out.read_bytes() == b"mine"  # not overwritten
+    assert _command("template", str(out), "--force").returncode == 0
+    assert len(out.read_bytes()) == len(before)
+    assert "Traceback" not in result.stderr
+
+
+def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
+    files = []
+    for n in range(40):
+        path = tmp_path / f"f{n}.xlsx"
+        path.write_bytes(xlsxwriter_bytes(rows_valid(2, seed=n)))
+        files.append(str(path))
+    reader = subprocess.Popen(["head", "-1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    result = _command("validate", *files, stdout=reader.stdin)
+    reader.wait(timeout=30)
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipeError" not in result.stderr
