@@ -112,12 +112,14 @@ def _outcome_lines(record: FileRecord, details: dict[str, Any]) -> list[str]:
     return ["Result: REJECTED. Nothing from this file was imported.", f"Why: {record.reason}"]
 
 
-def _duplicate_lines(twin: dict[str, Any]) -> list[str]:
+def _duplicate_lines(record: FileRecord, twin: dict[str, Any]) -> list[str]:
     same = "rows were" if twin.get("same") == "rows" else "content was"
+    task = f"import task {twin['import_task_id']}, " if twin.get("import_task_id") else ""
     return [
         f"The same {same} imported before as {twin['name']} (ledger {twin['ledger_id']}, "
-        f"import task {twin.get('import_task_id') or 'unknown'}, {twin['received_at']}).",
-        "To import it again on purpose, ask an operator: isales-watcher ledger reprocess",
+        f"{task}{twin['received_at']}). Nothing needs fixing.",
+        "To import it again on purpose, ask an operator to run: isales-watcher ledger reprocess "
+        f'{record.id} --reason "why"',
     ]
 
 
@@ -130,20 +132,21 @@ def receipt_text(record: FileRecord) -> str:
         lines.append(f"Scheduled import time: {details['schedule']}")
     if "import" in details:
         lines.extend(_import_lines(details["import"]))
-    if "duplicate_of" in details:
-        lines.extend(_duplicate_lines(details["duplicate_of"]))
+    duplicate = "duplicate_of" in details and record.outcome is Outcome.rejected
+    if duplicate:  # (a duplicate sent again on purpose is an import like any other)
+        lines.extend(_duplicate_lines(record, details["duplicate_of"]))
     if "validation" in details:
         report = Report.from_json(details["validation"])
         if report.counts and report.is_unreadable and not report.data_rows:
             lines.append("The file could not be read:")
             lines.extend(_problem_lines(report, record.reason))
         elif report.counts:
-            lines.append(f"Checked {report.data_rows} data rows on sheet {report.sheet!r}:")
+            sheet = f" on sheet {report.sheet!r}" if report.sheet else ""
+            rows = f"{report.data_rows} data row{'s' if report.data_rows != 1 else ''}"
+            lines.append(f"Checked {rows}{sheet}:")
             lines.extend(_problem_lines(report))
-    if lines[2].startswith("Result: REJECTED"):
+    if lines[2].startswith("Result: REJECTED") and not duplicate:
         lines.append("Fix the file and drop it into the inbox again.")
-    lines.append(
-        f"(ledger id {record.id}, sha256 {(record.sha256 or '-')[:16]}..., "
-        f"received {record.created_at})"
-    )
+    digest = f", sha256 {record.sha256[:16]}..." if record.sha256 else ""
+    lines.append(f"(ledger id {record.id}{digest}, received {record.created_at})")
     return "\n".join(lines) + "\n"

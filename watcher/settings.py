@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import re
@@ -295,6 +296,24 @@ class LocalSettings(_Section):
 _CAMPAIGN_FOLDER = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+def _overlap(one: RouteSettings, other: RouteSettings) -> bool:
+    """Whether ``one`` watches a folder that ``other`` watches too, or works in."""
+    if one.is_template and other.is_template:
+        return one.parent == other.parent
+    mine = one.parent if one.is_template else one.inbox_path
+    if other.is_template:
+        # A static inbox that is one of the template's campaign folders, or the parent itself.
+        theirs = other.parent
+        return mine == theirs or (
+            posixpath.dirname(mine) == theirs and is_campaign_folder(posixpath.basename(mine))
+        )
+    if mine == other.inbox_path:
+        return True
+    # One route's inbox inside the other's own folders (processing/, done/, rejected/).
+    inside = posixpath.relpath(mine, other.inbox_path).split("/")[0]
+    return inside in ("processing", "done", "rejected")
+
+
 def is_campaign_folder(name: str) -> bool:
     """A folder of a template route that names a campaign (its id)."""
     return _CAMPAIGN_FOLDER.match(name) is not None
@@ -447,9 +466,13 @@ class Settings(BaseSettings):
         names = [route.name for route in self.routes]
         if len(set(names)) != len(names):
             raise ValueError("routes: two routes have the same name")
-        inboxes = [route.inbox_path for route in self.routes]
-        if len(set(inboxes)) != len(inboxes):
-            raise ValueError("routes: two routes watch the same inbox")
+        for first, second in itertools.combinations(self.routes, 2):
+            if _overlap(first, second) or _overlap(second, first):
+                raise ValueError(
+                    f"routes {first.name} ({first.inbox}) and {second.name} ({second.inbox}) "
+                    "would both own one folder; which one took a file would depend on their "
+                    "order. Give each route folders of its own"
+                )
         base = posixpath.normpath(self.sftp.base_path)
         for route in self.routes:
             if base != "/" and not (

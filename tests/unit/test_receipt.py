@@ -98,3 +98,35 @@ def test_receipt_names_fit_the_file_system_and_stay_apart():
     assert len(fitted.encode()) <= 255
     fitted.encode().decode("utf-8")
     assert fit_name("list.xlsx", ".result.json") == "list.xlsx.result.json"
+
+
+TWIN = {
+    "duplicate_of": {
+        "name": "march.xlsx",
+        "ledger_id": "20261120-090000-aaaaaa",
+        "import_task_id": "T-77",
+        "received_at": "2026-11-20T09:00:00.000+00:00",
+        "same": "rows",
+    }
+}
+
+
+def test_a_duplicate_receipt_asks_nothing_to_be_fixed_and_names_the_exact_command():
+    text = receipt_text(record(TWIN))
+    assert "Nothing needs fixing." in text
+    assert "Fix the file" not in text
+    assert 'isales-watcher ledger reprocess 20261123-120000-abcdef --reason "why"' in text
+    # Sent again on purpose, it is an import like any other: no word of duplicates.
+    again = receipt_text(record(TWIN, Outcome.done))
+    assert "reprocess" not in again
+    assert "imported before" not in again
+
+
+def test_a_receipt_leaves_out_what_does_not_apply():
+    unread = record({"validation": {"data_rows": 0, "problems": {"not_xlsx": 1}, "examples": []}})
+    text = receipt_text(
+        FileRecord(**{f: getattr(unread, f) for f in FileRecord.__slots__} | {"sha256": None})
+    )
+    assert "sha256" not in text
+    assert "None" not in text
+    assert "-..." not in text

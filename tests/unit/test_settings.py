@@ -211,3 +211,51 @@ def test_a_key_the_service_user_cannot_read_is_named(files, monkeypatch):
     monkeypatch.setattr(os, "access", lambda p, m: p != files["id"] and real_access(p, m))
     with pytest.raises(ConfigError, match=r"private_key_file: .* is not readable by uid"):
         load_settings(write(files))
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("/home/sftp/inbox/spring", "/home/sftp/inbox/{campaign_id}"),
+        ("/home/sftp/inbox", "/home/sftp/inbox/{campaign_id}"),
+        ("/home/sftp/a/{campaign_id}", "/home/sftp/a/{campaign_id}"),
+        ("/home/sftp/in", "/home/sftp/in/done"),
+        ("/home/sftp/in/processing/x", "/home/sftp/in"),
+    ],
+)
+def test_two_routes_never_own_one_folder(tmp_path, first, second):
+    text = _two_routes(tmp_path, first, second)
+    with pytest.raises(ConfigError, match="would both own one folder"):
+        load_settings(text)
+
+
+def test_routes_side_by_side_are_fine(tmp_path):
+    text = _two_routes(tmp_path, "/home/sftp/inbox/spring", "/home/sftp/campaigns/{campaign_id}")
+    assert len(load_settings(text).routes) == 2
+
+
+def _two_routes(tmp_path, first: str, second: str):
+    (tmp_path / "sk").write_text("x")
+    config = tmp_path / "c.toml"
+    config.write_text(f"""
+[isales]
+base_url = "https://10.0.0.5:28443"
+vdn_id = 1
+access_key = "AK"
+secret_key_file = "{tmp_path / "sk"}"
+[sftp]
+host = "10.0.0.7"
+username = "isales"
+base_path = "/home/sftp"
+host_key_fingerprint = "SHA256:{"A" * 43}"
+password = "x"
+{_route("one", first, "1")}
+{_route("two", second, "2")}
+""")
+    return config
+
+
+def _route(name: str, inbox: str, campaign: str) -> str:
+    campaign_line = "" if "{campaign_id}" in inbox else f'campaign_id = "{campaign}"'
+    return f'[[routes]]\nname = "{name}"\ninbox = "{inbox}"\n{campaign_line}'
+
