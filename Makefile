@@ -13,15 +13,20 @@ BASE_IMAGE ?=
 BUILD_ARGS = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
 	$(if $(findstring podman,$(ENGINE)),--format docker)
 
-$(VENV)/.installed: pyproject.toml
+# The demo needs the package alone; the tests and linters add the test extras.
+$(VENV)/.installed-run: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 
-demo: install
+demo: $(VENV)/.installed-run
 	$(VENV)/bin/isales-watcher demo
 
 test: install

@@ -240,7 +240,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     configure_logging(json=False)
     with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(run_demo(args.dir, once=args.once))
+        asyncio.run(run_demo(args.dir, once=args.once, keep=args.keep))
     return EX_OK
 
 
@@ -281,11 +281,24 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the TOML configuration (default {DEFAULT_CONFIG})",
     )
 
-    run = commands.add_parser("run", parents=[config], help="run the daemon")
+    run = commands.add_parser(
+        "run",
+        parents=[config],
+        help="run the daemon",
+        description="Watch every route's inbox and import what lands there, until SIGTERM or "
+        "Ctrl-C (a second one stops without waiting). Example: isales-watcher run --config "
+        "/etc/isales-watcher/config.toml. Exit codes: 0 stopped, 70 the ledger failed, 78 a "
+        "configuration error (named).",
+    )
     run.set_defaults(handler=_run)
 
     validate = commands.add_parser(
-        "validate", help="check .xlsx files offline, as the daemon would"
+        "validate",
+        help="check .xlsx files offline, as the daemon would",
+        description="Check outbound-call lists against the iSales template, each in a checker "
+        "of its own under the daemon's limits. Example: isales-watcher validate march.xlsx. "
+        "Exit codes: 0 all valid, 1 a file has problems, 2 a file cannot be read (or is "
+        "missing), 70 no checker could be started.",
     )
     validate.add_argument("files", nargs="+", type=Path)
     validate.add_argument("--json", action="store_true", help="machine-readable output")
@@ -400,6 +413,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--once", action="store_true", help="exit once the two sample files are settled"
+    )
+    demo.add_argument(
+        "--keep", action="store_true", help="keep the ledger and files of the previous run"
     )
     demo.set_defaults(handler=_demo)
 

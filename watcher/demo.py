@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -58,10 +59,16 @@ def _settled(inbox: Path, name: str) -> bool:
     return any((inbox / folder / f"{name}.result.txt").exists() for folder in ("done", "rejected"))
 
 
-async def run_demo(folder: Path, *, once: bool = False) -> None:
-    """Start everything, drop a valid and an invalid sample, and run until stopped."""
+async def run_demo(folder: Path, *, once: bool = False, keep: bool = False) -> None:
+    """Start everything, drop a valid and an invalid sample, and run until stopped.
+
+    Each run starts clean (its emulator forgets every import, so an old ledger would call the
+    samples duplicates of tasks that no longer exist), unless ``keep`` is given.
+    """
     # The demo's own small local files are written synchronously at start-up, before any load.
     root = folder.resolve()  # noqa: ASYNC240
+    if not keep and (root / "config.toml").exists():  # only a folder the demo made itself
+        shutil.rmtree(root)
     files = root / "sftp"
     inbox = files / "inbox" / "demo"
     inbox.mkdir(parents=True, exist_ok=True)
@@ -145,7 +152,8 @@ control_listen = "127.0.0.1:0"   # /healthz /readyz /metrics on a free port
         _say(f"Dropped {valid} (valid) and {invalid} (invalid). Watch them land in")
         _say(f"  {inbox / 'done'}  and  {inbox / 'rejected'}")
         _say(f"Health and metrics: http://{daemon.control_address}/metrics")
-        _say("Drop your own .xlsx files into the inbox. Ctrl-C stops.\n")
+        if not once:
+            _say("Drop your own .xlsx files into the inbox. Ctrl-C stops.\n")
         while once and not runner.done():
             if _settled(inbox, valid) and _settled(inbox, invalid):
                 for name in (valid, invalid):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -82,8 +83,12 @@ def configure_logging(*, json: bool | None = None, level: int = logging.INFO) ->
     """Set up structlog (and route the standard library's logging through the same output)."""
     if json is None:
         json = not sys.stderr.isatty()
+    # Colours only on a terminal, and never when NO_COLOR is set (https://no-color.org).
+    colors = sys.stderr.isatty() and not os.environ.get("NO_COLOR")
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=colors)
     )
     structlog.configure(
         processors=[

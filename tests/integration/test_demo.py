@@ -22,3 +22,16 @@ def test_the_demo_settles_both_samples(tmp_path):
     inbox = tmp_path / "sftp" / "inbox" / "demo"
     assert len(list((inbox / "done").glob("valid-*.xlsx"))) == 1
     assert len(list((inbox / "rejected").glob("invalid-*.xlsx"))) == 1
+    assert "Ctrl-C" not in result.stdout  # --once stops by itself
+    assert "\x1b[" not in result.stderr  # no colours into a pipe
+    # A second run starts clean: its samples are imported, not duplicates of a gone emulator.
+    again = subprocess.run(
+        [sys.executable, "-m", "watcher", "demo", "--dir", str(tmp_path), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert again.returncode == 0, again.stderr
+    assert "Result: IMPORTED" in again.stdout
+    assert len(list((inbox / "done").glob("valid-*.xlsx"))) == 1
