@@ -79,6 +79,7 @@ class Daemon:
             stale_after=settings.daemon.lease_stale_after,
         )
         self._full = False  # max_in_flight reached (said once)
+        self._renewals: asyncio.Task[None] | None = None
         self.validation: ValidationPool | None = None
         self._notifier = Notifier()
 
@@ -152,7 +153,7 @@ class Daemon:
                 self.ready.set()
                 self._notifier.ready(f"watching {len(self.settings.routes)} route(s)")
                 watchdog = asyncio.create_task(self._feed_watchdog())
-                renewals = asyncio.create_task(self._renew_leases())
+                renewals = self._renewals = asyncio.create_task(self._renew_leases())
                 await self._watch(pipeline)
                 self._notifier.stopping()
                 watchdog.cancel()
@@ -161,6 +162,8 @@ class Daemon:
         finally:
             if self._api_probe is not None:
                 self._api_probe.cancel()
+            if self._renewals is not None:
+                self._renewals.cancel()  # also when the watch loop ended by an error
             pool.shutdown()
             with contextlib.suppress(Exception):  # a server gone now keeps the lease till stale
                 async with asyncio.timeout(self.settings.sftp.op_timeout_s):
