@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from watcher import __version__
+from watcher.console import EX_CONFIG, EX_INVALID, EX_OK, EX_SOFTWARE, EX_UNREADABLE
+from watcher.console import fail as _fail
+from watcher.console import say as _print
 from watcher.daemon import Daemon
 from watcher.errors import CheckerUnavailableError, ConfigError, LedgerError, WatcherError
 from watcher.ledger_commands import add_ledger_commands
@@ -24,17 +27,6 @@ from watcher.validate import KINDS, Report, ValidationOptions
 from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("main", "serve")
-
-EX_OK, EX_INVALID, EX_UNREADABLE, EX_SOFTWARE, EX_CONFIG = 0, 1, 2, 70, 78
-
-
-def _print(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"isales-watcher: {message}\n")
-    return code
 
 
 async def serve(daemon: Daemon) -> None:

@@ -17,6 +17,9 @@ import sqlite3
 import sys
 from typing import Any
 
+from watcher.console import EX_CONFIG, EX_INVALID, EX_OK, EX_SOFTWARE
+from watcher.console import fail as _fail
+from watcher.console import say as _print
 from watcher.errors import ConfigError, WatcherError
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, escaped
@@ -25,7 +28,6 @@ from watcher.settle import receipt_paths
 
 __all__ = ("add_ledger_commands",)
 
-EX_OK, EX_INVALID, EX_SOFTWARE, EX_CONFIG = 0, 1, 70, 78
 
 _SHOWN_FIELDS = (
     "id",
@@ -44,15 +46,6 @@ _SHOWN_FIELDS = (
     "submitted_at",
     "settled_path",
 )
-
-
-def _print(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
-
-
-def _fail(message: str, code: int) -> int:
-    sys.stderr.write(f"isales-watcher: {message}\n")
-    return code
 
 
 def _row(record: FileRecord) -> dict[str, Any]:
@@ -217,14 +210,16 @@ def _ledger_resolve(
 def _act_on_one(ledger: Ledger, settings: Settings, args: argparse.Namespace) -> int:
     found = ledger.lookup(args.id)
     if not found:
-        return _fail(f"no ledger row matches {args.id!r} (an id, a file name or a SHA-256)", 1)
+        return _fail(
+            f"no ledger row matches {args.id!r} (an id, a file name or a SHA-256)", EX_INVALID
+        )
     if args.ledger_command == "show":
         for record in found:  # a name may have several versions: each, oldest first
             _ledger_show(ledger, record)
         return EX_OK
     if len(found) != 1:
         ids = ", ".join(r.id for r in found[:10])
-        return _fail(f"{len(found)} ledger rows match {args.id!r} ({ids}): give the id", 1)
+        return _fail(f"{len(found)} ledger rows match {args.id!r} ({ids}): give the id", EX_INVALID)
     if args.ledger_command == "reprocess":
         return _ledger_reprocess(ledger, found[0], settings, args)
     return _ledger_resolve(ledger, found[0], settings, args)
@@ -247,7 +242,9 @@ def _ledger(args: argparse.Namespace) -> int:
             ledger.close()
     except sqlite3.OperationalError as exc:
         # A ledger locked for longer than the busy timeout, or a disk that refuses it.
-        return _fail(f"the ledger cannot be used right now ({exc}); try again in a moment", 70)
+        return _fail(
+            f"the ledger cannot be used right now ({exc}); try again in a moment", EX_SOFTWARE
+        )
 
 
 def add_ledger_commands(commands: Any, config: argparse.ArgumentParser) -> None:

@@ -6,14 +6,18 @@ import subprocess
 import sys
 
 
-def test_the_demo_settles_both_samples(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "watcher", "demo", "--dir", str(tmp_path), "--once"],
+def _demo_once(folder):
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", "demo", "--dir", str(folder), "--once"],
         capture_output=True,
         text=True,
         timeout=120,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_the_demo_settles_both_samples(tmp_path):
+    result = _demo_once(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Inbox:" in result.stdout
     assert "Result: IMPORTED" in result.stdout
@@ -25,13 +29,7 @@ def test_the_demo_settles_both_samples(tmp_path):
     assert "Ctrl-C" not in result.stdout  # --once stops by itself
     assert "\x1b[" not in result.stderr  # no colours into a pipe
     # A second run starts clean: its samples are imported, not duplicates of a gone emulator.
-    again = subprocess.run(
-        [sys.executable, "-m", "watcher", "demo", "--dir", str(tmp_path), "--once"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
+    again = _demo_once(tmp_path)
     assert again.returncode == 0, again.stderr
     assert "Result: IMPORTED" in again.stdout
     assert len(list((inbox / "done").glob("valid-*.xlsx"))) == 1
