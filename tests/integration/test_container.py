@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -381,3 +383,101 @@ async def test_the_kubernetes_sidecar_imports_over_sftp_and_drains_on_stop(image
     )
     # slirp4netns publishes the ports without a host firewall rule (netavark's bridge would).
     assert "netavark" not in await asyncio.to_thread(_firewall_rules)
+
+
+# --- the compose trial, as the README gives it ---------------------------------------------
+
+TRIAL_PORTS = (2222, 9187, 28080)  # deploy/compose.yaml, on the host's loopback
+
+
+def _readme_block(heading: str) -> list[str]:
+    """The lines of the first ``sh`` block under ``heading`` in the README, comments dropped."""
+    text = (DEPLOY.parent / "README.md").read_text()
+    section = text.split(heading, 1)[1]
+    block = section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+    lines, pending = [], ""
+    for raw in block.splitlines():
+        line = re.sub(r"\s+#.*$", "", raw) if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        pending += line.strip() + " "
+        if not line.rstrip().endswith("\\"):
+            lines.append(pending.replace("\\ ", "").strip())
+            pending = ""
+    return lines
+
+
+def _trial_steps() -> tuple[list[str], str, str, str]:
+    """The README's trial: the steps up to the drop, the listing of done/, the logs, the down."""
+    lines = _readme_block("### Beside the SFTP server, in containers")
+    assert lines[0].startswith("make image"), lines[0]
+    assert lines[1] == "cd deploy", lines[1]
+    follow = [line for line in lines if line.endswith("logs -f watcher")]
+    down = [line for line in lines if line.startswith("podman-compose down")]
+    steps = [line for line in lines[2:] if line not in follow + down]
+    assert len(follow) == 1, lines
+    assert down == ["podman-compose down -v"], lines
+    *setup, listing = steps
+    assert "ls inbox/trial/done" in listing, listing
+    return setup, listing, follow[0], down[0]
+
+
+def test_the_compose_trial_works_as_the_readme_gives_it(images, tmp_path):
+    """The README's compose commands, run as written in a copy of deploy/: up, drop a list with
+    OpenSSH's sftp, find its receipt in done/, down. Only `make image` (the fixture built the
+    images) and `logs -f` (it never ends) are left out."""
+    for port in TRIAL_PORTS:
+        if not _port_is_free(port):
+            pytest.fail(f"port {port} is taken on this machine; the compose trial publishes it")
+    if shutil.which("sftp") is None:
+        pytest.fail("missing for the compose trial: apt-get install openssh-client")
+    setup, listing, follow, down = _trial_steps()
+    root = tmp_path / "clone"
+    shutil.copytree(DEPLOY, root / "deploy", ignore=shutil.ignore_patterns("secrets"))
+    (root / ".venv").symlink_to(Path(sys.executable).parents[1])
+    project = f"{images.podman.prefix}trial"
+    env = {
+        **os.environ,
+        "CONTAINERS_CONF": str(images.podman.conf),
+        "COMPOSE_PROJECT_NAME": project,
+        "WATCHER_IMAGE": images.watcher,
+        "SFTP_IMAGE": images.sftp,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+
+    def sh(command: str, timeout_s: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", command],
+            cwd=root / "deploy",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+
+    try:
+        for line in setup:
+            if line.startswith("sftp "):  # a person types slower than sshd starts
+                asyncio.run(_wait_for_ssh(TRIAL_PORTS[0], 60))
+            ran = sh(line)
+            assert ran.returncode == 0, f"{line}\n{ran.stdout[-2000:]}\n{ran.stderr[-3000:]}"
+        deadline = time.monotonic() + 90
+        while True:
+            ran = sh(listing, timeout_s=30)
+            if "calls.xlsx.result.txt" in ran.stdout:
+                break
+            if time.monotonic() > deadline:
+                logs = sh("podman-compose logs watcher")
+                pytest.fail(f"no receipt in done/ after 90 s:\n{ran.stdout}\n{logs.stdout[-4000:]}")
+            time.sleep(1)
+        ran = sh(follow.replace("logs -f", "logs"), timeout_s=60)
+        assert "file.settled" in ran.stdout + ran.stderr, ran.stdout[-3000:]
+    finally:
+        ran = sh(down)
+        images.podman("pod", "rm", "--force", "--time", "0", f"pod_{project}", check=False)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    left = images.podman("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    assert [name for name in left if name.startswith(project)] == []
+    assert [name for name in images.podman.names("volume") if name.startswith(project)] == []
+    print(f"\ncompose trial: {len(setup)} README steps, receipt in done/, down -v clean")
