@@ -139,6 +139,7 @@ def running_sshd(
     *,
     authorized_keys: Path | None = None,
     match_blocks: str = "",
+    log_level: str = "VERBOSE",
 ) -> Iterator[Sshd]:
     """OpenSSH sshd on 127.0.0.1:<free port>, key auth, ``subsystem`` serving SFTP.
 
@@ -146,6 +147,7 @@ def running_sshd(
         authorized_keys: where to write the client's key (default: in ``folder``); sshd reads
             it as the login user, so another user's must be somewhere that user can reach.
         match_blocks: ``Match`` blocks for the end of the configuration.
+        log_level: sshd's; ``DEBUG3`` with ``internal-sftp -l DEBUG3`` logs every SFTP request.
     """
     require(SSHD, "openssh-server")
     d = folder
@@ -170,7 +172,7 @@ X11Forwarding no
 MaxStartups 100
 MaxSessions 100
 Subsystem sftp {subsystem}
-LogLevel VERBOSE
+LogLevel {log_level}
 {match_blocks}""")
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation

@@ -46,10 +46,8 @@ def receipt_paths(path: str) -> tuple[str, str]:
 log = structlog.get_logger(__name__)
 
 
-async def _free_target(source: Source, record: FileRecord, folder: str) -> str:
-    target = posixpath.join(folder, record.name)
-    if not await source.exists(target):
-        return target
+def _other_name(record: FileRecord, folder: str) -> str:
+    """Where the file goes when ``folder`` holds another file of its name: ``name.<id>.xlsx``."""
     stem, dot, extension = record.name.rpartition(".")
     if not dot:
         return posixpath.join(folder, fit_name(record.name, f".{record.id}"))
@@ -77,16 +75,19 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
     folder = posixpath.join(record.inbox, record.outcome.value)
     await source.makedirs(folder)
     if record.settled_path is None:
-        target = await _free_target(source, record, folder)
-        record = ledger.update(record.id, settled_path=target)
+        # Noted before the move, so that a retry knows where an earlier attempt put it.
+        record = ledger.update(record.id, settled_path=posixpath.join(folder, record.name))
     assert record.settled_path is not None
     target = record.settled_path
     try:
+        # A rename never overwrites: a file of that name already there is a conflict.
         await source.rename(record.processing_path, target)
     except ClaimConflictError:
         if await source.exists(record.processing_path):
-            # Someone dropped a file with our chosen name into done/ meanwhile: pick another.
-            target = posixpath.join(folder, fit_name(f"{record.id}.{record.name}"))
+            # Another file of that name is there (an earlier drop's): ours takes another name.
+            target = _other_name(record, folder)
+            if target == record.settled_path:
+                target = posixpath.join(folder, fit_name(f"{record.id}.{record.name}"))
             record = ledger.update(record.id, settled_path=target)
             await source.rename(record.processing_path, target)
         # else: an earlier attempt of ours moved it there, and failed after that

@@ -31,7 +31,10 @@ __all__ = ("SftpSource",)
 
 log = structlog.get_logger(__name__)
 
-_CHUNK_BYTES = 256 * 1024
+# A read of this many bytes goes out as parallel requests of the server's largest read length
+# (asyncssh pipelines it), so a big file costs one round trip per chunk, not per 32 KB.
+_CHUNK_BYTES = 8 * 1024 * 1024
+_EOF_PROBE_BYTES = 64 * 1024  # one request (under any read limit): the end, or what was added
 # Errors after which the session is useless: the next operation connects afresh.
 _CONNECTION_GONE = (
     asyncssh.SFTPConnectionLost,
@@ -42,15 +45,20 @@ _CONNECTION_GONE = (
 )
 
 
-async def _refuse_link(sftp: asyncssh.SFTPClient, path: str) -> None:
-    """The server follows symbolic links; we never do: only a regular file is moved or read."""
+async def _refuse_link(sftp: asyncssh.SFTPClient, path: str) -> int:
+    """The server follows symbolic links; we never do: only a regular file is read.
+
+    Returns the file's size (0 when it is missing: the read itself says what that means).
+    A rename needs no such check: it moves a name, and never follows one.
+    """
     try:
-        kind = (await sftp.lstat(path)).type
+        attrs = await sftp.lstat(path)
     except asyncssh.SFTPNoSuchFile:
-        return  # the operation itself says what a missing name means there
-    if kind != asyncssh.FILEXFER_TYPE_REGULAR:
-        what = "a symbolic link" if kind == asyncssh.FILEXFER_TYPE_SYMLINK else "not a file"
-        raise SourceRefusedError(f"{path} is {what}, which the daemon never follows or moves")
+        return 0
+    if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
+        what = "a symbolic link" if attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK else "not a file"
+        raise SourceRefusedError(f"{path} is {what}, which the daemon never follows or reads")
+    return attrs.size or 0
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -76,6 +84,9 @@ class SftpSource:
         self._sftp: asyncssh.SFTPClient | None = None
         self._lock = asyncio.Lock()
         self._odd = OddNames()
+        # Folders known to exist: made or seen once, not asked again until an error says a
+        # path is missing (then all are forgotten, and made afresh on the next try).
+        self._folders: set[str] = set()
 
     @property
     def address(self) -> str:
@@ -164,6 +175,7 @@ class SftpSource:
             async with asyncio.timeout(self._settings.op_timeout_s):
                 yield sftp
         except asyncssh.SFTPNoSuchFile:
+            self._folders.clear()
             raise FileGoneError(f"{what}: no such file") from None
         except _CONNECTION_GONE as exc:
             self._drop()
@@ -177,6 +189,7 @@ class SftpSource:
             raise SourceDeniedError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
         except asyncssh.SFTPError as exc:
             # The session is alive and answered: this path, not the server, is the trouble.
+            self._folders.clear()
             raise SourceRefusedError(f"{what}: {exc.reason} (SFTP code {exc.code})") from None
 
     async def _listing(self, folder: str) -> list[asyncssh.SFTPName]:
@@ -185,7 +198,7 @@ class SftpSource:
                 # Names as bytes: one name that is not UTF-8 must not fail the whole listing.
                 return [item async for item in sftp.scandir(folder.encode())]
             except asyncssh.SFTPNoSuchFile:
-                await sftp.makedirs(folder, exist_ok=True)
+                await self._make_folder(sftp, folder)
                 return []
 
     async def list_files(self, folder: str) -> list[RemoteEntry]:
@@ -212,8 +225,16 @@ class SftpSource:
         self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
     ) -> tuple[bytes, bytes]:
         async with self._session(f"reading {path}") as sftp, sftp.open(path, "rb") as remote:
-            head: bytes = await remote.read(head_bytes, 0)
-            tail: bytes = await remote.read(tail_bytes, max(0, size_bytes - tail_bytes))
+            tail_at = max(0, size_bytes - tail_bytes)
+            if tail_at <= head_bytes:  # one read holds both ends
+                whole: bytes = await remote.read(size_bytes, 0)
+                return whole[:head_bytes], whole[len(whole) - min(len(whole), tail_bytes) :]
+            # Both reads in flight at once: one round trip.
+            head: bytes
+            tail: bytes
+            head, tail = await asyncio.gather(
+                remote.read(head_bytes, 0), remote.read(tail_bytes, tail_at)
+            )
             return head, tail
 
     async def read_file(self, path: str, max_bytes: int) -> bytes:
@@ -224,8 +245,27 @@ class SftpSource:
                 return data
 
     async def makedirs(self, path: str) -> None:
+        if path in self._folders:
+            return
         async with self._session(f"creating {path}") as sftp:
-            await sftp.makedirs(path, exist_ok=True)
+            await self._make_folder(sftp, path)
+
+    async def _make_folder(self, sftp: asyncssh.SFTPClient, path: str) -> None:
+        """Make ``path`` and any missing parents, from the deepest up: one request when only the
+        last is missing (asyncssh's makedirs asks twice for every folder from the root)."""
+        try:
+            await sftp.mkdir(path)
+        except asyncssh.SFTPNoSuchFile:
+            parent = posixpath.dirname(path.rstrip("/"))
+            if parent in ("", "/", path):
+                raise
+            await self._make_folder(sftp, parent)
+            await sftp.mkdir(path)
+        except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists):
+            # OpenSSH says "failure" for a name that exists: a folder is what we wanted.
+            if not await sftp.isdir(path):
+                raise asyncssh.SFTPNotADirectory(f"{path} is not a directory") from None
+        self._folders.add(path)
 
     async def exists(self, path: str) -> bool:
         async with self._session(f"checking {path}") as sftp:
@@ -234,7 +274,6 @@ class SftpSource:
     async def rename(self, source: str, target: str) -> None:
         # A plain SFTP rename fails when the target exists; that failure is the lost race.
         async with self._session(f"renaming {source}") as sftp:
-            await _refuse_link(sftp, source)
             try:
                 await sftp.rename(source, target)
             except asyncssh.SFTPFileAlreadyExists:
@@ -242,6 +281,7 @@ class SftpSource:
                 raise ClaimConflictError(f"{target} already exists") from None
             except (asyncssh.SFTPFailure, asyncssh.SFTPNoSuchFile) as exc:
                 # OpenSSH answers a plain "failure": look at what is there to tell which it was.
+                self._folders.clear()  # the target's folder may be the missing part
                 if await sftp.exists(target):
                     raise ClaimConflictError(f"{target} already exists") from None
                 if not await sftp.exists(source):
@@ -255,14 +295,17 @@ class SftpSource:
         deadline_s = self._settings.op_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
-                await _refuse_link(sftp, path)
+                expected = await _refuse_link(sftp, path)
                 remote = await sftp.open(path, "rb")
             async with remote:
                 with _work_copy(local) as out:
                     while True:
+                        # As much as the file holds, then one request that finds its end.
+                        left = expected - size
+                        want = min(_CHUNK_BYTES, left) if left > 0 else _EOF_PROBE_BYTES
                         # A deadline per chunk: a big file may take long, a stalled one may not.
                         async with asyncio.timeout(deadline_s):
-                            chunk: bytes = await remote.read(_CHUNK_BYTES)
+                            chunk: bytes = await remote.read(want)
                         if not chunk:
                             break
                         size += len(chunk)
