@@ -32,6 +32,7 @@ from watcher.pipeline import Pipeline
 from watcher.settings import RouteSettings, Settings, is_campaign_folder
 from watcher.sources import Source, check_access, make_source
 from watcher.sources.lease import InboxLeases
+from watcher.sources.listing import Listings
 from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("Daemon",)
@@ -65,6 +66,11 @@ class Daemon:
         self._gate = StabilityGate(settings.daemon.settle_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._busy: set[str] = set()
+        # Asked of the ledger once per pass: files in hand, and the claims begun since.
+        self._in_hand: dict[str, int] = {}
+        self._held: set[str] = set()
+        self._settling: set[str] = set()  # inboxes with a file still settling: list afresh
+        self._listings = Listings(self._source, full_every=settings.daemon.full_listing_every)
         self._refusals: dict[str, tuple[RemoteEntry, int]] = {}
         self._recheck_in_s = settings.daemon.poll_interval_s
         self._odd_folders: set[str] = set()
@@ -255,7 +261,9 @@ class Daemon:
         changed = self._source.change_event(
             [r.parent if r.is_template else r.inbox_path for r in self.settings.routes]
         )
+        loop = asyncio.get_running_loop()
         while not self.stop.is_set():
+            began = loop.time()
             self.health.beat()
             self._resume(pipeline, pipeline.ledger, at_start=False)
             self._recheck(pipeline)
@@ -263,6 +271,7 @@ class Daemon:
             self._recheck_in_s = self.settings.daemon.poll_interval_s
             if changed is not None:
                 changed.clear()
+            self._in_hand, self._held = pipeline.ledger.in_hand(), set(self._busy)
             try:
                 for route in await self._routes():
                     await self._scan_contained(pipeline, route)
@@ -278,8 +287,9 @@ class Daemon:
                 wait_s = min(_MAX_BACKOFF_S, self.settings.daemon.poll_interval_s * 2.0**failures)
                 await self._pause(wait_s)
             else:
-                # Look again when a file may have settled, or at once when the disk says so.
-                await self._pause(self._recheck_in_s, changed)
+                # Look again when a file may have settled, or at once when the disk says so;
+                # the poll interval is a period: the pass's own time is taken off the pause.
+                await self._pause(max(0.0, self._recheck_in_s - (loop.time() - began)), changed)
 
     async def _feed_watchdog(self) -> None:
         """Ping systemd's watchdog only while the watch loop goes round: a hang means a restart."""
@@ -396,20 +406,23 @@ class Daemon:
 
     async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
         inbox = route.inbox_path
-        entries = await self._source.list_files(inbox)
+        # Re-used while the folder is unchanged, unless a file here is still settling.
+        entries = await self._listings.files(inbox, fresh=inbox in self._settling)
+        self._settling.discard(inbox)
         keys = [posixpath.join(inbox, entry.name) for entry in entries]
         self._gate.retain(keys, inbox + "/")
         taken = 0
-        room = self._room(pipeline, inbox)
+        room = self._room(inbox)
         # Oldest first, and a bounded number of claims per pass: a folder of 100,000 files is
         # worked through in order instead of all at once.
         for key, entry in sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime):
-            if taken >= room:
-                return  # the daemon has enough in hand: the rest waits in the inbox, unclaimed
             if key in self._busy or not is_candidate(entry.name, route.pattern):
                 continue
             if self._is_refused(key, entry):
                 continue
+            self._settling.add(inbox)  # a candidate still here: list afresh next time
+            if taken >= room:
+                return  # the daemon has enough in hand: the rest waits in the inbox, unclaimed
             unchanged_s = self._gate.observe(key, entry)
             settle_s = self.settings.daemon.settle_s
             if unchanged_s <= 0 or unchanged_s < settle_s:
@@ -425,22 +438,24 @@ class Daemon:
             ):
                 continue
             self._busy.add(key)
+            self._held.add(key)
             self._spawn(self._take(pipeline, route, entry, key, verdict))
             taken += 1
             if taken >= self.settings.daemon.max_claims_per_poll:
                 self._recheck_in_s = min(self._recheck_in_s, 0.2)  # the rest: right after
                 break
 
-    def _room(self, pipeline: Pipeline, inbox: str) -> int:
+    def _room(self, inbox: str) -> int:
         """How many more files this daemon may claim now from ``inbox`` (``max_in_flight``).
 
         With several inboxes, one may hold at most half: files stuck in one (a folder they
-        cannot be settled in) never starve the others.
+        cannot be settled in) never starve the others. The ledger is asked once per pass
+        (``_in_hand``); claims made since are in ``_busy``.
         """
         limit = self.settings.daemon.max_in_flight
-        in_hand = pipeline.ledger.in_hand()
-        busy = len(self._busy)
-        mine = in_hand.get(inbox, 0) + sum(key.startswith(inbox + "/") for key in self._busy)
+        in_hand = self._in_hand
+        busy = len(self._held)
+        mine = in_hand.get(inbox, 0) + sum(key.startswith(inbox + "/") for key in self._held)
         share = limit if len(self._access_ok) <= 1 else max(1, limit // 2)
         room = min(limit - sum(in_hand.values()) - busy, share - mine)
         if room <= 0 and not self._full:

@@ -399,6 +399,10 @@ class DaemonSettings(_Section):
     state_dir: Path = Field(default_factory=_default_state_dir)
     max_parallel_files: int = Field(default=2, ge=1, le=64)
     max_claims_per_poll: int = Field(default=50, ge=1)
+    # An unchanged inbox costs one stat per poll: its last listing is re-used while the folder's
+    # mtime stays put, and the folder is listed anyway every this many polls (coarse mtimes,
+    # servers that never update it).
+    full_listing_every: int = Field(default=12, ge=1)
     # Files claimed and not yet settled, for the whole daemon; the rest wait in their inboxes.
     max_in_flight: int = Field(default=200, ge=1)
     # The inbox lease (one daemon per inbox): renewed this often, taken over after this many

@@ -106,6 +106,7 @@ async def test_a_lease_whose_heartbeat_stopped_is_taken_over_and_said(
     world = make_world(daemon_extra=FAST_LEASE)
     # A daemon on another host died holding the inbox: its heartbeat never moves again.
     dead = {"host": "elsewhere", "pid": 4242, "instance": "0dead0", "beat": 17, "interval_s": 0.5}
+    (world.inbox / LEASE_NAME).parent.mkdir()
     (world.inbox / LEASE_NAME).write_text(json.dumps(dead))
     await upload(world.inbox / "waiting.xlsx", xlsxwriter_bytes(rows_valid(3, seed=411)))
     with structlog.testing.capture_logs() as logs:
@@ -171,6 +172,7 @@ async def test_a_planted_lease_is_unreadable_and_taken_over_once_stale(
     make_world, emulator, upload, daemons, planted
 ):
     world = make_world(daemon_extra=FAST_LEASE)
+    (world.inbox / LEASE_NAME).parent.mkdir()
     (world.inbox / LEASE_NAME).write_text(planted)
     await upload(world.inbox / "list.xlsx", xlsxwriter_bytes(rows_valid(3, seed=430)))
     with structlog.testing.capture_logs() as logs:

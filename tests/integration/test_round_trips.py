@@ -78,7 +78,7 @@ def _per_cycle(request: Request, inbox: str) -> bool:
     """A listing of the inbox or the lease: paid per poll, not per file."""
     if not request.paths:
         return True  # the session's "limits" handshake
-    return all(p == inbox or p.startswith(f"{inbox}/.isales-watcher-") for p in request.paths)
+    return all(p == inbox or p.startswith(f"{inbox}/.isales-watcher") for p in request.paths)
 
 
 def _owner(path: str, ids: dict[str, str], session: list[Request]) -> str | None:
@@ -159,3 +159,22 @@ async def test_a_big_file_is_read_in_pipelined_chunks(counting_sshd, tmp_path):
     # 8 MiB): about 80 requests where 32 KiB reads would take 640.
     assert len(reads) <= 20 * 1024 * 1024 // (128 * 1024) + 4, lengths
     assert lengths.most_common(1)[0][0] >= 128 * 1024, lengths
+
+
+async def test_an_unchanged_crowded_inbox_costs_one_stat_per_poll(
+    counting_sshd, make_world, run_daemon, emulator
+):
+    world = make_world(server="counting_sshd", daemon_extra="full_listing_every = 10")
+    for i in range(2000):  # uploads in progress, by their names: never the daemon's
+        (world.inbox / f".upload-{i:05}.xlsx.part").write_bytes(b"PK")
+    daemon = await run_daemon(world)
+    await asyncio.sleep(6)  # 0.3 s polls: about 20
+    daemon.request_stop()
+    inbox = world.remote_inbox
+    session = requests_of(_daemon_session(counting_sshd, inbox))
+    opened = sum(1 for r in session if r.op == "opendir" and r.paths == [inbox])
+    stats = sum(1 for r in session if r.op == "stat" and r.paths == [inbox])
+    print(f"\n2,000 names, 6 s of 0.3 s polls: {stats} stats of the inbox, {opened} listings")
+    assert stats >= 12, stats
+    # The first listings (until its mtime is 2 s old), then one every 10 polls.
+    assert opened <= 2 + 8 + stats // 10, (opened, stats)

@@ -53,6 +53,14 @@ class Source(Protocol):
         """Names of the folders directly in ``folder`` (an absent folder is created, then empty)."""
         ...
 
+    async def folder_mtime(self, folder: str) -> int:
+        """The folder's modification time, in the server's own unit (compared only with itself).
+
+        Raises:
+            FileGoneError: there is no such folder.
+        """
+        ...
+
     async def read_ends(
         self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
     ) -> tuple[bytes, bytes]:

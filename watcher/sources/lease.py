@@ -44,7 +44,7 @@ __all__ = ("LEASE_NAME", "InboxLeases", "LeaseHeldError")
 
 log = structlog.get_logger(__name__)
 
-LEASE_NAME = ".isales-watcher-lease.json"
+LEASE_NAME = ".isales-watcher/lease.json"  # below the inbox
 _MAX_LEASE_BYTES = 4096
 
 
@@ -134,7 +134,9 @@ class InboxLeases:
 
     async def _create(self, inbox: str, path: str) -> None:
         """Make the lease by a rename that never overwrites: one of two contenders wins."""
-        draft = posixpath.join(inbox, f".isales-watcher-{secrets.token_hex(8)}.tmp")
+        folder = posixpath.dirname(path)
+        draft = posixpath.join(folder, f".isales-watcher-{secrets.token_hex(8)}.tmp")
+        await self._source.makedirs(folder)
         await self._source.write_file(draft, self._body(1))
         try:
             await self._source.rename(draft, path)

@@ -290,6 +290,16 @@ class LocalSource:
                 self._warn_link(folder, name)
         return names
 
+    async def folder_mtime(self, folder: str) -> int:
+        def look() -> int:
+            fd = self._open_folder(self._parts(folder))
+            try:
+                return os.fstat(fd).st_mtime_ns
+            finally:
+                os.close(fd)
+
+        return await self._call(f"looking at {folder}", look)
+
     async def read_ends(
         self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
     ) -> tuple[bytes, bytes]:

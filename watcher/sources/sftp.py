@@ -221,6 +221,11 @@ class SftpSource:
                 names.append(name)
         return names
 
+    async def folder_mtime(self, folder: str) -> int:
+        async with self._session(f"looking at {folder}") as sftp:
+            attrs = await sftp.stat(folder)
+            return int(attrs.mtime_ns or 0) if attrs.mtime_ns else int(attrs.mtime or 0)
+
     async def read_ends(
         self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
     ) -> tuple[bytes, bytes]:
