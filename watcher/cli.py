@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -14,11 +15,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from watcher import __version__
-from watcher.console import EX_CONFIG, EX_INVALID, EX_OK, EX_SOFTWARE, EX_UNREADABLE
+from watcher.config_commands import add_config_commands
+from watcher.console import (
+    EX_CANTCREAT,
+    EX_INVALID,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    EX_UNREADABLE,
+    EX_USAGE,
+    fail_config,
+    warn,
+)
 from watcher.console import fail as _fail
 from watcher.console import say as _print
 from watcher.daemon import Daemon
 from watcher.errors import CheckerUnavailableError, ConfigError, LedgerError, WatcherError
+from watcher.isales.faults import ENDPOINTS, fault_forms
 from watcher.ledger_commands import add_ledger_commands
 from watcher.logs import configure_logging
 from watcher.models import escaped
@@ -52,10 +65,10 @@ async def serve(daemon: Daemon) -> None:
 def _run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, warn=warn)
         asyncio.run(serve(Daemon(settings)))
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     except LedgerError as exc:
         return _fail(f"ledger error: {exc}", EX_SOFTWARE)
     except asyncio.CancelledError:
@@ -168,19 +181,26 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from watcher.check import run_checks
+    import stamina
 
-    configure_logging(level=logging.WARNING)
+    from watcher.check import briefly, run_checks
+
+    # The check's own lines say everything: no log lines between them, and no retries (each
+    # retry would log, and a person waits for the verdict).
+    configure_logging(level=logging.CRITICAL)
+    logging.disable(logging.CRITICAL)
+    stamina.set_active(False)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, warn=warn)
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     _print(f"ok    configuration {args.config}")
 
     def say(ok: bool, text: str) -> None:
         _print(f"{'ok  ' if ok else 'FAIL'}  {text}")
 
-    return EX_OK if asyncio.run(run_checks(settings, say)) else EX_INVALID
+    healthy = asyncio.run(run_checks(briefly(settings, args.timeout), say))
+    return EX_OK if healthy else EX_INVALID
 
 
 def _servers(args: argparse.Namespace) -> int:
@@ -191,7 +211,7 @@ def _servers(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         servers = asyncio.run(list_servers(settings))
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     except WatcherError as exc:
         return _fail(str(exc), EX_INVALID)
     _print(f"{'serverId':<24} {'user@ip:port':<36} default path")
@@ -202,13 +222,15 @@ def _servers(args: argparse.Namespace) -> int:
 
 
 def _fake_isales(args: argparse.Namespace) -> int:
-    from watcher.isales.staging import serve_emulator
+    from watcher.isales.staging import ListenError, serve_emulator
 
     configure_logging()
     try:
         asyncio.run(serve_emulator(args))
     except ValueError as exc:
-        return _fail(str(exc), EX_CONFIG)
+        return _fail(str(exc), EX_USAGE)
+    except ListenError as exc:
+        return _fail(str(exc), EX_UNAVAILABLE)
     except KeyboardInterrupt:
         pass
     return EX_OK
@@ -243,17 +265,30 @@ def _template(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     if out.suffix.lower() != ".xlsx":
-        return _fail(f"{out}: the template is an .xlsx workbook; give a name ending in .xlsx", 64)
+        return _fail(
+            f"{out}: the template is an .xlsx workbook; give a name ending in .xlsx", EX_USAGE
+        )
     if out.exists() and not args.force:
-        return _fail(f"{out} exists already; add --force to overwrite it", 73)
+        return _fail(f"{out} exists already; add --force to overwrite it", EX_CANTCREAT)
     if not out.parent.is_dir():
-        return _fail(f"cannot write {out}: the folder {out.parent} does not exist", 73)
+        return _fail(f"cannot write {out}: the folder {out.parent} does not exist", EX_CANTCREAT)
     try:
         write_template(out)
     except (OSError, FileCreateError) as exc:
-        return _fail(f"cannot write {out}: {exc}", 73)
+        return _fail(f"cannot write {out}: {exc}", EX_CANTCREAT)
     _print(f"wrote {out}")
     return EX_OK
+
+
+def _seconds(text: str) -> float:
+    """A command-line duration: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -310,20 +345,47 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     add_ledger_commands(commands, config)
+    add_config_commands(commands, config)
 
     check = commands.add_parser(
         "check",
         parents=[config],
         help="check the configuration, SFTP login and host key, inboxes, iSales signature",
+        description="Check the configuration, then ask each outside thing once, without "
+        "retries: the SFTP login and host key, the right to move files in each inbox, iSales' "
+        "acceptance of the signature and the file server's serverId. One ok or FAIL line each. "
+        "Example: isales-watcher check --config /etc/isales-watcher/config.toml. Exit codes: "
+        "0 all ok, 1 something failed (its FAIL line says what), 78 a configuration error.",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for each answer (default 5)",
     )
     check.set_defaults(handler=_check)
     servers = commands.add_parser(
-        "servers", parents=[config], help="list the file servers registered in iSales"
+        "servers",
+        parents=[config],
+        help="list the file servers registered in iSales",
+        description="List the SFTP file servers registered in iSales for the configured VDN, to "
+        "find isales.server_id. Example: isales-watcher servers --config "
+        "/etc/isales-watcher/config.toml. Exit codes: 0 listed, 1 iSales could not be asked "
+        "(the line says why), 78 a configuration error.",
     )
     servers.set_defaults(handler=_servers)
 
     fake = commands.add_parser(
-        "fake-isales", help="run the iSales emulator alone, with faults on demand (staging)"
+        "fake-isales",
+        help="run the iSales emulator alone, with faults on demand (staging)",
+        description="Serve the iSales emulator (queryServer, uploadFileServer, "
+        "queryDataImportTask) for a staging bench: it checks signatures and fetches each "
+        "uploaded file over SFTP as iSales does, with faults scripted call by call. Example: "
+        "isales-watcher fake-isales --access-key AK --secret-key-file sk --known-hosts "
+        "known_hosts --server fs-1=isales@10.0.0.7:22:/home/sftp --sftp-key id_ed25519 "
+        "--campaign 1001 --fault upload=503. Exit codes: 0 stopped (SIGTERM, Ctrl-C), 64 a bad "
+        "option (named), 69 cannot listen on --listen.",
     )
     fake.add_argument("--listen", default="127.0.0.1:28080", help="host:port")
     fake.add_argument("--vdn", type=int, default=1)
@@ -355,10 +417,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ENDPOINT=FAULT",
-        help="script a fault: upload|query_tasks|query_server|*=503, 429:2, delay:5, "
-        "drop_after_accept, accept_then_502|503|504, accept_then_status:504, fail_import:MSG, "
-        "slow_import:60, skew:300, broken_body, redirect, redirect:/elsewhere, reject_4xx, "
-        "null_server, string_list, bad_count, bad_begin_time",
+        help=f"script a fault for the next call of ENDPOINT ({'|'.join(ENDPOINTS)}); "
+        f"repeatable, used in order. FAULT is one of: {', '.join(fault_forms())}",
     )
     fake.add_argument(
         "--blacklist",

@@ -17,7 +17,7 @@ import sqlite3
 import sys
 from typing import Any
 
-from watcher.console import EX_CONFIG, EX_INVALID, EX_OK, EX_SOFTWARE
+from watcher.console import EX_INVALID, EX_OK, EX_SOFTWARE, fail_config
 from watcher.console import fail as _fail
 from watcher.console import say as _print
 from watcher.errors import ConfigError, WatcherError
@@ -229,7 +229,7 @@ def _ledger(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     try:
         ledger = Ledger(settings.daemon.state_dir / "ledger.sqlite3")
         try:
