@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from watcher import __version__
 from watcher.config_commands import add_config_commands
@@ -252,9 +255,16 @@ def _probe(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
+    folder: Path = args.dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        return _fail(f"cannot keep the demo's files in {folder}: {exc.strerror}", EX_CANTCREAT)
     configure_logging(json=False)
     with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(run_demo(args.dir, once=args.once, keep=args.keep))
+        asyncio.run(run_demo(folder, once=args.once, keep=args.keep))
     return EX_OK
 
 
@@ -291,14 +301,38 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's layout, but a command line in a description is never cut at its hyphens."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's parser (sub-parsers take their parent's class): one help layout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="isales-watcher",
         description="Import outbound-call lists dropped on an SFTP server into CC-iSales, once.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    config = argparse.ArgumentParser(add_help=False)
+    config = _Parser(add_help=False)
     config.add_argument(
         "--config",
         type=Path,
@@ -449,13 +483,26 @@ def _parser() -> argparse.ArgumentParser:
         "probe",
         parents=[config],
         help="ask the running daemon's control port whether it is live or ready (exit 0 or 1)",
+        description="Ask the running daemon's control port (daemon.control_listen) whether it "
+        "is live (/healthz) or ready (/readyz), for a container HEALTHCHECK or a Kubernetes "
+        "exec probe. Example: isales-watcher probe ready --config "
+        "/etc/isales-watcher/config.toml. Exit codes: 0 yes, 1 no (the line says why, also "
+        "when the daemon cannot be asked).",
     )
     probe.add_argument("which", choices=["live", "ready"])
-    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    probe.add_argument(
+        "--timeout", type=_seconds, default=5.0, metavar="SECONDS", help="seconds (default 5)"
+    )
     probe.set_defaults(handler=_probe)
 
     demo = commands.add_parser(
-        "demo", help="everything embedded: SFTP server, iSales emulator, daemon"
+        "demo",
+        help="everything embedded: SFTP server, iSales emulator, daemon",
+        description="Start an SFTP server, the iSales emulator and the daemon in one process, "
+        "drop a valid and an invalid sample, and keep running: drop your own .xlsx files into "
+        "the printed folder and watch them land in done/ or rejected/ with a receipt. Each run "
+        "starts clean unless --keep. Example: isales-watcher demo --dir /tmp/demo. Exit codes: "
+        "0 stopped (Ctrl-C, or --once done), 73 the folder cannot be written.",
     )
     demo.add_argument(
         "--dir",

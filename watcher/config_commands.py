@@ -194,7 +194,8 @@ def add_config_commands(commands: Any, config: argparse.ArgumentParser) -> None:
         "config",
         help="write an example configuration, or show the one in effect",
         description="Write a complete, commented example configuration, or show the "
-        "configuration in effect. Example: isales-watcher config example > config.toml",
+        "configuration in effect. Example: isales-watcher config example > config.toml. Exit "
+        "codes: 0 written or shown, 78 a configuration error (config show).",
     )
     sub = parser.add_subparsers(dest="config_command", required=True)
     example = sub.add_parser(
