@@ -104,35 +104,33 @@ def _describe(report: Report, name: str) -> list[str]:
     return lines
 
 
-class _Ticker:
-    """A one-line "checking NAME... N s" on the terminal for files that make a person wait."""
+class _Bar:
+    """``NAME [#######.......]  42%`` on the terminal while a file is checked.
+
+    Fed by the pool with the bytes every checking process has read (a big sheet is read by two
+    at once); it is drawn here only, in one process, and only ever moves forward.
+    """
+
+    _WIDTH = 30
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self._task: asyncio.Task[None] | None = None
-        self._width = 0
+        self._shown = -1
 
-    async def __aenter__(self) -> _Ticker:
-        self._task = asyncio.create_task(self._tick())
-        return self
+    def __call__(self, read: int, total: int) -> None:
+        percent = min(100, read * 100 // max(total, 1))
+        if percent <= self._shown:
+            return
+        self._shown = percent
+        filled = self._WIDTH * percent // 100
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self._WIDTH - filled)}] {percent:3d}%"
+        )
+        sys.stderr.flush()
 
-    async def _tick(self) -> None:
-        await asyncio.sleep(1)
-        started = asyncio.get_running_loop().time() - 1
-        while True:
-            line = f"\rchecking {self.label}... {asyncio.get_running_loop().time() - started:.0f} s"
-            self._width = len(line)
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            await asyncio.sleep(1)
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if self._width:
-            sys.stderr.write("\r" + " " * self._width + "\r")
+    def close(self) -> None:
+        if self._shown >= 0:
+            sys.stderr.write("\r" + " " * (len(self.label) + self._WIDTH + 8) + "\r")
             sys.stderr.flush()
 
 
@@ -145,9 +143,12 @@ async def _check_files(paths: Sequence[Path], limits: CheckLimits) -> list[Repor
     reports = []
     try:
         for path in paths:
-            ticker = _Ticker(escaped(path.name)) if sys.stderr.isatty() else None
-            async with ticker or contextlib.nullcontext():
-                reports.append(await pool.validate(str(path), ValidationOptions()))
+            bar = _Bar(escaped(path.name)) if sys.stderr.isatty() else None
+            try:
+                reports.append(await pool.validate(str(path), ValidationOptions(), bar))
+            finally:
+                if bar is not None:
+                    bar.close()
     finally:
         pool.shutdown()
     return reports
