@@ -351,7 +351,7 @@ class SftpSettings(_Section):
         default=None,
         description="An OpenSSH known_hosts file with the server's host key (ssh-keyscan -p PORT "
         "HOST > FILE); or host_key_fingerprint. An unknown key is refused.",
-        examples=["known_hosts"],
+        examples=["/etc/isales-watcher/known_hosts"],
     )
     host_key_fingerprint: str | None = Field(
         default=None,

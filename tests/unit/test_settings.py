@@ -287,7 +287,10 @@ def test_the_example_configuration_loads_and_covers_every_key(tmp_path, monkeypa
     from watcher.config_commands import example_text
     from watcher.settings import Settings
 
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(_credentials(tmp_path)))
+    creds = _credentials(tmp_path)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    # The example's known_hosts is in /etc, as the systemd unit has it: pointed here instead.
+    monkeypatch.setenv("ISALES_WATCHER_SFTP__KNOWN_HOSTS_FILE", str(creds / "known_hosts"))
     text = example_text()
     assert all(len(line) <= 100 for line in text.splitlines())
     config = tmp_path / "config.toml"
