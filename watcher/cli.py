@@ -326,6 +326,16 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _megabytes(text: str) -> int:
+    """A checker's memory ceiling: as ``validation.max_memory_mb``, 256 MB at the least."""
+    if not text.isdigit() or int(text) < _MIN_MEMORY_MB:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB from {_MIN_MEMORY_MB}")
+    return int(text)
+
+
+_MIN_MEMORY_MB = 256  # the lower bound of validation.max_memory_mb
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="isales-watcher",
@@ -367,13 +377,13 @@ def _parser() -> argparse.ArgumentParser:
     defaults = ValidationSettings()
     validate.add_argument(
         "--max-seconds",
-        type=float,
+        type=_seconds,
         default=defaults.max_seconds,
         help=f"give up on a file after this long (default {defaults.max_seconds:g})",
     )
     validate.add_argument(
         "--max-memory-mb",
-        type=int,
+        type=_megabytes,
         default=defaults.max_memory_mb,
         help=f"memory ceiling of the checker (default {defaults.max_memory_mb})",
     )
