@@ -138,7 +138,7 @@ def _source(layers: Layers, key: Key, field: FieldInfo) -> str:
         origin = layers.origins.get(key[:end])
         if origin is not None and (end == len(key) or origin.startswith("$")):
             given = layers.given(key)
-            if key[-1].__str__().endswith("_file") and given and not Path(given).is_absolute():
+            if str(key[-1]).endswith("_file") and given and not Path(given).is_absolute():
                 return f"{origin}, in $CREDENTIALS_DIRECTORY"
             return origin
     if _is_secret(field) and layers.given((*key[:-1], f"{key[-1]}_file")):

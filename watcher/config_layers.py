@@ -30,7 +30,6 @@ __all__ = (
     "Key",
     "Layers",
     "entry_model",
-    "env_name",
     "explain",
     "field_model",
     "read_layers",
@@ -109,7 +108,7 @@ def _is_complex(field: FieldInfo) -> bool:
     )
 
 
-def env_name(key: Key) -> str:
+def _env_name(key: Key) -> str:
     """The variable that sets ``key``: ``ISALES_WATCHER_DAEMON__SETTLE_S``."""
     return ENV_PREFIX + "__".join(str(part) for part in key).upper()
 
@@ -202,9 +201,9 @@ def _decode(name: str, raw: str, field: FieldInfo, key: Key) -> Any:
 def _unknown_variable(name: str, key: Key, model: type[BaseModel]) -> str:
     whole = model.model_fields.get(str(key[0]))
     if len(key) > 1 and whole is not None and entry_model(whole) is not None:
-        hint = f"; give {env_name(key[:1])} the whole list instead, as a JSON array of tables"
+        hint = f"; give {_env_name(key[:1])} the whole list instead, as a JSON array of tables"
     else:
-        known = [env_name(k) for k, _ in _fields(model)]
+        known = [_env_name(k) for k, _ in _fields(model)]
         close = difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.75)
         hint = f"; did you mean {close[0]}?" if close else " (see: isales-watcher config example)"
     return f"{name} names no setting and is ignored{hint}"
