@@ -11,9 +11,22 @@ from watcher.settings import RouteSettings, Settings, is_campaign_folder
 from watcher.sources import Source, check_access, make_source
 from watcher.sources.sftp import SftpSource
 
-__all__ = ("list_servers", "run_checks")
+__all__ = ("briefly", "list_servers", "run_checks")
 
 Say = Callable[[bool, str], None]
+
+
+def briefly(settings: Settings, timeout_s: float) -> Settings:
+    """The settings with every network deadline at ``timeout_s``: a check asks once, briefly.
+
+    The SFTP connection has two deadlines (connect, then log in) inside one of twice the
+    connect timeout: each gets half, so the whole connection fits in ``timeout_s`` too.
+    """
+    isales = settings.isales.model_copy(update={"request_timeout_s": timeout_s})
+    sftp = settings.sftp.model_copy(
+        update={"connect_timeout_s": timeout_s / 2, "op_timeout_s": timeout_s}
+    )
+    return settings.model_copy(update={"isales": isales, "sftp": sftp})
 
 
 async def list_servers(settings: Settings) -> list[FileServer]:
@@ -105,10 +118,11 @@ async def _check_isales(settings: Settings, say: Say) -> bool:
     except ConfigError as exc:
         say(False, str(exc))
         return False
+    path = server.file_path or "unknown: filePath is sent relative to sftp.base_path"
     say(
         True,
         f"file server {server.server_id} = {server.user_name}@{server.ip}:{server.port}, "
-        f"default path {server.file_path}",
+        f"default path {path}",
     )
     return True
 

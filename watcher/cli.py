@@ -5,20 +5,36 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
+import math
 import os
 import signal
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from watcher import __version__
-from watcher.console import EX_CONFIG, EX_INVALID, EX_OK, EX_SOFTWARE, EX_UNREADABLE
+from watcher.config_commands import add_config_commands
+from watcher.console import (
+    EX_CANTCREAT,
+    EX_INVALID,
+    EX_OK,
+    EX_SOFTWARE,
+    EX_UNAVAILABLE,
+    EX_UNREADABLE,
+    EX_USAGE,
+    fail_config,
+    warn,
+)
 from watcher.console import fail as _fail
 from watcher.console import say as _print
 from watcher.daemon import Daemon
 from watcher.errors import CheckerUnavailableError, ConfigError, LedgerError, WatcherError
+from watcher.isales.faults import ENDPOINTS, fault_forms
 from watcher.ledger_commands import add_ledger_commands
 from watcher.logs import configure_logging
 from watcher.models import escaped
@@ -52,10 +68,10 @@ async def serve(daemon: Daemon) -> None:
 def _run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, warn=warn)
         asyncio.run(serve(Daemon(settings)))
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     except LedgerError as exc:
         return _fail(f"ledger error: {exc}", EX_SOFTWARE)
     except asyncio.CancelledError:
@@ -88,35 +104,33 @@ def _describe(report: Report, name: str) -> list[str]:
     return lines
 
 
-class _Ticker:
-    """A one-line "checking NAME... N s" on the terminal for files that make a person wait."""
+class _Bar:
+    """``NAME [#######.......]  42%`` on the terminal while a file is checked.
+
+    Fed by the pool with the bytes every checking process has read (a big sheet is read by two
+    at once); it is drawn here only, in one process, and only ever moves forward.
+    """
+
+    _WIDTH = 30
 
     def __init__(self, label: str) -> None:
         self.label = label
-        self._task: asyncio.Task[None] | None = None
-        self._width = 0
+        self._shown = -1
 
-    async def __aenter__(self) -> _Ticker:
-        self._task = asyncio.create_task(self._tick())
-        return self
+    def __call__(self, read: int, total: int) -> None:
+        percent = min(100, read * 100 // max(total, 1))
+        if percent <= self._shown:
+            return
+        self._shown = percent
+        filled = self._WIDTH * percent // 100
+        sys.stderr.write(
+            f"\r{self.label} [{'#' * filled}{'.' * (self._WIDTH - filled)}] {percent:3d}%"
+        )
+        sys.stderr.flush()
 
-    async def _tick(self) -> None:
-        await asyncio.sleep(1)
-        started = asyncio.get_running_loop().time() - 1
-        while True:
-            line = f"\rchecking {self.label}... {asyncio.get_running_loop().time() - started:.0f} s"
-            self._width = len(line)
-            sys.stderr.write(line)
-            sys.stderr.flush()
-            await asyncio.sleep(1)
-
-    async def __aexit__(self, *_: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        if self._width:
-            sys.stderr.write("\r" + " " * self._width + "\r")
+    def close(self) -> None:
+        if self._shown >= 0:
+            sys.stderr.write("\r" + " " * (len(self.label) + self._WIDTH + 8) + "\r")
             sys.stderr.flush()
 
 
@@ -129,9 +143,12 @@ async def _check_files(paths: Sequence[Path], limits: CheckLimits) -> list[Repor
     reports = []
     try:
         for path in paths:
-            ticker = _Ticker(escaped(path.name)) if sys.stderr.isatty() else None
-            async with ticker or contextlib.nullcontext():
-                reports.append(await pool.validate(str(path), ValidationOptions()))
+            bar = _Bar(escaped(path.name)) if sys.stderr.isatty() else None
+            try:
+                reports.append(await pool.validate(str(path), ValidationOptions(), bar))
+            finally:
+                if bar is not None:
+                    bar.close()
     finally:
         pool.shutdown()
     return reports
@@ -168,19 +185,26 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from watcher.check import run_checks
+    import stamina
 
-    configure_logging(level=logging.WARNING)
+    from watcher.check import briefly, run_checks
+
+    # The check's own lines say everything: no log lines between them, and no retries (each
+    # retry would log, and a person waits for the verdict).
+    configure_logging(level=logging.CRITICAL)
+    logging.disable(logging.CRITICAL)
+    stamina.set_active(False)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config, warn=warn)
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     _print(f"ok    configuration {args.config}")
 
     def say(ok: bool, text: str) -> None:
         _print(f"{'ok  ' if ok else 'FAIL'}  {text}")
 
-    return EX_OK if asyncio.run(run_checks(settings, say)) else EX_INVALID
+    healthy = asyncio.run(run_checks(briefly(settings, args.timeout), say))
+    return EX_OK if healthy else EX_INVALID
 
 
 def _servers(args: argparse.Namespace) -> int:
@@ -191,7 +215,7 @@ def _servers(args: argparse.Namespace) -> int:
         settings = load_settings(args.config)
         servers = asyncio.run(list_servers(settings))
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     except WatcherError as exc:
         return _fail(str(exc), EX_INVALID)
     _print(f"{'serverId':<24} {'user@ip:port':<36} default path")
@@ -202,13 +226,15 @@ def _servers(args: argparse.Namespace) -> int:
 
 
 def _fake_isales(args: argparse.Namespace) -> int:
-    from watcher.isales.staging import serve_emulator
+    from watcher.isales.staging import ListenError, serve_emulator
 
     configure_logging()
     try:
         asyncio.run(serve_emulator(args))
     except ValueError as exc:
-        return _fail(str(exc), EX_CONFIG)
+        return _fail(str(exc), EX_USAGE)
+    except ListenError as exc:
+        return _fail(str(exc), EX_UNAVAILABLE)
     except KeyboardInterrupt:
         pass
     return EX_OK
@@ -230,9 +256,16 @@ def _probe(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from watcher.demo import run_demo
 
+    folder: Path = args.dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "not writable")
+    except OSError as exc:
+        return _fail(f"cannot keep the demo's files in {folder}: {exc.strerror}", EX_CANTCREAT)
     configure_logging(json=False)
     with contextlib.suppress(asyncio.CancelledError):
-        asyncio.run(run_demo(args.dir, once=args.once, keep=args.keep))
+        asyncio.run(run_demo(folder, once=args.once, keep=args.keep))
     return EX_OK
 
 
@@ -243,27 +276,74 @@ def _template(args: argparse.Namespace) -> int:
 
     out: Path = args.out
     if out.suffix.lower() != ".xlsx":
-        return _fail(f"{out}: the template is an .xlsx workbook; give a name ending in .xlsx", 64)
+        return _fail(
+            f"{out}: the template is an .xlsx workbook; give a name ending in .xlsx", EX_USAGE
+        )
     if out.exists() and not args.force:
-        return _fail(f"{out} exists already; add --force to overwrite it", 73)
+        return _fail(f"{out} exists already; add --force to overwrite it", EX_CANTCREAT)
     if not out.parent.is_dir():
-        return _fail(f"cannot write {out}: the folder {out.parent} does not exist", 73)
+        return _fail(f"cannot write {out}: the folder {out.parent} does not exist", EX_CANTCREAT)
     try:
         write_template(out)
     except (OSError, FileCreateError) as exc:
-        return _fail(f"cannot write {out}: {exc}", 73)
+        return _fail(f"cannot write {out}: {exc}", EX_CANTCREAT)
     _print(f"wrote {out}")
     return EX_OK
 
 
+def _seconds(text: str) -> float:
+    """A command-line duration: a positive number of seconds."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return seconds
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's layout, but a command line in a description is never cut at its hyphens."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(
+            " ".join(text.split()),
+            width,
+            initial_indent=indent,
+            subsequent_indent=indent,
+            break_on_hyphens=False,
+        )
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's parser (sub-parsers take their parent's class): one help layout."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _megabytes(text: str) -> int:
+    """A checker's memory ceiling: as ``validation.max_memory_mb``, 256 MB at the least."""
+    if not text.isdigit() or int(text) < _MIN_MEMORY_MB:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of MB from {_MIN_MEMORY_MB}")
+    return int(text)
+
+
+_MIN_MEMORY_MB = 256  # the lower bound of validation.max_memory_mb
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="isales-watcher",
         description="Import outbound-call lists dropped on an SFTP server into CC-iSales, once.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    config = argparse.ArgumentParser(add_help=False)
+    config = _Parser(add_help=False)
     config.add_argument(
         "--config",
         type=Path,
@@ -297,33 +377,60 @@ def _parser() -> argparse.ArgumentParser:
     defaults = ValidationSettings()
     validate.add_argument(
         "--max-seconds",
-        type=float,
+        type=_seconds,
         default=defaults.max_seconds,
         help=f"give up on a file after this long (default {defaults.max_seconds:g})",
     )
     validate.add_argument(
         "--max-memory-mb",
-        type=int,
+        type=_megabytes,
         default=defaults.max_memory_mb,
         help=f"memory ceiling of the checker (default {defaults.max_memory_mb})",
     )
     validate.set_defaults(handler=_validate)
 
     add_ledger_commands(commands, config)
+    add_config_commands(commands, config)
 
     check = commands.add_parser(
         "check",
         parents=[config],
         help="check the configuration, SFTP login and host key, inboxes, iSales signature",
+        description="Check the configuration, then ask each outside thing once, without "
+        "retries: the SFTP login and host key, the right to move files in each inbox, iSales' "
+        "acceptance of the signature and the file server's serverId. One ok or FAIL line each. "
+        "Example: isales-watcher check --config /etc/isales-watcher/config.toml. Exit codes: "
+        "0 all ok, 1 something failed (its FAIL line says what), 78 a configuration error.",
+    )
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for each answer (default 5)",
     )
     check.set_defaults(handler=_check)
     servers = commands.add_parser(
-        "servers", parents=[config], help="list the file servers registered in iSales"
+        "servers",
+        parents=[config],
+        help="list the file servers registered in iSales",
+        description="List the SFTP file servers registered in iSales for the configured VDN, to "
+        "find isales.server_id. Example: isales-watcher servers --config "
+        "/etc/isales-watcher/config.toml. Exit codes: 0 listed, 1 iSales could not be asked "
+        "(the line says why), 78 a configuration error.",
     )
     servers.set_defaults(handler=_servers)
 
     fake = commands.add_parser(
-        "fake-isales", help="run the iSales emulator alone, with faults on demand (staging)"
+        "fake-isales",
+        help="run the iSales emulator alone, with faults on demand (staging)",
+        description="Serve the iSales emulator (queryServer, uploadFileServer, "
+        "queryDataImportTask) for a staging bench: it checks signatures and fetches each "
+        "uploaded file over SFTP as iSales does, with faults scripted call by call. Example: "
+        "isales-watcher fake-isales --access-key AK --secret-key-file sk --known-hosts "
+        "known_hosts --server fs-1=isales@10.0.0.7:22:/home/sftp --sftp-key id_ed25519 "
+        "--campaign 1001 --fault upload=503. Exit codes: 0 stopped (SIGTERM, Ctrl-C), 64 a bad "
+        "option (named), 69 cannot listen on --listen.",
     )
     fake.add_argument("--listen", default="127.0.0.1:28080", help="host:port")
     fake.add_argument("--vdn", type=int, default=1)
@@ -355,10 +462,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="ENDPOINT=FAULT",
-        help="script a fault: upload|query_tasks|query_server|*=503, 429:2, delay:5, "
-        "drop_after_accept, accept_then_502|503|504, accept_then_status:504, fail_import:MSG, "
-        "slow_import:60, skew:300, broken_body, redirect, redirect:/elsewhere, reject_4xx, "
-        "null_server, string_list, bad_count, bad_begin_time",
+        help=f"script a fault for the next call of ENDPOINT ({'|'.join(ENDPOINTS)}); "
+        f"repeatable, used in order. FAULT is one of: {', '.join(fault_forms())}",
     )
     fake.add_argument(
         "--blacklist",
@@ -389,13 +494,26 @@ def _parser() -> argparse.ArgumentParser:
         "probe",
         parents=[config],
         help="ask the running daemon's control port whether it is live or ready (exit 0 or 1)",
+        description="Ask the running daemon's control port (daemon.control_listen) whether it "
+        "is live (/healthz) or ready (/readyz), for a container HEALTHCHECK or a Kubernetes "
+        "exec probe. Example: isales-watcher probe ready --config "
+        "/etc/isales-watcher/config.toml. Exit codes: 0 yes, 1 no (the line says why, also "
+        "when the daemon cannot be asked).",
     )
     probe.add_argument("which", choices=["live", "ready"])
-    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    probe.add_argument(
+        "--timeout", type=_seconds, default=5.0, metavar="SECONDS", help="seconds (default 5)"
+    )
     probe.set_defaults(handler=_probe)
 
     demo = commands.add_parser(
-        "demo", help="everything embedded: SFTP server, iSales emulator, daemon"
+        "demo",
+        help="everything embedded: SFTP server, iSales emulator, daemon",
+        description="Start an SFTP server, the iSales emulator and the daemon in one process, "
+        "drop a valid and an invalid sample, and keep running: drop your own .xlsx files into "
+        "the printed folder and watch them land in done/ or rejected/ with a receipt. Each run "
+        "starts clean unless --keep. Example: isales-watcher demo --dir /tmp/demo. Exit codes: "
+        "0 stopped (Ctrl-C, or --once done), 73 the folder cannot be written.",
     )
     demo.add_argument(
         "--dir",

@@ -17,10 +17,10 @@ import sqlite3
 import sys
 from typing import Any
 
-from watcher.console import EX_CONFIG, EX_INVALID, EX_OK, EX_SOFTWARE
+from watcher.console import EX_INVALID, EX_OK, EX_SOFTWARE, fail_config
 from watcher.console import fail as _fail
 from watcher.console import say as _print
-from watcher.errors import ConfigError, WatcherError
+from watcher.errors import ConfigError, LedgerError, WatcherError
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, escaped
 from watcher.settings import Settings, load_settings
@@ -229,7 +229,7 @@ def _ledger(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EX_CONFIG)
+        return fail_config(exc)
     try:
         ledger = Ledger(settings.daemon.state_dir / "ledger.sqlite3")
         try:
@@ -240,6 +240,8 @@ def _ledger(args: argparse.Namespace) -> int:
             return _act_on_one(ledger, settings, args)
         finally:
             ledger.close()
+    except LedgerError as exc:
+        return _fail(f"ledger error: {exc}; check daemon.state_dir", EX_SOFTWARE)
     except sqlite3.OperationalError as exc:
         # A ledger locked for longer than the busy timeout, or a disk that refuses it.
         return _fail(
@@ -249,9 +251,26 @@ def _ledger(args: argparse.Namespace) -> int:
 
 def add_ledger_commands(commands: Any, config: argparse.ArgumentParser) -> None:
     """The ``ledger`` sub-commands, on the command line's sub-parsers."""
-    ledger = commands.add_parser("ledger", parents=[config], help="inspect and act on the ledger")
+    codes = (
+        "Exit codes: 0 done, 1 no such file or refused (the line says why), 70 the ledger cannot "
+        "be used, 78 a configuration error."
+    )
+    ledger = commands.add_parser(
+        "ledger",
+        parents=[config],
+        help="inspect and act on the ledger",
+        description="Answer what happened to a file, and act on one (audited: who, when, why). "
+        f"Example: isales-watcher ledger list --state uncertain --config FILE. {codes}",
+    )
     sub = ledger.add_subparsers(dest="ledger_command", required=True)
-    listing = sub.add_parser("list", parents=[config], help="the newest files, filtered")
+    listing = sub.add_parser(
+        "list",
+        parents=[config],
+        help="the newest files, filtered",
+        description="List the newest files, newest first: id, received, state, route, name, "
+        "reason. Example: isales-watcher ledger list --state rejected --since 2025-03-01 "
+        f"--config FILE. {codes}",
+    )
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument(
         "--state",
@@ -264,10 +283,21 @@ def add_ledger_commands(commands: Any, config: argparse.ArgumentParser) -> None:
     listing.add_argument("--until", help="received before (ISO date or time, UTC)")
     listing.add_argument("--name", help="file names matching this pattern (say, '*march*')")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
-    show = sub.add_parser("show", parents=[config], help="one file's whole history")
+    show = sub.add_parser(
+        "show",
+        parents=[config],
+        help="one file's whole history",
+        description="Show a file's row, its receipts, its import task and every transition. "
+        "Example: isales-watcher ledger show 'march calls.xlsx' --config FILE. " + codes,
+    )
     show.add_argument("id", help="a ledger id or its beginning, a file name, or a SHA-256")
     export = sub.add_parser(
-        "export", parents=[config], help="every file version and transition, for an audit"
+        "export",
+        parents=[config],
+        help="every file version and transition, for an audit",
+        description="Write every file version received in a period and each of its "
+        "transitions, as CSV or JSON, for an audit. Example: isales-watcher ledger export "
+        f"--since 2025-01-01 --format csv --config FILE > audit.csv. {codes}",
     )
     export.add_argument("--since", required=True, help="received at or after (ISO date, UTC)")
     export.add_argument("--until", help="received before (ISO date, UTC)")
@@ -276,6 +306,10 @@ def add_ledger_commands(commands: Any, config: argparse.ArgumentParser) -> None:
         "reprocess",
         parents=[config],
         help="send a file parked as uncertain, or rejected (say, as a duplicate), again (audited)",
+        description="Send a file parked as uncertain, or rejected (say, as a duplicate), to "
+        "iSales again; a rejected file is moved back into processing/ first. A running daemon "
+        "picks it up within one poll. Example: isales-watcher ledger reprocess 3f2a9c "
+        f"--reason 'the campaign was emptied' --config FILE. {codes}",
     )
     reprocess.add_argument("id", help="a ledger id or its beginning")
     reprocess.add_argument("--reason", required=True, help="why (kept in the ledger)")
@@ -286,6 +320,10 @@ def add_ledger_commands(commands: Any, config: argparse.ArgumentParser) -> None:
         parents=[config],
         help="settle an uncertain file from what iSales shows: --imported TASK_ID or "
         "--not-imported (audited)",
+        description="Settle a file parked as uncertain from what the iSales console shows: "
+        "--imported TASK_ID (it was imported as that task: track it) or --not-imported (send "
+        "it once more). Example: isales-watcher ledger resolve 3f2a9c --imported 1700000123 "
+        f"--reason 'seen in the console' --config FILE. {codes}",
     )
     resolve.add_argument("id", help="a ledger id or its beginning")
     verdict = resolve.add_mutually_exclusive_group(required=True)

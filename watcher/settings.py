@@ -6,15 +6,15 @@ import itertools
 import os
 import posixpath
 import re
-import tomllib
+from collections.abc import Callable, Mapping
 from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from watcher.config_layers import Layers, explain, read_layers
 from watcher.errors import ConfigError
 
 __all__ = (
@@ -26,7 +26,9 @@ __all__ = (
     "Settings",
     "SftpSettings",
     "ValidationSettings",
+    "check_readable",
     "load_settings",
+    "read_settings",
 )
 
 DEFAULT_CONFIG = Path("/etc/isales-watcher/config.toml")
@@ -82,7 +84,7 @@ def _resolve_files(values: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _check_readable(key: str, path: Path | None) -> None:
+def check_readable(key: str, path: Path | None) -> None:
     """A file the daemon reads later must exist and be readable now, by this user."""
     if path is None:
         return
@@ -118,34 +120,120 @@ class _Section(BaseModel):
 class IsalesSettings(_Section):
     """How to reach and sign requests to the CC-iSales OpenAPI."""
 
-    base_url: str
-    vdn_id: int = Field(ge=1, le=9999)
-    access_key: SecretStr
-    secret_key: SecretStr
-    access_key_file: Path | None = None
-    secret_key_file: Path | None = None
-    ca_file: Path | None = None
-    tls_fingerprint: str | None = None  # SHA-256 of the server certificate: pin exactly that one
-    server_id: str = ""
-    allow_insecure_http: bool = False
-    signed_headers: tuple[str, ...] = ("host",)
-    host_header: str = ""  # the Host sent and signed; default host:port of base_url
-    locale: str | None = None  # e.g. en_US: iSales answers resultDesc/errMsg in that language
-    request_timeout_s: float = Field(default=30.0, gt=0)
-    track_poll_s: float = Field(default=10.0, gt=0)
-    track_timeout_s: float = Field(default=6 * 3600.0, gt=0)
-    # After a lost answer, how long to keep looking for the import task before parking the file.
-    reconcile_grace_s: float = Field(default=120.0, ge=0)
-    # How long after our POST ended an import task may begin and still be ours.
-    reconcile_window_s: float = Field(default=300.0, gt=0)
-    # An adopted task's record count must equal the data rows validation counted.
-    reconcile_by_counts: bool = True
-    # How long an uncertain file is reconciled again, with back-off, before only an operator can.
-    reconcile_horizon_s: float = Field(default=24 * 3600.0, gt=0)
-    reconcile_recheck_s: float = Field(default=30.0, gt=0)  # the first wait; doubles to 1 h
-    # The zone of times iSales writes without one (beginTime) and of scheduled imports;
-    # default: the offset of the server's Date header when it gives one.
-    server_utc_offset: str | None = None
+    base_url: str = Field(
+        description="The OpenAPI's address, https://host:port (the CC-iSales OpenAPI gateway).",
+        examples=["https://10.0.0.5:28443"],
+    )
+    vdn_id: int = Field(
+        ge=1,
+        le=9999,
+        description="The VDN (tenant) whose campaigns the lists go to.",
+        examples=[12],
+    )
+    access_key: SecretStr = Field(
+        description="The OpenAPI access key (AK). Better: access_key_file.", examples=["AK..."]
+    )
+    secret_key: SecretStr = Field(
+        description="The OpenAPI secret key (SK). Better: secret_key_file.", examples=["SK..."]
+    )
+    access_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the access key; a bare name is looked up in "
+        "$CREDENTIALS_DIRECTORY (systemd LoadCredential=, /run/secrets in the container).",
+        examples=["isales_ak"],
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="A file holding the secret key; a bare name is looked up in "
+        "$CREDENTIALS_DIRECTORY.",
+        examples=["isales_sk"],
+    )
+    ca_file: Path | None = Field(
+        default=None,
+        description="A PEM file of the private CA that signed iSales' certificate. TLS is always "
+        "verified; without it, the system's CAs are used.",
+        examples=["/etc/isales-watcher/isales-ca.pem"],
+    )
+    tls_fingerprint: str | None = Field(
+        default=None,
+        description="Pin exactly one server certificate: its SHA-256 as 64 hex digits "
+        "(openssl x509 -noout -fingerprint -sha256 -in cert.pem).",
+        examples=["3f" * 32],
+    )
+    server_id: str = Field(
+        default="",
+        description="The serverId of the SFTP file server as registered in iSales; empty: found "
+        "with queryServer by sftp host, port and username (see: isales-watcher servers).",
+    )
+    allow_insecure_http: bool = Field(
+        default=False,
+        description="Accept a plain http:// base_url, which sends the signature in clear. Only "
+        "for a test bench.",
+    )
+    signed_headers: tuple[str, ...] = Field(
+        default=("host",),
+        description='The request headers the C2 signature covers: "host", and optionally '
+        '"content-type" and "locale", as the iSales side expects.',
+    )
+    host_header: str = Field(
+        default="",
+        description="The Host header sent and signed, when a gateway expects another name than "
+        "base_url's; empty: host:port of base_url.",
+    )
+    locale: str | None = Field(
+        default=None,
+        description="Ask iSales to answer resultDesc and errMsg in this language (en_US, zh_CN).",
+        examples=["en_US"],
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds one OpenAPI call may take, connection included.",
+    )
+    track_poll_s: float = Field(
+        default=10.0, gt=0, description="Seconds between two looks at the running import tasks."
+    )
+    track_timeout_s: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="Seconds an import may run before it is looked at with back-off only; raise "
+        "it for campaigns that import for longer.",
+    )
+    reconcile_grace_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="After a lost answer to uploadFileServer, seconds to keep looking for the "
+        "import task before the file is parked as uncertain.",
+    )
+    reconcile_window_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds after our request ended in which an import task may begin and still "
+        "be ours.",
+    )
+    reconcile_by_counts: bool = Field(
+        default=True,
+        description="Adopt a found task only when its record count equals the data rows "
+        "validation counted. Turn off only if iSales counts rows differently.",
+    )
+    reconcile_horizon_s: float = Field(
+        default=24 * 3600.0,
+        gt=0,
+        description="Seconds an uncertain file is reconciled again, with back-off, before only an "
+        "operator can settle it (isales-watcher ledger resolve).",
+    )
+    reconcile_recheck_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The first wait, in seconds, before an uncertain file is reconciled again; it "
+        "doubles up to an hour.",
+    )
+    server_utc_offset: str | None = Field(
+        default=None,
+        description="The zone of times iSales writes without one (beginTime) and of scheduled "
+        "imports; unset: the offset of the server's Date header when it gives one.",
+        examples=["+08:00"],
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -166,7 +254,7 @@ class IsalesSettings(_Section):
                 "base_url: plain http:// sends the signature in clear; use https://, "
                 "or set allow_insecure_http = true for a test bench"
             )
-        _check_readable("ca_file", self.ca_file)
+        check_readable("ca_file", self.ca_file)
         self._check_headers()
         if self.server_utc_offset is not None:
             try:
@@ -235,17 +323,57 @@ class IsalesSettings(_Section):
 class SftpSettings(_Section):
     """The SFTP file server that iSales imports from, and that the daemon watches."""
 
-    host: str
-    port: int = Field(default=22, ge=1, le=65535)
-    username: str
-    private_key_file: Path | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    known_hosts_file: Path | None = None
-    host_key_fingerprint: str | None = None
-    base_path: str = "/"
-    connect_timeout_s: float = Field(default=15.0, gt=0)
-    op_timeout_s: float = Field(default=60.0, gt=0)
+    host: str = Field(
+        description="The SFTP server's address, as iSales has it registered.",
+        examples=["10.0.0.7"],
+    )
+    port: int = Field(default=22, ge=1, le=65535, description="The SFTP server's port.")
+    username: str = Field(
+        description="The account the daemon logs in with: the one iSales fetches files with.",
+        examples=["isales"],
+    )
+    private_key_file: Path | None = Field(
+        default=None,
+        description="The SSH private key to log in with (or password/password_file); a bare name "
+        "is looked up in $CREDENTIALS_DIRECTORY.",
+        examples=["sftp_key"],
+    )
+    password: SecretStr | None = Field(
+        default=None, description="The login password. Better: password_file.", examples=["..."]
+    )
+    password_file: Path | None = Field(
+        default=None,
+        description="A file holding the login password; a bare name is looked up in "
+        "$CREDENTIALS_DIRECTORY.",
+        examples=["sftp_password"],
+    )
+    known_hosts_file: Path | None = Field(
+        default=None,
+        description="An OpenSSH known_hosts file with the server's host key (ssh-keyscan -p PORT "
+        "HOST > FILE); or host_key_fingerprint. An unknown key is refused.",
+        examples=["/etc/isales-watcher/known_hosts"],
+    )
+    host_key_fingerprint: str | None = Field(
+        default=None,
+        description="The server's host key as SHA256:<43 base64 characters> (ssh-keygen -lf), "
+        "instead of known_hosts_file.",
+        examples=["SHA256:" + "A" * 43],
+    )
+    base_path: str = Field(
+        default="/",
+        description="The server's default path as registered in iSales; every inbox lies below "
+        "it, and iSales is told paths relative to it.",
+        examples=["/home/sftp"],
+    )
+    connect_timeout_s: float = Field(
+        default=15.0, gt=0, description="Seconds to connect and log in to the SFTP server."
+    )
+    op_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds one SFTP operation (a listing, a rename, a read) may take before the "
+        "connection is dropped and made again.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -257,14 +385,14 @@ class SftpSettings(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Self:
-        _check_readable("known_hosts_file", self.known_hosts_file)
+        check_readable("known_hosts_file", self.known_hosts_file)
         if self.host_key_fingerprint is not None and not _FINGERPRINT.match(
             self.host_key_fingerprint
         ):
             raise ValueError(
                 "host_key_fingerprint: expected the form SHA256:<43 base64 characters>"
             )
-        _check_readable("private_key_file", self.private_key_file)
+        check_readable("private_key_file", self.private_key_file)
         if not self.base_path.startswith("/"):
             raise ValueError("base_path: must be an absolute path such as /home/sftp")
         return self
@@ -283,8 +411,15 @@ class SftpSettings(_Section):
 class LocalSettings(_Section):
     """Sidecar mode: the daemon sees the file server's disk instead of logging in over SFTP."""
 
-    base_dir: Path  # the local directory that the file server shows as sftp.base_path
-    force_polling: bool = False  # inotify misses changes on NFS and SMB: poll instead
+    base_dir: Path = Field(
+        description="The local directory that the file server shows as sftp.base_path.",
+        examples=["/srv/sftp"],
+    )
+    force_polling: bool = Field(
+        default=False,
+        description="List the folders every poll_interval_s only; inotify misses changes on NFS "
+        "and SMB volumes, so set it there.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -322,16 +457,47 @@ def is_campaign_folder(name: str) -> bool:
 class RouteSettings(_Section):
     """One drop folder and the campaign its files are imported into."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    inbox: str  # may end in /{campaign_id}: one folder per campaign, named by its id
-    campaign_id: str = ""
-    pattern: str = "*.xlsx"
-    schedule: str | None = None
-    call_data_json: bool = False
-    duplicate_session_ids_are_errors: bool = False  # a warning unless set
-    duplicate_numbers_are_errors: bool = False  # the same calledNo on several rows
-    # What makes a file a duplicate of an earlier import: the same data rows, the same bytes.
-    duplicates: Literal["rows", "bytes", "off"] = "rows"
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="A short name for logs, receipts and the ledger (letters, digits, . _ -).",
+        examples=["spring-sale"],
+    )
+    inbox: str = Field(
+        description="The drop folder, as the SFTP user sees it. Ending in /{campaign_id}: one "
+        "folder per campaign below it, each named by its campaign id.",
+        examples=["/home/sftp/inbox/spring-sale"],
+    )
+    campaign_id: str = Field(
+        default="",
+        description="The iSales campaign the files are imported into; leave it out when the "
+        "inbox ends in /{campaign_id}.",
+        examples=["1647000000000000001"],
+    )
+    pattern: str = Field(
+        default="*.xlsx", description="Which file names are lists (a shell pattern)."
+    )
+    schedule: str | None = Field(
+        default=None,
+        description="A scheduled import at HH:MM (iSales' time zone) instead of at once.",
+        examples=["02:30"],
+    )
+    call_data_json: bool = Field(
+        default=False,
+        description="The callData column must be JSON (intelligent-IVR campaigns).",
+    )
+    duplicate_session_ids_are_errors: bool = Field(
+        default=False,
+        description="A sessionId on several rows rejects the file (otherwise a warning).",
+    )
+    duplicate_numbers_are_errors: bool = Field(
+        default=False,
+        description="The same calledNo on several rows rejects the file (otherwise a warning).",
+    )
+    duplicates: Literal["rows", "bytes", "off"] = Field(
+        default="rows",
+        description='What makes a file a duplicate of an earlier import: "rows" (the same data '
+        'rows, however re-saved), "bytes" (the same file), "off".',
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -390,71 +556,163 @@ def _default_state_dir() -> Path:
 class DaemonSettings(_Section):
     """How the daemon paces itself."""
 
-    source: Literal["sftp", "local"] = "sftp"
-    control_listen: str = "127.0.0.1:9187"  # /healthz /readyz /metrics; "" turns it off
-    api_probe_s: float = Field(default=300.0, gt=0)  # an idle daemon still checks iSales
-    poll_interval_s: float = Field(default=5.0, gt=0)
-    settle_s: float = Field(default=10.0, ge=0)
-    incomplete_timeout_s: float = Field(default=3600.0, gt=0)
-    state_dir: Path = Field(default_factory=_default_state_dir)
-    max_parallel_files: int = Field(default=2, ge=1, le=64)
-    max_claims_per_poll: int = Field(default=50, ge=1)
-    # An unchanged inbox costs one stat per poll: its last listing is re-used while the folder's
-    # mtime stays put, and the folder is listed anyway every this many polls (coarse mtimes,
-    # servers that never update it).
-    full_listing_every: int = Field(default=12, ge=1)
-    # Files claimed and not yet settled, for the whole daemon; the rest wait in their inboxes.
-    max_in_flight: int = Field(default=200, ge=1)
-    # The inbox lease (one daemon per inbox): renewed this often, taken over after this many
-    # intervals without a heartbeat.
-    lease_interval_s: float = Field(default=15.0, gt=0)
-    lease_stale_after: int = Field(default=4, ge=2)
-    shutdown_grace_s: float = Field(default=20.0, ge=0)
-    retry_backoff_s: float = Field(default=2.0, gt=0)  # first wait after a failed step
-    max_backoff_s: float = Field(default=300.0, gt=0)
-    validation_workers: int = Field(default=1, ge=1, le=16)
+    source: Literal["sftp", "local"] = Field(
+        default="sftp",
+        description='"sftp": log in to the file server; "local": see its disk as a sidecar '
+        "(then a [local] section is needed).",
+    )
+    control_listen: str = Field(
+        default="127.0.0.1:9187",
+        description="host:port of the status page, /healthz, /readyz and /metrics; empty turns "
+        "it off.",
+    )
+    api_probe_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds between calls an idle daemon makes to iSales to know it is still "
+        "reachable (readiness).",
+    )
+    poll_interval_s: float = Field(
+        default=5.0, gt=0, description="Seconds between two listings of each inbox."
+    )
+    settle_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds a file's size and time must stay unchanged before it is taken; raise "
+        "it for slow uploaders.",
+    )
+    incomplete_timeout_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a stable file that is still not a complete workbook may wait before "
+        "it is rejected as truncated.",
+    )
+    state_dir: Path = Field(
+        default_factory=_default_state_dir,
+        description="Where the SQLite ledger lives; default: systemd's $STATE_DIRECTORY, else "
+        "/var/lib/isales-watcher.",
+        examples=["/var/lib/isales-watcher"],
+    )
+    max_parallel_files: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Files worked on at once (checked, submitted, settled).",
+    )
+    max_claims_per_poll: int = Field(
+        default=50,
+        ge=1,
+        description="Files taken from one inbox in one listing; the rest wait for the next.",
+    )
+    full_listing_every: int = Field(
+        default=12,
+        ge=1,
+        description="An unchanged inbox costs one stat per poll: its last listing is re-used "
+        "while the folder's mtime stays put; it is listed anyway every this many polls (for "
+        "servers whose mtime is coarse or never changes).",
+    )
+    max_in_flight: int = Field(
+        default=200,
+        ge=1,
+        description="Files taken and not yet settled, for the whole daemon; the rest wait, "
+        "untouched, in their inboxes.",
+    )
+    lease_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Seconds between two heartbeats of the inbox lease (one daemon per inbox).",
+    )
+    lease_stale_after: int = Field(
+        default=4,
+        ge=2,
+        description="Heartbeat intervals without a heartbeat after which another daemon takes "
+        "an inbox over.",
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0,
+        ge=0,
+        description="Seconds a stopping daemon lets steps under way finish; the rest resume at "
+        "the next start.",
+    )
+    retry_backoff_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Seconds before a failed step is tried again; doubles on each failure up to "
+        "max_backoff_s.",
+    )
+    max_backoff_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="The longest wait, in seconds, between two tries of a step, and the most a "
+        "Retry-After from iSales is honoured.",
+    )
+    validation_workers: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description="Files checked at once, each in processes of its own; one per two CPU cores "
+        "is plenty.",
+    )
 
 
 class ValidationSettings(_Section):
     """Bounds that keep a hostile workbook from exhausting the machine."""
 
-    max_unpacked_bytes: int = Field(default=2_000_000_000, gt=0)
-    # The copy of a dropped file on the state directory's disk: checked against the listing
-    # and while copying (an uploader may still write through a handle opened before the claim).
-    max_file_bytes: int = Field(default=500_000_000, gt=0)
-    max_compression_ratio: float = Field(default=200.0, gt=1)
-    processes_per_file: int = Field(default=2, ge=1, le=2)
-    # Kept by the daemon from outside the checker: past either, the file is rejected as too big
-    # to check and its checker killed. Sized from the 500,000-row benchmark with headroom.
-    max_seconds: float = Field(default=300.0, gt=0)
-    max_memory_mb: int = Field(default=2048, ge=256)
-
-
-class Settings(BaseSettings):
-    """Everything the daemon needs. Build it with :func:`load_settings`."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="ISALES_WATCHER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    max_unpacked_bytes: int = Field(
+        default=2_000_000_000,
+        gt=0,
+        description="Bytes a workbook may inflate to; more is refused as a ZIP bomb.",
+    )
+    max_file_bytes: int = Field(
+        default=500_000_000,
+        gt=0,
+        description="Bytes a dropped file may have; checked in the listing and while copying.",
+    )
+    max_compression_ratio: float = Field(
+        default=200.0,
+        gt=1,
+        description="How many times a part of the workbook may inflate; more is a ZIP bomb.",
+    )
+    processes_per_file: int = Field(
+        default=2,
+        ge=1,
+        le=2,
+        description="A big sheet is checked by this many processes (1 or 2).",
+    )
+    max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds one file's check may take before its checker is killed and the file "
+        "rejected (500,000 rows take about 14 s).",
+    )
+    max_memory_mb: int = Field(
+        default=2048,
+        ge=256,
+        description="Memory ceiling of a checker, in MB (500,000 rows need about 210 MB).",
     )
 
-    isales: IsalesSettings
-    sftp: SftpSettings
-    routes: tuple[RouteSettings, ...] = Field(min_length=1)
-    daemon: DaemonSettings = DaemonSettings()
-    validation: ValidationSettings = ValidationSettings()
-    local: LocalSettings | None = None
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The environment overrides the file, key by key.
-        return env_settings, init_settings
+class Settings(_Section):
+    """Everything the daemon needs. Build it with :func:`load_settings`.
+
+    The environment (``ISALES_WATCHER_<SECTION>__<KEY>``) is merged over the file by the loader
+    (:mod:`watcher.config_layers`), which remembers where each value came from.
+    """
+
+    isales: IsalesSettings = Field(description="The CC-iSales OpenAPI.")
+    sftp: SftpSettings = Field(description="The SFTP file server iSales imports from.")
+    routes: tuple[RouteSettings, ...] = Field(
+        min_length=1, description="The drop folders, one [[routes]] table each."
+    )
+    daemon: DaemonSettings = Field(
+        default_factory=DaemonSettings, description="How the daemon paces itself."
+    )
+    validation: ValidationSettings = Field(
+        default_factory=ValidationSettings, description="Limits of a file's check."
+    )
+    local: LocalSettings | None = Field(
+        default=None, description='Sidecar mode (daemon.source = "local") only.'
+    )
 
     @model_validator(mode="after")
     def _check_source(self) -> Self:
@@ -504,30 +762,36 @@ class Settings(BaseSettings):
         return "/" + relative if relative != "." else ""
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{key}: {message}" if key else message)
-    return "; ".join(lines)
+def read_settings(
+    path: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> tuple[Settings, Layers]:
+    """Read and check the configuration, and where each value came from.
 
-
-def load_settings(path: Path) -> Settings:
-    """Read and check the configuration.
+    Args:
+        path: the TOML file.
+        environ: the variables that override it (default: this process's environment).
+        warn: told of each ``ISALES_WATCHER_*`` variable that names no setting.
 
     Raises:
-        ConfigError: with one message that names the file and the offending key.
+        ConfigError: one line for each problem, naming the file and line or the variable.
     """
+    layers = read_layers(path, Settings, os.environ if environ is None else environ)
+    for warning in layers.unknown:
+        if warn is not None:
+            warn(warning)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file (use --config FILE)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return Settings(**data)
+        return Settings.model_validate(layers.data), layers
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {_describe(exc)}") from None
+        raise ConfigError(explain(exc, layers, Settings)) from None
+
+
+def load_settings(path: Path, *, warn: Callable[[str], None] | None = None) -> Settings:
+    """Read and check the configuration (see :func:`read_settings`).
+
+    Raises:
+        ConfigError: one line for each problem, naming the file and line or the variable.
+    """
+    return read_settings(path, warn=warn)[0]

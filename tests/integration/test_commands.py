@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import json
+import socket
 import sys
 
 import pytest
@@ -49,6 +50,49 @@ async def test_check_explains_a_wrong_host_key(make_world, tmp_path, sshd):
     code, output = await cli("check", "--config", str(world.config))
     assert code == 1
     assert "FAIL  refusing to connect" in output
+
+
+def _only_check_lines(output: str) -> None:
+    """Every line is the check's own: no log line, no retry notice, no traceback."""
+    for line in output.splitlines():
+        assert line.startswith(("ok    ", "FAIL  ")), line
+
+
+async def test_check_asks_a_failing_isales_once_and_says_only_that(make_world, emulator):
+    from watcher.isales.faults import Fault, FaultKind
+
+    world = make_world()
+    emulator.faults.script("query_server", *[Fault(FaultKind.status, status=503)] * 3)
+    code, output = await cli("check", "--config", str(world.config))
+    assert code == 1
+    assert "FAIL  iSales at" in output
+    assert "HTTP 503" in output
+    assert "stamina" not in output
+    _only_check_lines(output)
+    assert [c.status for c in emulator.calls] == [503]  # asked once, not retried
+
+
+async def test_check_with_nothing_listening_fails_each_part_in_one_line(make_world):
+    world = make_world(sftp_port=free_port(), base_url=f"http://127.0.0.1:{free_port()}")
+    code, output = await cli("check", "--config", str(world.config))
+    assert code == 1
+    assert "FAIL  cannot reach the SFTP server" in output
+    assert "FAIL  iSales at" in output
+    assert "cannot connect to iSales" in output
+    _only_check_lines(output)
+
+
+async def test_check_gives_up_on_a_silent_isales_after_its_timeout(make_world):
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never answers
+        port = silent.getsockname()[1]
+        world = make_world(base_url=f"http://127.0.0.1:{port}")
+        code, output = await cli("check", "--config", str(world.config), "--timeout", "1")
+    assert code == 1
+    assert (
+        f"FAIL  iSales at http://127.0.0.1:{port}: queryServer: iSales at 127.0.0.1:{port} "
+        "did not answer within 1 s" in output
+    )
+    _only_check_lines(output)
 
 
 async def test_servers_lists_the_registered_file_servers(make_world, sshd):
@@ -145,6 +189,39 @@ async def test_fake_isales_serves_with_scripted_faults(tmp_path, sshd):
     finally:
         process.terminate()
         assert await asyncio.wait_for(process.wait(), 30) == 0
+
+
+async def test_fake_isales_refuses_a_bad_option_in_one_line(tmp_path, sshd):
+    from watcher.isales.faults import FaultKind
+
+    (tmp_path / "sk").write_text(SECRET_KEY)
+    options = ["fake-isales", "--access-key", ACCESS_KEY, "--campaign", "1001"]
+    options += ["--secret-key-file", str(tmp_path / "sk")]
+    code, output = await cli(*options, "--help")
+    assert code == 0
+    help_text = " ".join(output.split())  # argparse wraps lines
+    for kind in FaultKind:
+        assert kind.value in help_text or kind is FaultKind.status
+    assert "Example: isales-watcher fake-isales" in help_text
+    code, output = await cli(*options, "--known-hosts", str(tmp_path / "nonexistent"))
+    assert code == 64
+    assert output == f"isales-watcher: --known-hosts: {tmp_path / 'nonexistent'} does not exist\n"
+    known = ["--known-hosts", str(sshd.known_hosts)]
+    code, output = await cli(*options, *known, "--fault", "upload=bogus")
+    assert code == 64
+    assert output.count("\n") == 1
+    assert "unknown fault 'bogus'; the faults are: STATUS[:RETRY_AFTER_S]" in output
+    assert "broken_body" in output
+    assert "delay[:SECONDS]" in output
+    code, output = await cli(*options, *known, "--fault", "uplaod=503")
+    assert code == 64
+    assert "upload|query_tasks|query_server|*" in output
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code, output = await cli(*options, *known, "--listen", f"127.0.0.1:{port}")
+    assert code == 69
+    assert output.startswith(f"isales-watcher: cannot listen on 127.0.0.1:{port}: ")
+    assert output.count("\n") == 1
 
 
 async def test_ledger_answers_what_happened_to_a_file(make_world, run_daemon, upload):

@@ -91,17 +91,19 @@ def _credentials_the_unit_loads() -> list[str]:
     return re.findall(r"^LoadCredential=([^:\s]+):", UNIT.read_text(), flags=re.M)
 
 
-def _bare_file_names_in_the_readme() -> set[str]:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    return set(re.findall(r'^\w+_file = "([^/"]+)"', readme, flags=re.M))
+def _bare_file_names_in_the_example() -> set[str]:
+    from watcher.config_commands import example_text
+
+    # The sample configuration the README points to: `isales-watcher config example`.
+    return set(re.findall(r'^\w+_file = "([^/"]+)"', example_text(), flags=re.M))
 
 
-def test_the_readme_names_only_credentials_the_unit_loads():
+def test_the_example_configuration_names_only_credentials_the_unit_loads():
     loaded = set(_credentials_the_unit_loads())
     assert {"isales_ak", "isales_sk", "sftp_key"} <= loaded
-    named = _bare_file_names_in_the_readme()
-    assert named, "the README's sample configuration names no credential"
-    assert named <= loaded, f"the README names {sorted(named - loaded)}, which the unit never loads"
+    named = _bare_file_names_in_the_example()
+    assert named, "the example configuration names no credential"
+    assert named <= loaded, f"the example names {sorted(named - loaded)}: the unit never loads them"
 
 
 async def test_every_secret_comes_from_the_credentials_directory(

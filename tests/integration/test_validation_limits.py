@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import pty
+import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -141,3 +145,51 @@ async def test_the_validate_command_keeps_the_same_limits(tmp_path):
     code, output = await cli("validate", str(slow))
     assert code == 0, output
     assert "valid, 60000 data rows" in output
+
+
+async def test_the_progress_of_a_sheet_checked_by_two_processes_adds_up(tmp_path):
+    path = tmp_path / "big.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows_valid(20000, seed=5)))
+    seen: list[tuple[int, int]] = []
+    pool = ValidationPool(1, CheckLimits(60, 2048), start="fork")
+    both = ValidationOptions(workers=2, split_min_bytes=1)  # the parent and a fork, half each
+    report = await pool.validate(str(path), both, lambda read, total: seen.append((read, total)))
+    assert report.is_valid
+    assert report.data_rows == 20000
+    reads = [read for read, _ in seen]
+    assert reads == sorted(reads)
+    # The count is fed by both processes: the parent's half alone would stop near 54%.
+    assert reads[-1] >= 0.95 * seen[-1][1]
+
+
+def test_validate_draws_one_bar_that_only_moves_forward_and_only_on_a_terminal(tmp_path):
+    path = tmp_path / "big.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows_valid(20000, seed=6)))
+    command = [sys.executable, "-m", "watcher", "validate", str(path)]
+    terminal, its_end = pty.openpty()
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=its_end
+    )
+    os.close(its_end)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(terminal)
+    assert process.wait(60) == 0
+    assert process.stdout is not None
+    assert b"valid, 20000 data rows" in process.stdout.read()
+    percents = [int(p) for p in re.findall(rb"\] +(\d+)%", drawn)]
+    assert percents, drawn
+    assert percents == sorted(percents)
+    assert percents[-1] == 100
+    assert drawn.endswith(b"\r")  # the bar is wiped before the verdict is printed
+    # Not on a terminal: no bar at all.
+    piped = subprocess.run(command, capture_output=True, timeout=60)
+    assert piped.returncode == 0
+    assert piped.stderr == b""

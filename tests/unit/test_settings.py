@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Annotated
 
 import pytest
+from pydantic import TypeAdapter
 
 from watcher.errors import ConfigError
 from watcher.settings import load_settings
@@ -259,3 +263,150 @@ def _route(name: str, inbox: str, campaign: str) -> str:
     campaign_line = "" if "{campaign_id}" in inbox else f'campaign_id = "{campaign}"'
     return f'[[routes]]\nname = "{name}"\ninbox = "{inbox}"\n{campaign_line}'
 
+
+def _credentials(folder: Path) -> Path:
+    """The files the example names, in a $CREDENTIALS_DIRECTORY of their own."""
+    creds = folder / "creds"
+    creds.mkdir()
+    for name, content in {
+        "isales_ak": "AK-example",
+        "isales_sk": "SK-example-secret",
+        "sftp_key": "key",
+        "known_hosts": "",
+    }.items():
+        (creds / name).write_text(content)
+    return creds
+
+
+def _uncommented(text: str) -> str:
+    """The example with every "# key = value" and "# [table]" line made live."""
+    return re.sub(r"(?m)^# ((?:[a-z_]+ = .*)|(?:\[{1,2}[a-z_]+\]{1,2}))$", r"\1", text)
+
+
+def test_the_example_configuration_loads_and_covers_every_key(tmp_path, monkeypatch):
+    from watcher.config_commands import example_text
+    from watcher.settings import Settings
+
+    creds = _credentials(tmp_path)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    # The example's known_hosts is in /etc, as the systemd unit has it: pointed here instead.
+    monkeypatch.setenv("ISALES_WATCHER_SFTP__KNOWN_HOSTS_FILE", str(creds / "known_hosts"))
+    text = example_text()
+    assert all(len(line) <= 100 for line in text.splitlines())
+    config = tmp_path / "config.toml"
+    config.write_text(text)
+    settings = load_settings(config)  # the real loader, as the daemon reads it
+    assert settings.isales.secret_key.get_secret_value() == "SK-example-secret"
+    assert settings.routes[0].campaign_id
+    # Every commented line is valid TOML once uncommented, and the keys are exactly the model's.
+    written = tomllib.loads(_uncommented(text))
+    sections = {"isales", "sftp", "routes", "daemon", "validation", "local"}
+    assert set(written) == set(Settings.model_fields) == sections
+    for name, field in Settings.model_fields.items():
+        table = written[name][0] if name == "routes" else written[name]
+        model = field.annotation.__args__[0] if name in ("routes", "local") else field.annotation
+        assert set(table) == set(model.model_fields), name
+        for key, value in table.items():
+            inner = model.model_fields[key]
+            assert inner.description, f"{name}.{key} has no description"
+            # Each value shown is one the key accepts (type and bounds).
+            TypeAdapter(Annotated[inner.annotation, inner]).validate_python(value)
+
+
+def test_config_example_and_show_from_the_command_line(files, monkeypatch):
+    monkeypatch.setenv("ISALES_WATCHER_DAEMON__POLL_INTERVAL_S", "2.5")
+    monkeypatch.setenv("ISALES_WATCHER_DEAMON__SETTLE_S", "3")
+    config = write(files)
+    shown = _run("config", "show", "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    lines = {line.split(" = ")[0]: line for line in shown.stdout.splitlines() if " = " in line}
+    assert re.fullmatch(rf"vdn_id = 12 +# {re.escape(str(config))}:3", lines["vdn_id"])
+    assert re.fullmatch(
+        r"poll_interval_s = 2.5 +# \$ISALES_WATCHER_DAEMON__POLL_INTERVAL_S",
+        lines["poll_interval_s"],
+    )
+    assert re.fullmatch(r'secret_key = "\*+" +# read from secret_key_file', lines["secret_key"])
+    assert re.fullmatch(r'access_key = "\*+" +# .*:4', lines["access_key"])
+    assert re.fullmatch(r"settle_s = 10.0 +# default", lines["settle_s"])
+    assert "s3cret" not in shown.stdout
+    assert shown.stderr == (
+        "isales-watcher: warning: ISALES_WATCHER_DEAMON__SETTLE_S names no setting and is "
+        "ignored; did you mean ISALES_WATCHER_DAEMON__SETTLE_S?\n"
+    )
+    example = _run("config", "example")
+    assert example.returncode == 0
+    assert "[[routes]]" in example.stdout
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "watcher", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def _problems(config: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    return str(caught.value).splitlines()
+
+
+def test_a_misspelt_section_is_named_with_its_line_and_the_nearest_one(files):
+    config = write(files, extra="[deamon]\nsettle_s = 3\n")
+    line = config.read_text().splitlines().index("[deamon]") + 1
+    assert _problems(config) == [
+        f"{config}:{line}: [deamon] is not a section of the configuration; did you mean [daemon]?"
+    ]
+    config = write(files, isales="vdn_idd = 3")
+    [problem] = _problems(config)  # not also "vdn_id is required"
+    assert problem.endswith("isales.vdn_idd is not a setting; did you mean vdn_id?")
+
+
+def test_routes_as_one_table_and_a_route_without_campaign_say_so_plainly(files):
+    table = '[routes]\nname = "spring"\ninbox = "/home/sftp/inbox/spring"\ncampaign_id = "1"\n'
+    config = write(files, routes=table)
+    line = config.read_text().splitlines().index("[routes]") + 1
+    assert _problems(config) == [
+        f"{config}:{line}: [routes] is one table; write [[routes]] (an array of tables), one "
+        "per inbox"
+    ]
+    config = write(files, routes='[[routes]]\nname = "spring"\ninbox = "/home/sftp/in/spring"\n')
+    line = config.read_text().splitlines().index("[[routes]]") + 1
+    assert _problems(config) == [
+        f"{config}:{line}: route 1 (spring): campaign_id: required (or end the inbox in "
+        "/{campaign_id})"
+    ]
+    assert "no route: add a [[routes]] table" in _problems(write(files, routes=""))[0]
+
+
+def test_an_environment_error_names_the_variable_not_the_file(files, monkeypatch):
+    monkeypatch.setenv("ISALES_WATCHER_DAEMON__POLL_INTERVAL_S", "fast")
+    assert _problems(write(files)) == [
+        "$ISALES_WATCHER_DAEMON__POLL_INTERVAL_S: daemon.poll_interval_s: Input should be a "
+        "valid number, unable to parse string as a number (got 'fast')"
+    ]
+    monkeypatch.delenv("ISALES_WATCHER_DAEMON__POLL_INTERVAL_S")
+    monkeypatch.setenv("ISALES_WATCHER_ISALES__SIGNED_HEADERS", "host")
+    [problem] = _problems(write(files))
+    assert problem.startswith("$ISALES_WATCHER_ISALES__SIGNED_HEADERS: not valid JSON")
+    monkeypatch.setenv("ISALES_WATCHER_ISALES__SIGNED_HEADERS", '["host", "content-type"]')
+    monkeypatch.setenv("ISALES_WATCHER_ISALES__SECRET_KEY", "from-env")
+    settings = load_settings(write(files))
+    assert settings.isales.signed_headers == ("content-type", "host")
+    assert settings.isales.secret_key.get_secret_value() == "from-env"
+
+
+def test_an_unknown_variable_is_warned_about_with_the_nearest_name(files, monkeypatch):
+    monkeypatch.setenv("ISALES_WATCHER_DEAMON__SETTLE_S", "3")
+    monkeypatch.setenv("ISALES_WATCHER_ROUTES__0__NAME", "x")
+    monkeypatch.setenv("ISALES_WATCHER_NOTHING_LIKE_IT", "x")
+    warnings: list[str] = []
+    settings = load_settings(write(files), warn=warnings.append)
+    assert settings.daemon.settle_s == 10.0
+    assert warnings == [
+        "ISALES_WATCHER_DEAMON__SETTLE_S names no setting and is ignored; did you mean "
+        "ISALES_WATCHER_DAEMON__SETTLE_S?",
+        "ISALES_WATCHER_NOTHING_LIKE_IT names no setting and is ignored (see: isales-watcher "
+        "config example)",
+        "ISALES_WATCHER_ROUTES__0__NAME names no setting and is ignored; give "
+        "ISALES_WATCHER_ROUTES the whole list instead, as a JSON array of tables",
+    ]

@@ -10,7 +10,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-__all__ = ("SHAPES", "Fault", "FaultKind", "FaultPlan", "gateway_status", "reshape")
+__all__ = (
+    "ENDPOINTS",
+    "SHAPES",
+    "Fault",
+    "FaultKind",
+    "FaultPlan",
+    "fault_forms",
+    "gateway_status",
+    "reshape",
+)
+
+# The calls a fault may be scripted for ("*": whichever comes next).
+ENDPOINTS = ("upload", "query_tasks", "query_server", "*")
 
 
 class FaultKind(StrEnum):
@@ -59,33 +71,74 @@ class Fault:
     def parse(cls, text: str) -> Fault:
         """From the command line: ``503``, ``429:2`` (Retry-After), ``delay:5``, ``fail_import``…
 
-        Also ``accept_then_504``, ``accept_then_status:504``, ``redirect``, ``redirect:/elsewhere``,
-        ``reject_4xx`` and the shapes ``null_server``, ``string_list``, ``bad_count``,
-        ``bad_begin_time``.
+        Every form is listed by :func:`fault_forms`.
 
         Raises:
-            ValueError: not a fault this emulator knows.
+            ValueError: not a fault this emulator knows, or a bad argument; the message lists
+                the faults.
         """
         name, _, argument = text.partition(":")
-        if name.isdigit():
-            return cls(
-                FaultKind.status,
-                status=int(name),
-                retry_after_s=float(argument) if argument else None,
-            )
-        kind = FaultKind(name)
-        parse_argument = _ARGUMENTS.get(kind)
-        return parse_argument(kind, argument) if parse_argument else cls(kind)
+        if not name.isdigit() and name not in FaultKind.__members__:
+            raise ValueError(f"unknown fault {name!r}; the faults are: {', '.join(fault_forms())}")
+        kind = FaultKind.status if name.isdigit() else FaultKind(name)
+        metavar, parse_argument = _ARGUMENTS.get(kind, ("", None))
+        try:
+            if kind is FaultKind.status:
+                return cls(kind, status=_status(name), retry_after_s=_seconds(argument, None))
+            if parse_argument is None and argument:
+                raise ValueError
+            return parse_argument(kind, argument) if parse_argument else cls(kind)
+        except ValueError:
+            form = f"{kind}:{metavar}" if metavar else f"{kind}, without an argument"
+            if kind is FaultKind.status:
+                form = "an HTTP status from 100 to 599, then :SECONDS of Retry-After if any"
+            raise ValueError(f"{text!r}: write {form}") from None
 
 
-_ARGUMENTS: dict[FaultKind, Callable[[FaultKind, str], Fault]] = {
-    FaultKind.delay: lambda kind, arg: Fault(kind, delay_s=float(arg or 5)),
-    FaultKind.slow_import: lambda kind, arg: Fault(kind, delay_s=float(arg or 5)),
-    FaultKind.skew: lambda kind, arg: Fault(kind, skew_s=float(arg or 300)),
-    FaultKind.fail_import: lambda kind, arg: Fault(kind, err_msg=arg or "file format error"),
-    FaultKind.accept_then_status: lambda kind, arg: Fault(kind, status=int(arg or 504)),
-    FaultKind.redirect: lambda kind, arg: Fault(kind, status=302, location=arg or None),
+def _status(text: str) -> int:
+    status = int(text or 504)
+    if not 100 <= status <= 599:
+        raise ValueError(text)
+    return status
+
+
+def _seconds(text: str, default: float | None) -> float | None:
+    if not text:
+        return default
+    seconds = float(text)
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(text)
+    return seconds
+
+
+_ARGUMENTS: dict[FaultKind, tuple[str, Callable[[FaultKind, str], Fault]]] = {
+    FaultKind.delay: ("SECONDS", lambda kind, arg: Fault(kind, delay_s=_seconds(arg, 5.0) or 0.0)),
+    FaultKind.slow_import: (
+        "SECONDS",
+        lambda kind, arg: Fault(kind, delay_s=_seconds(arg, 5.0) or 0.0),
+    ),
+    FaultKind.skew: ("SECONDS", lambda kind, arg: Fault(kind, skew_s=float(arg or 300))),
+    FaultKind.fail_import: (
+        "MESSAGE",
+        lambda kind, arg: Fault(kind, err_msg=arg or "file format error"),
+    ),
+    FaultKind.accept_then_status: (
+        "STATUS",
+        lambda kind, arg: Fault(kind, status=_status(arg)),
+    ),
+    FaultKind.redirect: ("PATH", lambda kind, arg: Fault(kind, status=302, location=arg or None)),
 }
+
+
+def fault_forms() -> list[str]:
+    """Every fault as written on the command line, from the registry: ``delay[:SECONDS]``..."""
+    forms = ["STATUS[:RETRY_AFTER_S] (e.g. 503, 429:2)"]
+    for kind in FaultKind:
+        if kind is FaultKind.status:
+            continue
+        metavar = _ARGUMENTS[kind][0] if kind in _ARGUMENTS else ""
+        forms.append(f"{kind}[:{metavar}]" if metavar else str(kind))
+    return forms
 
 
 def gateway_status(fault: Fault) -> int | None:

@@ -19,9 +19,11 @@ import multiprocessing
 import os
 import resource
 import signal
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import ForkContext, ForkServerContext
+from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any, Literal
 
 import structlog
@@ -37,6 +39,8 @@ log = structlog.get_logger(__name__)
 _ATTEMPTS = 2  # a checker killed from outside gets one more try
 _PR_SET_PDEATHSIG = 1
 _MB = 1 << 20
+_PROGRESS_EVERY_S = 0.1  # how often the shared count is read for a progress display
+Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +57,59 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+class _Tally:
+    """In a checker and its fork: adds the sheet bytes each one reads to one shared count.
+
+    The count lives in shared memory (``[read, total]``), which a fork inherits: both halves of
+    a big sheet add to it, and the parent reads it. It only ever grows.
+    """
+
+    def __init__(self, count: SynchronizedArray[int]) -> None:
+        self._count = count
+
+    def __call__(self, read: int, total: int) -> None:
+        with self._count.get_lock():
+            self._count[0] += read
+            self._count[1] = total
+
+
+@contextlib.asynccontextmanager
+async def _feeding(
+    count: SynchronizedArray[int] | None, progress: Progress | None
+) -> AsyncIterator[None]:
+    """While a check runs, tell ``progress`` the shared count now and then, and once at the end."""
+    if count is None or progress is None:
+        yield
+        return
+
+    def tell() -> None:
+        with count.get_lock():
+            read, total = count[0], count[1]
+        if total:
+            progress(min(read, total), total)
+
+    async def feed() -> None:
+        while True:
+            tell()
+            await asyncio.sleep(_PROGRESS_EVERY_S)
+
+    task = asyncio.create_task(feed())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        tell()
+
+
 def _work(
-    path: str, options: ValidationOptions, memory_mb: int, seconds: float, answer: Connection
+    path: str,
+    options: ValidationOptions,
+    memory_mb: int,
+    seconds: float,
+    answer: Connection,
+    count: SynchronizedArray[int] | None = None,
 ) -> None:
     """In the worker: own process group, memory ceiling, check, send the report up the pipe."""
     os.setpgid(0, 0)  # Ctrl-C reaches the daemon's group, not this one; a kill reaches the fork
@@ -66,7 +121,8 @@ def _work(
     cpu_s = int(seconds) + 10
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
     try:
-        result: tuple[str, Any] = ("report", validate_file(path, options))
+        progress = _Tally(count) if count is not None else None
+        result: tuple[str, Any] = ("report", validate_file(path, options, progress))
     except MemoryError:
         result = ("memory", None)
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the daemon must hear of it
@@ -131,15 +187,23 @@ class ValidationPool:
         with contextlib.suppress(CheckerUnavailableError):
             await self.validate(os.devnull, ValidationOptions())
 
-    async def validate(self, path: str, options: ValidationOptions) -> Report:
+    async def validate(
+        self, path: str, options: ValidationOptions, progress: Progress | None = None
+    ) -> Report:
         """Check one file; never raises for a dead, slow or greedy worker.
+
+        Args:
+            path: the file.
+            options: the route's choices and limits.
+            progress: told (sheet bytes read, total) now and then, in this process, by every
+                process that checks the file together; a second attempt starts again at 0.
 
         Raises:
             CheckerUnavailableError: no worker could be started; the file was not judged.
         """
         async with self._slots:
             for attempt in range(1, _ATTEMPTS + 1):
-                kind, value = await self._check_once(path, options)
+                kind, value = await self._check_once(path, options, progress)
                 if kind == "report":
                     assert isinstance(value, Report)
                     return value
@@ -151,11 +215,15 @@ class ValidationPool:
                 log.error("validation.worker_died", attempt=attempt, cause=value)
             return self._failed(options, "died", value)
 
-    async def _check_once(self, path: str, options: ValidationOptions) -> tuple[str, Any]:
+    async def _check_once(
+        self, path: str, options: ValidationOptions, progress: Progress | None
+    ) -> tuple[str, Any]:
         answer, handed = self._context.Pipe(duplex=False)
+        count = self._context.Array("q", 2) if progress is not None else None
+        limits = self._limits
         process = self._context.Process(
             target=_work,
-            args=(path, options, self._limits.max_memory_mb, self._limits.max_seconds, handed),
+            args=(path, options, limits.max_memory_mb, limits.max_seconds, handed, count),
             name="isales-watcher-validate",
         )
         try:
@@ -175,7 +243,7 @@ class ValidationPool:
         self._running[pid] = process
         receiving = asyncio.ensure_future(asyncio.to_thread(_receive, answer))
         try:
-            async with asyncio.timeout(self._limits.max_seconds):
+            async with _feeding(count, progress), asyncio.timeout(self._limits.max_seconds):
                 kind, value = await asyncio.shield(receiving)
         except TimeoutError:
             kind, value = ("slow", None)

@@ -243,7 +243,8 @@ def validate_file(
     Args:
         path: the file.
         options: per-route choices and limits.
-        progress: called with (bytes of sheet XML read, total) as reading goes on.
+        progress: called with (bytes of sheet XML newly read, total) as reading goes on; a
+            sheet checked by two processes calls it from both (see :class:`SheetReader`).
 
     Returns:
         The report; it is valid when it holds no error. A bad file never raises.

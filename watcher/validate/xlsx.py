@@ -161,7 +161,9 @@ class SheetReader:
     Args:
         path: the ``.xlsx`` file.
         limits: bounds against hostile files.
-        progress: called with (bytes of sheet XML read, declared total) now and then.
+        progress: called now and then with (bytes of sheet XML read since the last call, the
+            sheet's declared total). Each process reading a part of the sheet calls it for the
+            bytes of its own part, so the calls of all of them add up to the whole.
 
     Raises:
         WorkbookRejected: on opening or while reading, when the file is not acceptable.
@@ -542,6 +544,7 @@ class SheetReader:
         values: list[Any] = []
         first_row = last_row = 0
         skipped = -1.0  # the place of the last cell skipped in this row
+        reported = start_byte  # the bytes of this part told to ``progress`` so far
         try:
             with stream:
                 pieces = BytePieces(stream, markup.row_end, self.limits.max_row_bytes, "a row")
@@ -552,8 +555,8 @@ class SheetReader:
                     if stop_byte is not None and pieces.position > stop_byte:
                         break
                     if self._progress is not None:
-                        done = pieces.position - start_byte
-                        self._progress(done, (stop_byte or total) - start_byte)
+                        self._progress(pieces.position - reported, total)
+                        reported = pieces.position
                     _check_piece(piece, self._part, pieces.offset, head.body, markup.sheet_data_end)
                     cells = findall(piece)
                     _check_count(piece, cell_open, len(cells), markup.counts_cells)
