@@ -53,7 +53,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
         settings = load_settings(args.config)
-        asyncio.run(serve(Daemon(settings)))
+        asyncio.run(serve(Daemon(settings, config_path=args.config)))
     except ConfigError as exc:
         return _fail(f"configuration error: {exc}", EX_CONFIG)
     except LedgerError as exc:
