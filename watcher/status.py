@@ -88,15 +88,13 @@ def _ago(then: str | None, now: datetime) -> str:
 
 def _commands(record: FileRecord, config: str) -> tuple[str, ...]:
     """The commands that settle a file waiting for an operator, ready to paste."""
-    ledger = f"isales-watcher ledger{config}"
     if record.state is FileState.parked:
-        return (f'{ledger} unpark {record.id} --reason "..."',)
-    if record.import_task_id is not None:  # iSales acknowledged it: only its task can settle it
-        return (f'{ledger} resolve {record.id} --imported {record.import_task_id} --reason "..."',)
-    return (
-        f'{ledger} resolve {record.id} --imported TASK_ID --reason "..."',
-        f'{ledger} resolve {record.id} --not-imported --reason "..."',
-    )
+        actions = [f"unpark {record.id}"]
+    elif record.import_task_id is not None:  # iSales acknowledged it: only its task settles it
+        actions = [f"resolve {record.id} --imported {record.import_task_id}"]
+    else:
+        actions = [f"resolve {record.id} --imported TASK_ID", f"resolve {record.id} --not-imported"]
+    return tuple(f'isales-watcher ledger {action} --reason "..."{config}' for action in actions)
 
 
 def _file_row(record: FileRecord, now: datetime, config: str) -> FileRow:
@@ -153,7 +151,14 @@ def gather(
         refresh_s=REFRESH_S,
         routes=_route_rows(settings, health, now),
         counts=tuple(counts),
-        attention=tuple(_file_row(r, now, config) for r in ledger.latest(_ATTENTION, limit=_SHOWN)),
+        # Uncertain first (whether it was imported is in doubt), then parked; newest first.
+        attention=tuple(
+            _file_row(r, now, config)
+            for r in sorted(
+                ledger.latest(_ATTENTION, limit=_SHOWN),
+                key=lambda r: r.state is not FileState.uncertain,
+            )
+        ),
         in_flight=tuple(_file_row(r, now, config) for r in reversed(in_flight)),
         settled=tuple(_file_row(r, now, config) for r in ledger.latest(_SETTLED, limit=_SHOWN)),
     )
