@@ -29,13 +29,6 @@ _FILE_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 _SHOWN = 50  # rows per table: a page, not a report (ledger list has the rest)
 _SETTLED = (FileState.done, FileState.rejected, FileState.lost)
 _ATTENTION = (FileState.uncertain, FileState.parked)
-_IN_FLIGHT = (
-    FileState.claiming,
-    FileState.claimed,
-    FileState.submitting,
-    FileState.tracking,
-    FileState.settling,
-)
 _VERDICTS = {FileState.done: "imported", FileState.rejected: "rejected", FileState.lost: "lost"}
 _WITH_RECEIPT = (FileState.done, FileState.rejected, FileState.uncertain)
 
@@ -73,7 +66,13 @@ class StatusView:
     counts: tuple[tuple[str, int], ...]
     attention: tuple[FileRow, ...]
     in_flight: tuple[FileRow, ...]
+    more_in_flight: int  # in flight beyond the rows shown (the oldest are shown)
     settled: tuple[FileRow, ...]
+
+
+def _negated(at: str) -> float:
+    """A sort key that puts the latest time first."""
+    return -datetime.fromisoformat(at).timestamp()
 
 
 def _ago(then: str | None, now: datetime) -> str:
@@ -139,27 +138,22 @@ def gather(
         if config_path is not None and config_path != DEFAULT_CONFIG
         else ""
     )
-    order = {state.value: index for index, state in enumerate(FileState)}
-    counts = sorted(
-        ((state, count) for state, count, _ in ledger.state_summary()),
-        key=lambda item: order.get(item[0], len(order)),
+    counts = ledger.counts()
+    # Uncertain first (whether it was imported is in doubt), then parked; the latest first.
+    attention = sorted(
+        ledger.search(states=_ATTENTION, limit=_SHOWN),
+        key=lambda r: (r.state is not FileState.uncertain, _negated(r.updated_at)),
     )
-    in_flight = ledger.search(states=_IN_FLIGHT, limit=_SHOWN)
+    in_flight = ledger.unfinished()
     return StatusView(
         generated_at=now.isoformat(timespec="seconds"),
         version=__version__,
         refresh_s=REFRESH_S,
         routes=_route_rows(settings, health, now),
-        counts=tuple(counts),
-        # Uncertain first (whether it was imported is in doubt), then parked; newest first.
-        attention=tuple(
-            _file_row(r, now, config)
-            for r in sorted(
-                ledger.latest(_ATTENTION, limit=_SHOWN),
-                key=lambda r: r.state is not FileState.uncertain,
-            )
-        ),
-        in_flight=tuple(_file_row(r, now, config) for r in reversed(in_flight)),
+        counts=tuple((state.value, counts[state]) for state in FileState if state in counts),
+        attention=tuple(_file_row(r, now, config) for r in attention),
+        in_flight=tuple(_file_row(r, now, config) for r in in_flight[:_SHOWN]),
+        more_in_flight=max(0, len(in_flight) - _SHOWN),
         settled=tuple(_file_row(r, now, config) for r in ledger.latest(_SETTLED, limit=_SHOWN)),
     )
 
