@@ -18,7 +18,7 @@ import jinja2
 from watcher import __version__
 from watcher.health import Health
 from watcher.ledger import Ledger
-from watcher.models import FileRecord, FileState
+from watcher.models import FileRecord, FileState, escaped
 from watcher.settings import DEFAULT_CONFIG, Settings
 from watcher.settle import written_receipt_text
 
@@ -105,7 +105,7 @@ def _file_row(record: FileRecord, now: datetime, config: str) -> FileRow:
         verdict=_VERDICTS.get(record.state, record.state.value),
         age=_ago(record.created_at, now),
         changed=_ago(record.updated_at, now),
-        reason=record.reason or "",
+        reason=escaped(record.reason or ""),
         receipt=record.state in _WITH_RECEIPT,
         commands=_commands(record, config) if record.state in _ATTENTION else (),
     )
@@ -118,7 +118,8 @@ def _route_rows(settings: Settings, health: Health, now: datetime) -> tuple[Rout
     for route in seen.values():
         listed = f"{_ago(route.listed_at_utc, now)} ago" if route.listed_at_utc else "not yet"
         problem = problems.get(route.name) or (f"failing: {route.error}" if route.error else None)
-        rows.append(RouteRow(route.name, route.inbox, listed, problem))
+        shown = escaped(problem) if problem else None
+        rows.append(RouteRow(route.name, escaped(route.inbox), listed, shown))
     # A configured route the daemon has not listed yet (a template: its folders, once seen).
     rows.extend(
         RouteRow(route.name, route.inbox, "not yet", None)
@@ -134,7 +135,7 @@ def gather(
     """Read the page's facts from the ledger and the health, in a few short queries."""
     now = datetime.now(UTC)
     config = (
-        f" --config {shlex.quote(str(config_path))}"
+        f" --config {shlex.quote(str(config_path.absolute()))}"
         if config_path is not None and config_path != DEFAULT_CONFIG
         else ""
     )
