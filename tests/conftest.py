@@ -286,7 +286,7 @@ async def run_daemon() -> AsyncIterator[Callable[[World], Awaitable[Daemon]]]:
     running: list[tuple[Daemon, asyncio.Task[None]]] = []
 
     async def start(world: World) -> Daemon:
-        daemon = Daemon(load_settings(world.config))
+        daemon = Daemon(load_settings(world.config), config_path=world.config)
         task = asyncio.create_task(daemon.run())
         running.append((daemon, task))
         await asyncio.wait(

@@ -69,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
         settings = load_settings(args.config, warn=warn)
-        asyncio.run(serve(Daemon(settings)))
+        asyncio.run(serve(Daemon(settings, config_path=args.config)))
     except ConfigError as exc:
         return fail_config(exc)
     except LedgerError as exc:

@@ -7,6 +7,7 @@ import contextlib
 import posixpath
 import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
@@ -33,6 +34,7 @@ from watcher.settings import RouteSettings, Settings, is_campaign_folder
 from watcher.sources import Source, check_access, make_source
 from watcher.sources.lease import InboxLeases
 from watcher.sources.listing import Listings
+from watcher.status import StatusPage
 from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("Daemon",)
@@ -57,8 +59,11 @@ class Daemon:
     lets in-flight steps finish for ``shutdown_grace_s`` and closes everything.
     """
 
-    def __init__(self, settings: Settings, *, source: Source | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, source: Source | None = None, config_path: Path | None = None
+    ) -> None:
         self.settings = settings
+        self._config_path = config_path  # named in the commands the status page shows
         self.stop = asyncio.Event()
         self.ready = asyncio.Event()
         self.failed: BaseException | None = None
@@ -114,8 +119,11 @@ class Daemon:
             raise
         self.health = Health(self.settings, ledger, self._gate.waiting)
         self.health.source_stalled_s = self._source.stalled_s
+        page = StatusPage(self.settings, ledger, self.health, config_path=self._config_path)
         control = self._control = (
-            ControlServer(self.health, daemon.control_listen) if daemon.control_listen else None
+            ControlServer(self.health, daemon.control_listen, page=page)
+            if daemon.control_listen
+            else None
         )
         limits = self.settings.validation
         pool = self.validation = ValidationPool(
@@ -371,7 +379,7 @@ class Daemon:
         try:
             await self._check_access(route)
             await self._leases.hold(route.inbox_path)
-            await self._scan(pipeline, route)
+            waiting = await self._scan(pipeline, route)
         except SourceUnavailableError:
             raise  # the server, not the inbox: the whole pass waits
         except WatcherError as exc:
@@ -381,11 +389,14 @@ class Daemon:
             log.exception("route.scan_crashed", route=route.name, inbox=route.inbox)
             return
         self._route_errors.pop(route.name, None)
+        self.health.route_listed(route.name, route.inbox_path, waiting_for_room=waiting)
 
     def _route_failed(self, route: RouteSettings, exc: WatcherError) -> None:
         if self._route_errors.get(route.name) != str(exc):  # said once, not every poll
             log.error("route.scan_failed", route=route.name, inbox=route.inbox, error=str(exc))
         self._route_errors[route.name] = str(exc)
+        refused = route.inbox_path in self._access_refused
+        self.health.route_failed(route.name, route.inbox_path, str(exc), refused=refused)
 
     async def _check_access(self, route: RouteSettings) -> None:
         """Before an inbox's first claim: may the daemon move files out of it? (once; a refused
@@ -404,7 +415,9 @@ class Daemon:
         self._access_refused.pop(inbox, None)
         self._access_ok.add(inbox)
 
-    async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> None:
+    async def _scan(self, pipeline: Pipeline, route: RouteSettings) -> int:
+        """Claim what is ready; returns how many files wait for room when none could be taken
+        (the route is starved while that lasts)."""
         inbox = route.inbox_path
         # Re-used while the folder is unchanged, unless a file here is still settling.
         entries = await self._listings.files(inbox, fresh=inbox in self._settling)
@@ -415,14 +428,17 @@ class Daemon:
         room = self._room(inbox)
         # Oldest first, and a bounded number of claims per pass: a folder of 100,000 files is
         # worked through in order instead of all at once.
-        for key, entry in sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime):
+        ordered = sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime)
+        for index, (key, entry) in enumerate(ordered):
             if key in self._busy or not is_candidate(entry.name, route.pattern):
                 continue
             if self._is_refused(key, entry):
                 continue
             self._settling.add(inbox)  # a candidate still here: list afresh next time
             if taken >= room:
-                return  # the daemon has enough in hand: the rest waits in the inbox, unclaimed
+                # The daemon has enough in hand: the rest waits in the inbox, unclaimed.
+                rest = ordered[index:]
+                return 0 if taken else sum(is_candidate(e.name, route.pattern) for _, e in rest)
             unchanged_s = self._gate.observe(key, entry)
             settle_s = self.settings.daemon.settle_s
             if unchanged_s <= 0 or unchanged_s < settle_s:
@@ -444,6 +460,7 @@ class Daemon:
             if taken >= self.settings.daemon.max_claims_per_poll:
                 self._recheck_in_s = min(self._recheck_in_s, 0.2)  # the rest: right after
                 break
+        return 0
 
     def _room(self, inbox: str) -> int:
         """How many more files this daemon may claim now from ``inbox`` (``max_in_flight``).

@@ -134,9 +134,9 @@ campaign_id = "{_CAMPAIGN}"
 poll_interval_s = 0.5
 settle_s = 1
 state_dir = "{root / "state"}"
-control_listen = "127.0.0.1:0"   # /healthz /readyz /metrics on a free port
+control_listen = "127.0.0.1:0"   # the status page, /healthz /readyz /metrics on a free port
 """)
-    daemon = Daemon(load_settings(config))
+    daemon = Daemon(load_settings(config), config_path=config)
     runner = asyncio.create_task(serve(daemon))
     try:
         await asyncio.wait(
@@ -151,7 +151,7 @@ control_listen = "127.0.0.1:0"   # /healthz /readyz /metrics on a free port
         _say(f"\nDemo running. Inbox: {inbox}")
         _say(f"Dropped {valid} (valid) and {invalid} (invalid). Watch them land in")
         _say(f"  {inbox / 'done'}  and  {inbox / 'rejected'}")
-        _say(f"Health and metrics: http://{daemon.control_address}/metrics")
+        _say(f"Status page: http://{daemon.control_address}/ (metrics: /metrics)")
         if not once:
             _say("Drop your own .xlsx files into the inbox. Ctrl-C stops.\n")
         while once and not runner.done():

@@ -13,6 +13,7 @@ __all__ = (
     "ConfigError",
     "FileGoneError",
     "HostKeyError",
+    "LedgerBusyError",
     "LedgerError",
     "RejectFileError",
     "SignatureRefusedError",
@@ -20,6 +21,7 @@ __all__ = (
     "SourceDeniedError",
     "SourceRefusedError",
     "SourceUnavailableError",
+    "StateChangedError",
     "TaskTakenError",
     "TransientError",
     "WatcherError",
@@ -132,3 +134,19 @@ class TaskTakenError(WatcherError):
 
 class LedgerError(WatcherError):
     """The ledger cannot be written: stop intake and exit non-zero."""
+
+
+class StateChangedError(LedgerError):
+    """A row was not in the state the writer expected: another actor moved it meanwhile.
+
+    When that actor is an operator (``ledger park``...), their word wins and the daemon drops
+    its work on the file; otherwise it is a bug, and the daemon stops as for any ledger error.
+    """
+
+    def __init__(self, file_id: str, message: str) -> None:
+        super().__init__(f"file {file_id}: {message}")
+        self.file_id = file_id
+
+
+class LedgerBusyError(LedgerError):
+    """Another process held the ledger for longer than the busy timeout: try again shortly."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +17,21 @@ from watcher import __version__
 from watcher.ledger import Ledger
 from watcher.settings import Settings
 
-__all__ = ("Health",)
+__all__ = ("Health", "RouteHealth")
+
+
+@dataclass(slots=True)
+class RouteHealth:
+    """What the daemon last saw of one route's inbox (a template route: of each campaign's)."""
+
+    name: str
+    inbox: str
+    listed_at: float | None = None  # the last good listing, on the monotonic clock
+    listed_at_utc: str | None = None  # the same, for people
+    error: str | None = None  # why the last listing failed, if it did
+    refused: bool = False  # the inbox failed the access check (the error says why)
+    starved_since: float | None = None  # files wait in it and there is no room to claim them
+    waiting_files: int = 0
 
 
 class _LedgerCollector(Collector):
@@ -68,6 +83,7 @@ class Health:
         self._beat_at = started
         self._listing_ok_at: float | None = None
         self._api_ok_at: float | None = None
+        self._routes: dict[str, RouteHealth] = {}
         self.validation_ok: Callable[[], bool] = lambda: True  # a checker can be started
         self.source_stalled_s: Callable[[], float] = lambda: 0.0  # a file system call hangs
         self.registry = CollectorRegistry()
@@ -104,6 +120,48 @@ class Health:
     def listing_ok(self) -> None:
         self._listing_ok_at = self._clock()
 
+    def _route(self, name: str, inbox: str) -> RouteHealth:
+        return self._routes.setdefault(name, RouteHealth(name, inbox))
+
+    def route_listed(self, name: str, inbox: str, *, waiting_for_room: int) -> None:
+        """A good listing of the route's inbox; ``waiting_for_room``: files it could not claim
+        because ``max_in_flight`` was reached."""
+        route = self._route(name, inbox)
+        route.listed_at = self._clock()
+        route.listed_at_utc = datetime.now(UTC).isoformat(timespec="seconds")
+        route.error, route.refused = None, False
+        route.waiting_files = waiting_for_room
+        if not waiting_for_room:
+            route.starved_since = None
+        elif route.starved_since is None:
+            route.starved_since = route.listed_at
+
+    def route_failed(self, name: str, inbox: str, error: str, *, refused: bool) -> None:
+        """The route's inbox could not be listed; ``refused``: it failed the access check."""
+        route = self._route(name, inbox)
+        route.error, route.refused = error, refused
+
+    def routes(self) -> list[RouteHealth]:
+        """Every route seen so far, by name."""
+        return sorted(self._routes.values(), key=lambda route: route.name)
+
+    def route_problems(self) -> dict[str, str]:
+        """Routes that are refused, or starved for longer than a few polls, with why."""
+        starve_limit_s = max(60.0, 10 * self._settings.daemon.poll_interval_s)
+        now = self._clock()
+        problems = {}
+        for route in self._routes.values():
+            if route.refused:
+                problems[route.name] = f"refused: {route.error}"
+            elif route.starved_since is not None and now - route.starved_since > starve_limit_s:
+                files = route.waiting_files
+                problems[route.name] = (
+                    f"starved: {files} file{' waits' if files == 1 else 's wait'} in "
+                    f"{route.inbox} for {now - route.starved_since:.0f} s; max_in_flight is "
+                    "reached"
+                )
+        return problems
+
     def api_call(self, call: str, seconds: float, ok: bool) -> None:
         self.api_seconds.labels(call, "ok" if ok else "failed").observe(seconds)
         if ok:
@@ -136,15 +194,19 @@ class Health:
         )
         api_s = self.api_age_s()
         ledger_ok = self._ledger.is_writable()
+        routes = self.route_problems()
         checks = {
             "listing": listing_s < listing_limit_s,
             "isales": api_s < api_limit_s,
             "ledger": ledger_ok,
             "validation": self.validation_ok(),
+            "routes": not routes,
         }
         details: dict[str, Any] = {
             "checks": checks,
             "last_listing_s": None if listing_s == float("inf") else round(listing_s, 1),
             "last_isales_call_s": None if api_s == float("inf") else round(api_s, 1),
         }
+        if routes:
+            details["routes"] = routes
         return all(checks.values()), details

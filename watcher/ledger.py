@@ -13,11 +13,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from watcher.errors import ConfigError, LedgerError, TaskTakenError
+from watcher.errors import (
+    ConfigError,
+    LedgerBusyError,
+    LedgerError,
+    StateChangedError,
+    TaskTakenError,
+)
 from watcher.models import FileRecord, FileState, Outcome, RemoteEntry
 
 __all__ = (
     "IMPORTED_STATES",
+    "PARKABLE_STATES",
     "DuplicatesBy",
     "Ledger",
     "StateLock",
@@ -26,10 +33,17 @@ __all__ = (
 )
 
 DuplicatesBy = Literal["rows", "bytes", "off"]
+_BUSY_TIMEOUT_MS = 5000  # how long a writer waits for another (the daemon, a command)
 Field = str | int | None
 
 # A row in one of these states has (or may have) reached iSales: the same content is a duplicate.
 IMPORTED_STATES = (FileState.submitting, FileState.tracking, FileState.uncertain, FileState.done)
+# An operator may hold a file (ledger park) only where nothing is in the air: nothing sent yet
+# (claimed), an import iSales acknowledged (tracking), or one parked as uncertain already. Never
+# while its upload may be under way (submitting: it must be reconciled) or while it is being
+# claimed or moved to done/ or rejected/ (it is finished in a moment).
+PARKABLE_STATES = (FileState.claimed, FileState.tracking, FileState.uncertain)
+_FORGETTABLE = (FileState.done, FileState.rejected)
 
 _SCHEMA = [
     # version 1
@@ -97,12 +111,18 @@ _SCHEMA = [
     UPDATE files SET recheck_at = '1970-01-01T00:00:00.000+00:00'
         WHERE state = 'uncertain' AND recheck_at IS NULL AND submitted_at IS NOT NULL;
     """,
+    # version 5: an operator may forget a file, whose content then no longer makes a duplicate;
+    # the status page lists the files that changed last
+    """
+    ALTER TABLE files ADD COLUMN forgotten_at TEXT;
+    CREATE INDEX files_updated ON files (updated_at);
+    """,
 ]
 
 _COLUMNS = (
     "id, route, campaign_id, inbox, name, size_bytes, mtime, state, sha256, import_task_id,"
     " outcome, reason, details, created_at, updated_at, submitted_at, settled_path, force_submit,"
-    " rows_fingerprint, data_rows, recheck_at, rechecks"
+    " rows_fingerprint, data_rows, recheck_at, rechecks, forgotten_at"
 )
 
 
@@ -166,10 +186,11 @@ class Ledger:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
+            # First: a command opened beside a busy daemon waits for its turn, even here.
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA busy_timeout=5000")
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise LedgerError(f"cannot open the ledger {path}: {exc}") from exc
@@ -211,6 +232,13 @@ class Ledger:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise LedgerBusyError(
+                    f"the ledger {self.path} is busy (another process held it for "
+                    f"{_BUSY_TIMEOUT_MS // 1000} s); try again in a moment"
+                ) from exc
+            raise LedgerError(f"ledger write failed ({self.path}): {exc}") from exc
         except sqlite3.Error as exc:
             raise LedgerError(f"ledger write failed ({self.path}): {exc}") from exc
 
@@ -379,7 +407,8 @@ class Ledger:
         Setting ``import_task_id`` also records the task as owned by this row, for good.
 
         Raises:
-            LedgerError: the row was not in an expected state (a bug, or two daemons on one ledger).
+            StateChangedError: the row was not in an expected state (an operator moved it, or a
+                bug).
             TaskTakenError: another row owns (or once owned) that import task.
         """
         expected = (expect,) if isinstance(expect, FileState) else expect
@@ -388,7 +417,7 @@ class Ledger:
             row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
             if row is None or FileState(row["state"]) not in expected:
                 found = row["state"] if row else "no row"
-                raise LedgerError(f"file {file_id}: expected state {expected}, found {found}")
+                raise StateChangedError(file_id, f"expected state {expected}, found {found}")
             task_id = fields.get("import_task_id")
             if isinstance(task_id, str):
                 self._own(db, file_id, task_id)
@@ -425,7 +454,7 @@ class Ledger:
         """Set fields without changing the state; with ``expect``, only in that state.
 
         Raises:
-            LedgerError: the row is not in ``expect`` (another actor moved it meanwhile).
+            StateChangedError: the row is not in ``expect`` (another actor moved it meanwhile).
         """
         assignments = ", ".join(f"{name} = ?" for name in fields)
         guard, args = ("", []) if expect is None else (" AND state = ?", [expect])
@@ -435,7 +464,7 @@ class Ledger:
                 (*fields.values(), utc_now(), file_id, *args),
             ).rowcount
             if expect is not None and changed == 0:
-                raise LedgerError(f"file {file_id}: expected state {expect}, it moved on")
+                raise StateChangedError(file_id, f"expected state {expect}, it moved on")
         return self.get(file_id)
 
     def begin_submit(
@@ -463,12 +492,13 @@ class Ledger:
             if earlier is not None:
                 return earlier
             if me.state is not FileState.claimed:
-                raise LedgerError(f"file {file_id}: expected state claimed, found {me.state}")
+                raise StateChangedError(file_id, f"expected state claimed, found {me.state}")
             now = utc_now()
             fresh = me.details if details is None else details(me, now)
+            # A forgotten file sent again on purpose: its content counts as imported once more.
             db.execute(
-                "UPDATE files SET state = ?, submitted_at = ?, updated_at = ?, details = ?"
-                " WHERE id = ?",
+                "UPDATE files SET state = ?, submitted_at = ?, updated_at = ?, details = ?,"
+                " forgotten_at = NULL WHERE id = ?",
                 (FileState.submitting, now, now, fresh, file_id),
             )
             self._log(db, file_id, me.state, FileState.submitting, "daemon", None)
@@ -499,6 +529,7 @@ class Ledger:
         marks = ",".join("?" * len(IMPORTED_STATES))
         row = db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND {same} AND id != ?"
+            f" AND forgotten_at IS NULL"
             f" AND (state IN ({marks}) OR (state = ? AND import_task_id IS NOT NULL"
             f" AND outcome = ?) OR (import_task_id IS NOT NULL AND json_valid(details)"
             f" AND json_extract(details, '$.import.succNum') > 0)) ORDER BY rowid LIMIT 1",
@@ -590,6 +621,101 @@ class Ledger:
             self._log(db, file_id, FileState.uncertain, to_state, actor, why)
         return self.get(file_id)
 
+    def park(self, file_id: str, *, actor: str, reason: str) -> FileRecord:
+        """Hold a file on an operator's word, audited: the daemon leaves it alone until
+        :meth:`unpark`. Work the daemon was doing on it is dropped at its next step.
+
+        Raises:
+            LedgerError: the row is not in one of :data:`PARKABLE_STATES`, with why.
+        """
+        with self._transaction() as db:
+            state = self._state_of(db, file_id)
+            if state not in PARKABLE_STATES:
+                raise LedgerError(f"file {file_id} is {state}: {_NOT_PARKABLE[state]}")
+            why = f"parked: {reason}"
+            db.execute(
+                "UPDATE files SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                (FileState.parked, utc_now(), why, file_id),
+            )
+            self._log(db, file_id, state, FileState.parked, actor, why)
+        return self.get(file_id)
+
+    def unpark(self, file_id: str, *, actor: str, reason: str) -> FileRecord:
+        """Give a parked file back to the daemon, in the state it was parked from, audited.
+
+        Raises:
+            LedgerError: the row is not parked.
+        """
+        with self._transaction() as db:
+            state = self._state_of(db, file_id)
+            if state is not FileState.parked:
+                raise LedgerError(f"file {file_id} is {state}, not parked")
+            (before,) = db.execute(
+                "SELECT from_state FROM transitions WHERE file_id = ? AND to_state = ?"
+                " ORDER BY seq DESC LIMIT 1",
+                (file_id, FileState.parked),
+            ).fetchone()
+            why = f"unparked: {reason}"
+            db.execute(
+                "UPDATE files SET state = ?, updated_at = ?, reason = ? WHERE id = ?",
+                (before, utc_now(), why, file_id),
+            )
+            self._log(db, file_id, state, FileState(before), actor, why)
+        return self.get(file_id)
+
+    def forget(self, file_id: str, *, actor: str, reason: str) -> FileRecord:
+        """Let a settled file's content be imported again, audited; its row, history, owned
+        task and receipts stay.
+
+        Raises:
+            LedgerError: the row is not done or rejected, or is forgotten already.
+        """
+        with self._transaction() as db:
+            state = self._state_of(db, file_id)
+            if state not in _FORGETTABLE:
+                raise LedgerError(
+                    f"file {file_id} is {state or 'no such row'}; only a settled (done or "
+                    "rejected) file can be forgotten"
+                )
+            (forgotten_at,) = db.execute(
+                "SELECT forgotten_at FROM files WHERE id = ?", (file_id,)
+            ).fetchone()
+            if forgotten_at is not None:
+                raise LedgerError(f"file {file_id} was forgotten already, at {forgotten_at}")
+            # updated_at stays: it says when the file settled.
+            db.execute("UPDATE files SET forgotten_at = ? WHERE id = ?", (utc_now(), file_id))
+            self._log(db, file_id, state, state, actor, f"forgotten: {reason}")
+        return self.get(file_id)
+
+    @staticmethod
+    def _state_of(db: sqlite3.Connection, file_id: str) -> FileState | None:
+        row = db.execute("SELECT state FROM files WHERE id = ?", (file_id,)).fetchone()
+        return None if row is None else FileState(row["state"])
+
+    def operator_acted(self, file_id: str) -> bool:
+        """Whether the row's latest transition was an operator's, not the daemon's."""
+        row = self._db.execute(
+            "SELECT actor FROM transitions WHERE file_id = ? ORDER BY seq DESC LIMIT 1",
+            (file_id,),
+        ).fetchone()
+        return row is not None and row["actor"] != "daemon"
+
+    def latest(self, states: Iterable[FileState], limit: int) -> list[FileRecord]:
+        """The rows in ``states`` that changed last, newest first: for common states (settled
+        ones), as it walks the rows from the newest change back until it has ``limit``."""
+        wanted = list(states)
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM files INDEXED BY files_updated"
+            f" WHERE state IN ({','.join('?' * len(wanted))}) ORDER BY updated_at DESC LIMIT ?",
+            [*wanted, limit],
+        )
+        return [_record(r) for r in rows]
+
+    def counts(self) -> dict[FileState, int]:
+        """Files by state (from the state index alone: cheap on a large ledger)."""
+        rows = self._db.execute("SELECT state, COUNT(*) FROM files GROUP BY state")
+        return {FileState(state): int(count) for state, count in rows}
+
     def state_summary(self) -> list[tuple[str, int, str | None]]:
         """(state, files, since when the oldest unfinished one is in it) for every state."""
         rows = self._db.execute(
@@ -642,6 +768,18 @@ class Ledger:
         )
         return [_record(r) for r in rows]
 
+
+_NOT_PARKABLE = {
+    None: "no such row",
+    FileState.claiming: "it is being taken out of the inbox right now; try again in a moment",
+    FileState.submitting: "its upload to iSales may be under way; such a file is reconciled "
+    "(the daemon does it, and parks it as uncertain if the facts cannot decide), never parked",
+    FileState.settling: "its outcome is decided and it is being moved to done/ or rejected/",
+    FileState.done: "it is settled; there is nothing to hold",
+    FileState.rejected: "it is settled; there is nothing to hold",
+    FileState.lost: "it is settled; there is nothing to hold",
+    FileState.parked: "it is parked already",
+}
 
 _UNFINISHED = (
     FileState.claiming,

@@ -20,7 +20,7 @@ from typing import Any
 from watcher.console import EX_INVALID, EX_OK, EX_SOFTWARE, fail_config
 from watcher.console import fail as _fail
 from watcher.console import say as _print
-from watcher.errors import ConfigError, LedgerError, WatcherError
+from watcher.errors import ConfigError, LedgerBusyError, LedgerError, WatcherError
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, escaped
 from watcher.settings import Settings, load_settings
@@ -45,6 +45,7 @@ _SHOWN_FIELDS = (
     "updated_at",
     "submitted_at",
     "settled_path",
+    "forgotten_at",
 )
 
 
@@ -160,16 +161,50 @@ def _confirmed(ledger: Ledger, record: FileRecord, args: argparse.Namespace) -> 
     return answer.strip().lower() in ("y", "yes")
 
 
+def _who(args: argparse.Namespace) -> str:
+    """Who acts, for the audit trail: --by, or the person behind sudo, or the login name."""
+    return str(args.by or os.environ.get("SUDO_USER") or getpass.getuser())
+
+
+_HELD = (
+    "the daemon leaves it alone until 'ledger unpark'; a running daemon drops its work on the "
+    "file at its next step"
+)
+
+
+def _ledger_hold(ledger: Ledger, record: FileRecord, args: argparse.Namespace) -> int:
+    """park, unpark, forget: one audited ledger write each, nothing else."""
+    who, command = _who(args), args.ledger_command
+    act = {"park": ledger.park, "unpark": ledger.unpark, "forget": ledger.forget}[command]
+    try:
+        record = act(record.id, actor=who, reason=args.reason)
+    except LedgerBusyError:
+        raise  # not the file's fault: said once, below
+    except WatcherError as exc:
+        return _fail(f"cannot {command} {record.id}: {exc}", EX_INVALID)
+    said = {
+        "park": f"{record.id} is parked (by {who}: {args.reason}); {_HELD}",
+        "unpark": f"{record.id} is {record.state.value} again (by {who}); a running daemon "
+        "carries it on within one poll",
+        "forget": f"{record.id} is forgotten (by {who}: {args.reason}); the same list may be "
+        "imported again. Its history and receipts stay.",
+    }
+    _print(said[command])
+    return EX_OK
+
+
 def _ledger_reprocess(
     ledger: Ledger, record: FileRecord, settings: Settings, args: argparse.Namespace
 ) -> int:
-    who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
+    who = _who(args)
     if not _confirmed(ledger, record, args):
         return _fail("nothing done", EX_INVALID)
     try:
         if record.state is FileState.rejected:
             asyncio.run(_bring_back(settings, record))
         record = ledger.reprocess(record.id, actor=who, reason=args.reason)
+    except LedgerBusyError:
+        raise  # not the file's fault: said once, below
     except WatcherError as exc:
         return _fail(f"cannot reprocess {record.id}: {exc}", EX_INVALID)
     _print(
@@ -184,7 +219,7 @@ def _ledger_resolve(
 ) -> int:
     from watcher.resolve import resolve_imported
 
-    who = args.by or os.environ.get("SUDO_USER") or getpass.getuser()
+    who = _who(args)
     try:
         if args.imported:
             record = asyncio.run(
@@ -202,6 +237,8 @@ def _ledger_resolve(
                 f"{record.id} was not imported (by {who}: {args.reason}); a running daemon sends "
                 "it once more within one poll"
             )
+    except LedgerBusyError:
+        raise  # not the file's fault: said once, below
     except WatcherError as exc:
         return _fail(f"cannot resolve {record.id}: {exc}", EX_INVALID)
     return EX_OK
@@ -222,7 +259,9 @@ def _act_on_one(ledger: Ledger, settings: Settings, args: argparse.Namespace) ->
         return _fail(f"{len(found)} ledger rows match {args.id!r} ({ids}): give the id", EX_INVALID)
     if args.ledger_command == "reprocess":
         return _ledger_reprocess(ledger, found[0], settings, args)
-    return _ledger_resolve(ledger, found[0], settings, args)
+    if args.ledger_command == "resolve":
+        return _ledger_resolve(ledger, found[0], settings, args)
+    return _ledger_hold(ledger, found[0], args)
 
 
 def _ledger(args: argparse.Namespace) -> int:
@@ -240,6 +279,8 @@ def _ledger(args: argparse.Namespace) -> int:
             return _act_on_one(ledger, settings, args)
         finally:
             ledger.close()
+    except LedgerBusyError as exc:
+        return _fail(str(exc), EX_SOFTWARE)
     except LedgerError as exc:
         return _fail(f"ledger error: {exc}; check daemon.state_dir", EX_SOFTWARE)
     except sqlite3.OperationalError as exc:
@@ -335,4 +376,47 @@ def add_ledger_commands(commands: Any, config: argparse.ArgumentParser) -> None:
     )
     resolve.add_argument("--reason", required=True, help="what you saw (kept in the ledger)")
     resolve.add_argument("--by", help="who decides (default: the login name)")
+    _add_hold_commands(sub, config)
     ledger.set_defaults(handler=_ledger)
+
+
+def _add_hold_commands(sub: Any, config: argparse.ArgumentParser) -> None:
+    park = sub.add_parser(
+        "park",
+        parents=[config],
+        help="hold a file: the daemon leaves it alone until unpark (audited)",
+        description="Hold a file; the daemon leaves it alone until 'ledger unpark'. Allowed "
+        "for a file that is claimed (nothing was sent), tracking (iSales has its import; "
+        "nothing will be sent again) or uncertain (parked for an operator already; this "
+        "stops its automatic rechecks). Refused while it is submitting (its upload may be "
+        "under way: it is reconciled, never parked), claiming or settling (finished in a "
+        "moment), and once it is settled. Example: isales-watcher ledger park 20261123-1325 "
+        '--reason "campaign paused". Exit codes: 0 parked, 1 refused, 70 the ledger is busy.',
+    )
+    unpark = sub.add_parser(
+        "unpark",
+        parents=[config],
+        help="give a parked file back to the daemon, where it was (audited)",
+        description="Give a parked file back to the daemon, in the state it was parked from; "
+        "a running daemon carries it on within one poll. Example: isales-watcher ledger "
+        "unpark 20261123-1325 --config FILE. Exit codes: 0 done, 1 not parked, 70 the ledger "
+        "is busy.",
+    )
+    forget = sub.add_parser(
+        "forget",
+        parents=[config],
+        help="let a settled file's list be imported again (audited)",
+        description="Forget a settled (done or rejected) file: the same list dropped again is "
+        "imported instead of rejected as a duplicate. Its row, history and receipts stay. "
+        'Example: isales-watcher ledger forget 20261123-1325 --reason "campaign reset". '
+        "Exit codes: 0 forgotten, 1 refused, 70 the ledger is busy.",
+    )
+    for command, required in ((park, True), (unpark, False), (forget, True)):
+        command.add_argument("id", help="a ledger id or its beginning, a file name, or a SHA-256")
+        command.add_argument(
+            "--reason",
+            required=required,
+            default=None if required else "by hand",
+            help="why (kept in the ledger)",
+        )
+        command.add_argument("--by", help="who acts (default: the login name)")

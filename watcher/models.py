@@ -29,13 +29,16 @@ class FileState(StrEnum):
     rejected = "rejected"  # settled in rejected/
     uncertain = "uncertain"  # parked: whether iSales imported it is unknown; an operator decides
     lost = "lost"  # another actor took the file, or it vanished before the claim
+    parked = "parked"  # an operator holds it (ledger park): the daemon leaves it alone till unpark
 
     @property
     def is_terminal(self) -> bool:
         return self in _TERMINAL
 
 
-_TERMINAL = frozenset({FileState.done, FileState.rejected, FileState.uncertain, FileState.lost})
+_TERMINAL = frozenset(
+    {FileState.done, FileState.rejected, FileState.uncertain, FileState.lost, FileState.parked}
+)
 
 
 class Outcome(StrEnum):
@@ -99,6 +102,7 @@ class FileRecord:
     data_rows: int | None = None  # data rows validation counted: an adopted task must match
     recheck_at: str | None = None  # an uncertain file is reconciled again at this time
     rechecks: int = 0  # how often it was reconciled again
+    forgotten_at: str | None = None  # ledger forget: its content no longer makes a duplicate
 
     @property
     def shown_name(self) -> str:

@@ -19,6 +19,7 @@ from watcher.errors import (
     SkipFileError,
     SourceDeniedError,
     SourceRefusedError,
+    StateChangedError,
     TransientError,
     WatcherError,
     WorkbookRejected,
@@ -118,22 +119,41 @@ class Pipeline:
             return record
         report = Report()
         report.add(_GATE_KINDS[verdict], None, None, "", GATE_REASONS[verdict])
-        return self.ledger.transition(
-            record.id,
-            FileState.settling,
-            expect=FileState.claimed,
-            outcome=Outcome.rejected,
-            reason=GATE_REASONS[verdict],
-            details=with_details(record, validation=report.as_json()),
-        )
+        try:
+            return self.ledger.transition(
+                record.id,
+                FileState.settling,
+                expect=FileState.claimed,
+                outcome=Outcome.rejected,
+                reason=GATE_REASONS[verdict],
+                details=with_details(record, validation=report.as_json()),
+            )
+        except StateChangedError as exc:
+            return self._yield_to_operator(exc)
 
     async def drive(self, record: FileRecord) -> None:
         """Advance a row until it is terminal, or until the daemon stops (it resumes later)."""
         self.driving.add(record.id)
         try:
             await self._drive(record)
+        except StateChangedError as exc:
+            self._yield_to_operator(exc)
         finally:
             self.driving.discard(record.id)
+
+    def _yield_to_operator(self, exc: StateChangedError) -> FileRecord:
+        """An operator moved the row (``ledger park``...) while the daemon worked on it: their
+        word wins and this work on the file is dropped. Anything else is a bug: it stops."""
+        if not self.ledger.operator_acted(exc.file_id):
+            raise exc
+        current = self.ledger.get(exc.file_id)
+        log.warning(
+            "file.operator_took_over",
+            file_id=current.id,
+            state=current.state.value,
+            reason=current.reason,
+        )
+        return current
 
     async def _drive(self, record: FileRecord) -> None:
         failures = crashes = 0
@@ -174,6 +194,8 @@ class Pipeline:
                 return  # stopping while tracking
             if advanced.state is FileState.uncertain:
                 await self._parked_receipt(advanced)
+            if advanced.state is FileState.parked:
+                log.warning("file.operator_took_over", state=advanced.state.value)
             record = advanced
 
     async def _failed_step(
@@ -211,35 +233,40 @@ class Pipeline:
         return self.ledger.get(record.id)
 
     async def recheck(self, record: FileRecord) -> None:
-        """Look at a parked file again; carry it on when its task is found, or has ended."""
+        """Look at an uncertain file again; carry it on when its task is found, or has ended."""
         self.driving.add(record.id)
         structlog.contextvars.bind_contextvars(file_id=record.id)
         try:
-            current = self.ledger.get(record.id)
-            if current.state is not FileState.uncertain or current.recheck_at is None:
-                return  # an operator settled it meanwhile
-            if current.import_task_id is not None:
-                # Its task is known, it had just not ended: track it once more.
-                advanced: FileRecord | None = self.ledger.transition(
-                    record.id,
-                    FileState.tracking,
-                    expect=FileState.uncertain,
-                    reason=f"looking at import task {current.import_task_id} again",
-                    recheck_at=None,
-                    rechecks=current.rechecks + 1,
-                )
-            else:
-                async with self._campaign_lock(record.campaign_id):
-                    advanced = await self._reconcile_again(record)
-            if advanced is None:
-                return
-            if advanced.state is FileState.uncertain:
-                if advanced.reason != current.reason:
-                    await self._parked_receipt(advanced)
-                return
-            await self._drive(advanced)
+            await self._recheck(record)
+        except StateChangedError as exc:
+            self._yield_to_operator(exc)
         finally:
             self.driving.discard(record.id)
+
+    async def _recheck(self, record: FileRecord) -> None:
+        current = self.ledger.get(record.id)
+        if current.state is not FileState.uncertain or current.recheck_at is None:
+            return  # an operator settled it meanwhile
+        if current.import_task_id is not None:
+            # Its task is known, it had just not ended: track it once more.
+            advanced: FileRecord | None = self.ledger.transition(
+                record.id,
+                FileState.tracking,
+                expect=FileState.uncertain,
+                reason=f"looking at import task {current.import_task_id} again",
+                recheck_at=None,
+                rechecks=current.rechecks + 1,
+            )
+        else:
+            async with self._campaign_lock(record.campaign_id):
+                advanced = await self._reconcile_again(record)
+        if advanced is None:
+            return
+        if advanced.state is FileState.uncertain:
+            if advanced.reason != current.reason:
+                await self._parked_receipt(advanced)
+            return
+        await self._drive(advanced)
 
     async def _reconcile_again(self, record: FileRecord) -> FileRecord | None:
         current = self.ledger.get(record.id)
@@ -378,7 +405,8 @@ class Pipeline:
                 reason=exc.message,
                 details=with_details(record, validation=report.as_json()),
             )
-        record = self.ledger.update(record.id, sha256=sha256)
+        # Conditional, like every write while the file is checked: an operator may park it.
+        record = self.ledger.update(record.id, expect=FileState.claimed, sha256=sha256)
         twin = self.ledger.imported_twin(record, "bytes" if route.duplicates != "off" else "off")
         if twin is not None:
             return reject_duplicate(self.ledger, record, twin)
@@ -405,6 +433,7 @@ class Pipeline:
         if report.is_valid:
             return self.ledger.update(
                 record.id,
+                expect=FileState.claimed,
                 details=details,
                 data_rows=report.data_rows,
                 rows_fingerprint=report.rows_fingerprint,

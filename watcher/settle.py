@@ -15,7 +15,14 @@ from watcher.models import FileRecord, FileState, Outcome
 from watcher.receipt import receipt_json, receipt_text
 from watcher.sources import Source
 
-__all__ = ("bring_back", "fit_name", "receipt_paths", "settle", "write_parked_receipt")
+__all__ = (
+    "bring_back",
+    "fit_name",
+    "receipt_paths",
+    "settle",
+    "write_parked_receipt",
+    "written_receipt_text",
+)
 
 _NAME_MAX = 255  # bytes in one file name, on every file system the daemon meets
 _SUFFIXES = (".result.json", ".result.txt")
@@ -54,19 +61,39 @@ def _other_name(record: FileRecord, folder: str) -> str:
     return posixpath.join(folder, fit_name(stem, f".{record.id}{dot}{extension}"))
 
 
+def _is_shortened(json_path: str, beside: str) -> bool:
+    return posixpath.basename(json_path) != posixpath.basename(beside) + ".result.json"
+
+
+def _text(record: FileRecord, shortened: bool) -> str:
+    text = receipt_text(record)
+    if shortened:
+        text += "(The file's name is too long for a receipt name; this receipt's name is cut.)\n"
+    return text
+
+
 async def _write_receipts(source: Source, record: FileRecord, beside: str) -> None:
     """Both receipts beside ``beside``; the text one last: when a person sees it, all is there."""
     json_path, text_path = receipt_paths(beside)
     body = receipt_json(record)
-    if posixpath.basename(json_path) != posixpath.basename(beside) + ".result.json":
+    if _is_shortened(json_path, beside):
         body["receipt_name_shortened"] = True
     await source.write_file(
         json_path, json.dumps(body, indent=2, ensure_ascii=False).encode() + b"\n"
     )
-    text = receipt_text(record)
-    if body.get("receipt_name_shortened"):
-        text += "(The file's name is too long for a receipt name; this receipt's name is cut.)\n"
-    await source.write_file(text_path, text.encode())
+    await source.write_file(text_path, _text(record, "receipt_name_shortened" in body).encode())
+
+
+def written_receipt_text(record: FileRecord) -> str | None:
+    """The text receipt written for a settled or uncertain row, rebuilt from the row by the
+    same function (the same text); None for a row that has none."""
+    if record.state is FileState.uncertain:
+        beside = record.processing_path
+    elif record.state in (FileState.done, FileState.rejected) and record.settled_path:
+        beside = record.settled_path
+    else:
+        return None
+    return _text(record, _is_shortened(receipt_paths(beside)[0], beside))
 
 
 async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileRecord:

@@ -8,13 +8,16 @@ import hashlib
 import io
 import json
 import socket
+import sqlite3
 import sys
 
 import pytest
+import structlog
 
 from tests.conftest import ACCESS_KEY, SECRET_KEY, cli, wait_for
 from tests.sftpservers import free_port
 from tests.workbooks import rows_valid, xlsxwriter_bytes
+from watcher.isales.faults import Fault, FaultKind
 
 
 async def test_check_passes_on_a_good_setup(make_world):
@@ -266,3 +269,110 @@ async def test_ledger_answers_what_happened_to_a_file(make_world, run_daemon, up
     assert any(r["to_state"] == "done" for r in exported)
     code, output = await cli("ledger", "export", "--since", "2020", "--format", "json", *config)
     assert len(json.loads(output)) == len(exported)
+
+
+def _accepted(emulator, name: str) -> int:
+    """Uploads of ``name`` iSales accepted (a 429 is refused before anything is done)."""
+    return sum(upload.file_name == name for upload in emulator.uploads)
+
+
+@pytest.mark.parametrize("mode", ["sftp", "local"])
+async def test_a_file_parked_while_the_daemon_works_on_it_is_dropped_not_sent(
+    make_world, run_daemon, emulator, upload, sshd, mode
+):
+    extra = "retry_backoff_s = 0.2\nmax_backoff_s = 5\n"
+    if mode == "local":
+        extra += f'source = "local"\n[local]\nbase_dir = "{sshd.root}"\n'
+    world = make_world(daemon_extra=extra)
+    config = ("--config", str(world.config))
+    # iSales is busy for as long as the test wants: the file goes back and forth between
+    # claimed (waiting for Retry-After) and submitting (the POST), the daemon holding it.
+    emulator.faults.script("upload", *[Fault(FaultKind.status, status=429, retry_after_s=1)] * 200)
+    daemon = await run_daemon(world)
+    with structlog.testing.capture_logs() as logs:
+        await upload(world.inbox / "held.xlsx", xlsxwriter_bytes(rows_valid(3, seed=91)))
+        await wait_for(
+            lambda: any("uploadFileServer" in c.path for c in emulator.calls), 30, "a 429"
+        )
+        for _ in range(20):
+            code, output = await cli(
+                "ledger", "park", "held.xlsx", "--reason", "wrong campaign", "--by", "ann", *config
+            )
+            if code == 0:
+                break
+            # Caught during the POST: refused, and said so plainly.
+            assert "its upload to iSales may be under way" in output, output
+            assert "Traceback" not in output
+        assert code == 0, output
+        assert "is parked (by ann: wrong campaign)" in output
+        await wait_for(
+            lambda: any(e["event"] == "file.operator_took_over" for e in logs),
+            30,
+            "the daemon dropping its work",
+        )
+        emulator.faults.clear()
+        # The daemon goes on with other files, and leaves the parked one alone.
+        await upload(world.inbox / "other.xlsx", xlsxwriter_bytes(rows_valid(3, seed=92)))
+        await wait_for(world.settled("done", "other.xlsx.result.txt").exists, 30, "other done")
+    assert not any(e["event"] == "ledger.failed" for e in logs)
+    assert _accepted(emulator, "held.xlsx") == 0
+    code, output = await cli("ledger", "list", "--state", "parked", *config)
+    assert "held.xlsx" in output
+    assert "parked: wrong campaign" in output
+    code, output = await cli("ledger", "unpark", "held.xlsx", "--by", "bob", *config)
+    assert code == 0, output
+    assert "is claimed again (by bob)" in output
+    await wait_for(world.settled("done", "held.xlsx.result.txt").exists, 30, "held done")
+    assert _accepted(emulator, "held.xlsx") == 1  # sent once, after the operator let it go
+    code, output = await cli("ledger", "show", "held.xlsx", *config)
+    assert "claimed -> parked  (ann) parked: wrong campaign" in output
+    assert "parked -> claimed  (bob) unparked: by hand" in output
+    assert not daemon.stop.is_set()
+
+
+async def test_a_forgotten_list_may_be_imported_again(make_world, run_daemon, emulator, upload):
+    world = make_world()
+    config = ("--config", str(world.config))
+    await run_daemon(world)
+    data = xlsxwriter_bytes(rows_valid(3, seed=95))
+    await upload(world.inbox / "list.xlsx", data)
+    await wait_for(world.settled("done", "list.xlsx.result.txt").exists, 30, "list done")
+    await upload(world.inbox / "again.xlsx", data)
+    await wait_for(world.settled("rejected", "again.xlsx.result.txt").exists, 30, "a duplicate")
+    code, output = await cli("ledger", "forget", "again.xlsx", "--reason", "x", *config)
+    assert code == 0, output  # a rejected file may be forgotten: it counted for nothing
+    code, output = await cli("ledger", "forget", "list.xlsx", "--reason", "reset", *config)
+    assert code == 0, output
+    assert "the same list may be imported again" in output
+    code, output = await cli("ledger", "forget", "list.xlsx", "--reason", "reset", *config)
+    assert code == 1
+    assert "was forgotten already" in output
+    await upload(world.inbox / "third.xlsx", data)
+    await wait_for(world.settled("done", "third.xlsx.result.txt").exists, 30, "third imported")
+    assert len(emulator.uploads) == 2
+    assert world.settled("done", "list.xlsx.result.txt").exists()  # its receipt stays
+    code, output = await cli("ledger", "park", "list.xlsx", "--reason", "x", *config)
+    assert code == 1
+    assert "is done: it is settled; there is nothing to hold" in output
+    code, output = await cli("ledger", "unpark", "list.xlsx", *config)
+    assert code == 1
+    assert "is done, not parked" in output
+
+
+async def test_a_busy_ledger_is_said_plainly(make_world, run_daemon, upload):
+    world = make_world()
+    await run_daemon(world)
+    await upload(world.inbox / "b.xlsx", xlsxwriter_bytes(rows_valid(3, seed=96)))
+    await wait_for(world.settled("done", "b.xlsx.result.txt").exists, 30, "b done")
+    db = sqlite3.connect(world.state_dir / "ledger.sqlite3", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")  # another writer that does not let go
+    try:
+        code, output = await cli(
+            "ledger", "forget", "b.xlsx", "--reason", "x", "--config", str(world.config)
+        )
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert code == 70
+    assert "is busy (another process held it for 5 s); try again in a moment" in output
+    assert "Traceback" not in output

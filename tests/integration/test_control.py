@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import platform
 
 import aiohttp
@@ -12,6 +13,7 @@ from tests.conftest import cli, wait_for
 from tests.sftpservers import free_port
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher import __version__
+from watcher.settings import load_settings
 
 
 async def test_probes_and_metrics(make_world, run_daemon, emulator, upload):
@@ -97,3 +99,37 @@ async def test_the_probe_says_why_it_cannot_ask(tmp_path):
 
 async def test_the_version_is_printed():
     assert await cli("--version") == (0, f"isales-watcher {__version__}\n")
+
+
+async def test_ready_names_a_route_whose_inbox_is_refused(
+    make_world, run_daemon, emulator, chroot_sshd
+):
+    port = free_port()
+    world = make_world(server="chroot_sshd", control_listen=f"127.0.0.1:{port}")
+    os.chown(world.inbox, 0, 0)  # root's, mode 755: the SFTP user may list, not move files out
+    world.inbox.chmod(0o755)
+    route = load_settings(world.config).routes[0].name
+    await run_daemon(world)
+    async with aiohttp.ClientSession() as http:
+
+        async def routes() -> dict[str, str]:
+            async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                return dict((await response.json()).get("routes", {}))
+
+        for _ in range(100):
+            if await routes():
+                break
+            await asyncio.sleep(0.1)
+        async with http.get(f"http://127.0.0.1:{port}/readyz") as response:
+            assert response.status == 503
+            body = await response.json()
+        async with http.get(f"http://127.0.0.1:{port}/") as response:
+            page = await response.text()
+    assert body["checks"]["routes"] is False
+    assert body["routes"][route].startswith(
+        f"refused: the daemon cannot write in {world.remote_inbox}"
+    )
+    assert "refused: the daemon cannot write in" in page
+    code, output = await cli("probe", "ready", "--config", str(world.config))
+    assert code == 1
+    assert f"routes={{'{route}': 'refused: the daemon cannot write in" in output

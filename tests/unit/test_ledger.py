@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from watcher.errors import LedgerError, TaskTakenError
+from watcher.errors import LedgerError, StateChangedError, TaskTakenError
 from watcher.ledger import Ledger
 from watcher.models import FileState, Outcome, RemoteEntry
 
@@ -223,3 +223,63 @@ def test_a_damaged_ledger_is_found_at_start(tmp_path):
     with pytest.raises(LedgerError, match=r"is damaged|cannot open") as error:
         open_and_verify()
     assert "ledger.sqlite3" in str(error.value)
+
+
+def submitted(ledger: Ledger, name: str, sha: str, task: str) -> str:
+    row = claimed(ledger, name, sha)
+    ledger.begin_submit(row.id)
+    ledger.transition(row.id, FileState.tracking, expect=FileState.submitting, import_task_id=task)
+    return row.id
+
+
+def test_a_parked_file_is_never_sent_and_goes_back_where_it_was(ledger):
+    row = claimed(ledger, "a.xlsx", "s")
+    parked = ledger.park(row.id, actor="ann", reason="campaign paused")
+    assert parked.state is FileState.parked
+    assert parked.reason == "parked: campaign paused"
+    assert ledger.unfinished() == []  # the daemon does not carry it on
+    # The daemon, holding the row from before, tries to send it: refused, and it can tell why.
+    with pytest.raises(StateChangedError, match="expected state claimed, found parked"):
+        ledger.begin_submit(row.id)
+    assert ledger.operator_acted(row.id)
+    back = ledger.unpark(row.id, actor="bob", reason="campaign on again")
+    assert back.state is FileState.claimed
+    steps = [(t["from_state"], t["to_state"], t["actor"]) for t in ledger.transitions(row.id)]
+    assert steps[-2:] == [("claimed", "parked", "ann"), ("parked", "claimed", "bob")]
+    assert not ledger.operator_acted(submitted(ledger, "b.xlsx", "t", "t1"))
+
+
+def test_a_file_whose_upload_may_be_under_way_is_not_parked(ledger):
+    row = claimed(ledger, "a.xlsx", "s")
+    ledger.begin_submit(row.id)
+    with pytest.raises(LedgerError, match="upload to iSales may be under way"):
+        ledger.park(row.id, actor="ann", reason="x")
+    tracking = ledger.transition(
+        row.id, FileState.tracking, expect=FileState.submitting, import_task_id="t1"
+    )
+    assert ledger.park(tracking.id, actor="ann", reason="x").state is FileState.parked
+    with pytest.raises(LedgerError, match="parked already"):
+        ledger.park(row.id, actor="ann", reason="x")
+    assert ledger.unpark(row.id, actor="ann", reason="x").state is FileState.tracking
+    with pytest.raises(LedgerError, match="is tracking, not parked"):
+        ledger.unpark(row.id, actor="ann", reason="x")
+
+
+def test_a_forgotten_file_is_no_duplicate_and_keeps_its_history(ledger):
+    first = submitted(ledger, "a.xlsx", "same", "t1")
+    with pytest.raises(LedgerError, match="only a settled"):
+        ledger.forget(first, actor="ann", reason="x")
+    ledger.transition(first, FileState.settling, expect=FileState.tracking, outcome=Outcome.done)
+    ledger.transition(first, FileState.done, expect=FileState.settling)
+    second = claimed(ledger, "b.xlsx", "same")
+    assert ledger.begin_submit(second.id).id == first  # a duplicate
+    forgotten = ledger.forget(first, actor="ann", reason="campaign reset")
+    assert forgotten.forgotten_at is not None
+    assert forgotten.state is FileState.done
+    assert ledger.transitions(first)[-1]["reason"] == "forgotten: campaign reset"
+    with pytest.raises(LedgerError, match="forgotten already"):
+        ledger.forget(first, actor="ann", reason="x")
+    assert ledger.begin_submit(second.id).state is FileState.submitting
+    assert ledger.task_owner("c1", "t1").id == first  # its task stays its own
+    third = claimed(ledger, "c.xlsx", "same")
+    assert ledger.begin_submit(third.id).id == second.id  # the new import counts

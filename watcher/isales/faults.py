@@ -227,6 +227,10 @@ class FaultPlan:
     def script(self, endpoint: str, *faults: Fault) -> None:
         self._scripted.setdefault(endpoint, deque()).extend(faults)
 
+    def clear(self) -> None:
+        """Drop the scripted faults not used yet (chaos stays as it is)."""
+        self._scripted.clear()
+
     def chaos(self, rate: float, seed: int) -> None:
         self._chaos_rate = rate
         self._random = random.Random(seed)
