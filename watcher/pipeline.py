@@ -53,7 +53,7 @@ GATE_REASONS = {
     ),
 }
 _GATE_KINDS = {  # the problem kind whose advice the receipt gives
-    ZipVerdict.incomplete: "unreadable",
+    ZipVerdict.incomplete: "truncated",
     ZipVerdict.not_zip: "not_xlsx",
     ZipVerdict.old_excel: "old_xls",
 }
@@ -125,6 +125,24 @@ class Pipeline:
             outcome=Outcome.rejected,
             reason=GATE_REASONS[verdict],
             details=with_details(record, validation=report.as_json()),
+        )
+
+    async def intake_unmatched(self, route: RouteSettings, entry: RemoteEntry) -> FileRecord | None:
+        """Claim a settled file whose name the route does not take, to answer it in rejected/.
+
+        Claimed like any other file, so that it is never handled twice; nothing reads it.
+        """
+        record = await claim(self.source, self.ledger, route, entry)
+        if record is None or record.state is not FileState.claimed:
+            return record
+        self.health.unmatched.labels(route.name, "reject").inc()
+        return self.ledger.transition(
+            record.id,
+            FileState.settling,
+            expect=FileState.claimed,
+            outcome=Outcome.rejected,
+            reason=f"the name does not fit the route's pattern {route.pattern}",
+            details=with_details(record, unmatched={"pattern": route.pattern}),
         )
 
     async def drive(self, record: FileRecord) -> None:
@@ -271,7 +289,7 @@ class Pipeline:
 
     async def _parked_receipt(self, record: FileRecord) -> None:
         try:
-            await write_parked_receipt(self.source, record)
+            await write_parked_receipt(self.source, record, self._route(record).receipt_language)
         except TransientError as exc:
             log.warning("file.receipt_failed", error=str(exc))
 
@@ -303,7 +321,12 @@ class Pipeline:
                     recheck_s=self.settings.isales.reconcile_recheck_s,
                 )
             case FileState.settling:
-                return await settle(self.source, self.ledger, record)
+                return await settle(
+                    self.source,
+                    self.ledger,
+                    record,
+                    language=self._route(record).receipt_language,
+                )
         raise AssertionError(f"no step for state {record.state}")
 
     async def _check_and_submit(self, record: FileRecord) -> FileRecord:
@@ -419,6 +442,6 @@ class Pipeline:
             # A verdict on the whole file says itself; row problems are counted.
             reason=whole[0]
             if report.is_unreadable and whole
-            else f"{errors} problem{'s' if errors != 1 else ''} found in the file",
+            else f"{errors} error{'s' if errors != 1 else ''} found in the file",
             details=details,
         )

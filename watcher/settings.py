@@ -9,13 +9,22 @@ import re
 import tomllib
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from watcher.errors import ConfigError
+from watcher.language import Language, language_of
 
 __all__ = (
     "DEFAULT_CONFIG",
@@ -332,6 +341,18 @@ class RouteSettings(_Section):
     duplicate_numbers_are_errors: bool = False  # the same calledNo on several rows
     # What makes a file a duplicate of an earlier import: the same data rows, the same bytes.
     duplicates: Literal["rows", "bytes", "off"] = "rows"
+    receipt_language: Annotated[Language, BeforeValidator(language_of)] = Field(
+        default="en",
+        description='The language of the .result.txt receipts: "en" or "zh_CN" (also "zh-CN"). '
+        "The .result.json receipt keeps English keys and codes.",
+    )
+    unmatched: Literal["reject", "ignore"] = Field(
+        default="reject",
+        description="A file in the inbox whose name does not fit `pattern` (and is not a "
+        'temporary name): "reject" moves it to rejected/ with a receipt that says what the '
+        'inbox takes, once it has stopped changing; "ignore" leaves it where it is. Counted '
+        "in isales_watcher_unmatched_files_total either way.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
