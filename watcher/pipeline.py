@@ -23,7 +23,7 @@ from watcher.errors import (
     WatcherError,
     WorkbookRejected,
 )
-from watcher.gate import ZipVerdict
+from watcher.gate import ZipVerdict, is_candidate
 from watcher.health import Health
 from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger
@@ -130,11 +130,12 @@ class Pipeline:
     async def intake_unmatched(self, route: RouteSettings, entry: RemoteEntry) -> FileRecord | None:
         """Claim a settled file whose name the route does not take, to answer it in rejected/.
 
-        Claimed like any other file, so that it is never handled twice; nothing reads it.
+        Claimed like any other file, so that it is never handled twice; its claimed step
+        (:meth:`_answer_unmatched`) decides from the name, after a restart too. Nothing reads it.
         """
-        record = await claim(self.source, self.ledger, route, entry)
-        if record is None or record.state is not FileState.claimed:
-            return record
+        return await claim(self.source, self.ledger, route, entry)
+
+    def _answer_unmatched(self, record: FileRecord, route: RouteSettings) -> FileRecord:
         self.health.unmatched.labels(route.name, "reject").inc()
         return self.ledger.transition(
             record.id,
@@ -331,6 +332,8 @@ class Pipeline:
 
     async def _check_and_submit(self, record: FileRecord) -> FileRecord:
         route = self._route(record)
+        if not is_candidate(record.name, route.pattern):
+            return self._answer_unmatched(record, route)
         local = self.work_dir / f"{record.id}.xlsx"
         try:
             async with self._slots:
