@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint format clean image base-image
+.PHONY: install demo test lint format messages clean image base-image
 
 # Container images (deploy/): podman, or docker when podman is missing.
 ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
@@ -40,6 +40,16 @@ lint: install
 format: install
 	$(PY) -m ruff check --fix watcher tests $(wildcard bench)
 	$(PY) -m ruff format watcher
+
+# The receipts' message catalogs: extract the marked messages, merge them into each language's
+# .po (translate what is new there), and compile the .mo that the package ships. A unit test
+# fails while a message lacks a translation or a .mo differs from its .po.
+messages: install
+	mkdir -p build
+	$(VENV)/bin/pybabel extract --no-location --omit-header --sort-output -o build/watcher.pot watcher
+	$(VENV)/bin/pybabel update --no-fuzzy-matching --ignore-obsolete --ignore-pot-creation-date --width 100 \
+		-i build/watcher.pot -d watcher/locale -D watcher
+	$(VENV)/bin/pybabel compile --statistics -d watcher/locale -D watcher
 
 # The wheels are built here, on the host: the watcher's build needs no network at all. The SFTP
 # server's may (apt-get, on a stock Debian base): the host's network, no bridge, no NAT rules.

@@ -8,7 +8,7 @@ import posixpath
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -23,7 +23,15 @@ from watcher.errors import (
     TransientError,
     WatcherError,
 )
-from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
+from watcher.gate import (
+    TAIL_BYTES,
+    Name,
+    SeenOnce,
+    StabilityGate,
+    ZipVerdict,
+    check_zip,
+    sort_name,
+)
 from watcher.health import Health
 from watcher.isales.client import IsalesClient, choose_server
 from watcher.ledger import Ledger, StateLock, utc_now
@@ -45,6 +53,8 @@ _MAX_BACKOFF_S = 300.0
 _MAX_CLAIM_ATTEMPTS = 3
 _ACCESS_RECHECK_S = 30.0
 _T = TypeVar("_T")
+# What the watch loop takes a file as: a list the gate judged, or a name the route does not take.
+_Ready = ZipVerdict | Literal[Name.unmatched]
 
 
 class _StopRequestedError(Exception):
@@ -77,6 +87,7 @@ class Daemon:
         self._settling: set[str] = set()  # inboxes with a file still settling: list afresh
         self._listings = Listings(self._source, full_every=settings.daemon.full_listing_every)
         self._refusals: dict[str, tuple[RemoteEntry, int]] = {}
+        self._ignored = SeenOnce()  # unmatched files left alone, each counted once
         self._recheck_in_s = settings.daemon.poll_interval_s
         self._odd_folders: set[str] = set()
         self._control: ControlServer | None = None
@@ -424,43 +435,62 @@ class Daemon:
         self._settling.discard(inbox)
         keys = [posixpath.join(inbox, entry.name) for entry in entries]
         self._gate.retain(keys, inbox + "/")
+        self._ignored.retain(keys, inbox + "/")
         taken = 0
         room = self._room(inbox)
         # Oldest first, and a bounded number of claims per pass: a folder of 100,000 files is
         # worked through in order instead of all at once.
         ordered = sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime)
         for index, (key, entry) in enumerate(ordered):
-            if key in self._busy or not is_candidate(entry.name, route.pattern):
-                continue
-            if self._is_refused(key, entry):
-                continue
-            self._settling.add(inbox)  # a candidate still here: list afresh next time
             if taken >= room:
                 # The daemon has enough in hand: the rest waits in the inbox, unclaimed.
-                rest = ordered[index:]
-                return 0 if taken else sum(is_candidate(e.name, route.pattern) for _, e in rest)
-            unchanged_s = self._gate.observe(key, entry)
-            settle_s = self.settings.daemon.settle_s
-            if unchanged_s <= 0 or unchanged_s < settle_s:
-                # Come back as soon as it may be settled, not a whole poll interval later.
-                self._recheck_in_s = min(self._recheck_in_s, max(0.2, settle_s - unchanged_s))
-                continue
-            verdict = await self._probe_contained(key, entry)
-            if verdict is None:
-                continue
-            if (
-                verdict is ZipVerdict.incomplete
-                and unchanged_s < self.settings.daemon.incomplete_timeout_s
-            ):
+                waiting = sum(self._waits(route, k, e) for k, e in ordered[index:])
+                if waiting:
+                    self._settling.add(inbox)  # seen afresh when room comes, never from memory
+                return 0 if taken else waiting
+            ready = await self._ready(route, key, entry)
+            if ready is None:
                 continue
             self._busy.add(key)
             self._held.add(key)
-            self._spawn(self._take(pipeline, route, entry, key, verdict))
+            self._spawn(self._take(pipeline, route, entry, key, ready))
             taken += 1
             if taken >= self.settings.daemon.max_claims_per_poll:
                 self._recheck_in_s = min(self._recheck_in_s, 0.2)  # the rest: right after
                 break
         return 0
+
+    def _waits(self, route: RouteSettings, key: str, entry: RemoteEntry) -> bool:
+        """Whether a listed file is one to take, now or later (not ours, not left alone)."""
+        name = sort_name(entry.name, route.pattern)
+        if key in self._busy or name is Name.ignored or self._is_refused(key, entry):
+            return False
+        if name is Name.unmatched and route.unmatched == "ignore":
+            if self._ignored.is_new(key, entry):
+                self.health.unmatched.labels(route.name, "ignore").inc()
+            return False
+        return True
+
+    async def _ready(self, route: RouteSettings, key: str, entry: RemoteEntry) -> _Ready | None:
+        """Whether to take a listed file now, and as what; None: leave it (for now)."""
+        if not self._waits(route, key, entry):
+            return None
+        self._settling.add(route.inbox_path)  # a file still here to take: list afresh next time
+        name = sort_name(entry.name, route.pattern)
+        unchanged_s = self._gate.observe(key, entry)
+        settle_s = self.settings.daemon.settle_s
+        if unchanged_s <= 0 or unchanged_s < settle_s:
+            # Come back as soon as it may be settled, not a whole poll interval later.
+            self._recheck_in_s = min(self._recheck_in_s, max(0.2, settle_s - unchanged_s))
+            return None
+        if name is Name.unmatched:
+            return Name.unmatched  # settled; what it holds does not matter
+        verdict = await self._probe_contained(key, entry)
+        if verdict is ZipVerdict.incomplete and (
+            unchanged_s < self.settings.daemon.incomplete_timeout_s
+        ):
+            return None
+        return verdict
 
     def _room(self, inbox: str) -> int:
         """How many more files this daemon may claim now from ``inbox`` (``max_in_flight``).
@@ -515,10 +545,13 @@ class Daemon:
         route: RouteSettings,
         entry: RemoteEntry,
         key: str,
-        verdict: ZipVerdict,
+        verdict: _Ready,
     ) -> None:
         try:
-            record = await pipeline.intake(route, entry, verdict)
+            if verdict is Name.unmatched:
+                record = await pipeline.intake_unmatched(route, entry)
+            else:
+                record = await pipeline.intake(route, entry, verdict)
         except SourceRefusedError as exc:
             self._count_refusal(key, entry, str(exc))
             return

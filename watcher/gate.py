@@ -11,10 +11,21 @@ from enum import StrEnum
 
 from watcher.models import RemoteEntry
 
-__all__ = ("TAIL_BYTES", "StabilityGate", "ZipVerdict", "check_zip", "is_candidate")
+__all__ = (
+    "RECEIPT_SUFFIXES",
+    "TAIL_BYTES",
+    "Name",
+    "SeenOnce",
+    "StabilityGate",
+    "ZipVerdict",
+    "check_zip",
+    "is_candidate",
+    "sort_name",
+)
 
 _TEMPORARY_PREFIXES = (".", "~$")
 _TEMPORARY_SUFFIXES = (".part", ".filepart", ".partial", ".tmp", ".writing", ".crdownload")
+RECEIPT_SUFFIXES = (".result.json", ".result.txt")  # settle writes them beside a file
 _LOCAL_HEADER = b"PK\x03\x04"
 _EMPTY_ZIP = b"PK\x05\x06"
 _OLE = bytes.fromhex("d0cf11e0a1b11ae1")
@@ -25,12 +36,34 @@ _EOCD_BYTES = 22
 TAIL_BYTES = _EOCD_BYTES + 0xFFFF
 
 
+class Name(StrEnum):
+    """What a name in an inbox is to the route."""
+
+    candidate = "candidate"  # fits the pattern: a list to import
+    unmatched = "unmatched"  # a file the route does not take: answered in rejected/, or ignored
+    ignored = "ignored"  # a temporary name, or a file of the daemon's own: never touched
+
+
+def sort_name(name: str, pattern: str) -> Name:
+    """What ``name`` is to a route with ``pattern``.
+
+    Temporary names (uploads in progress, Office lock files, and the dotfiles the daemon itself
+    writes: its lease, access probes, receipts being written) are never touched, nor are
+    receipts, whatever brought one into an inbox.
+    """
+    lowered = name.lower()
+    if (
+        lowered.startswith(_TEMPORARY_PREFIXES)
+        or lowered.endswith(_TEMPORARY_SUFFIXES)
+        or lowered.endswith(RECEIPT_SUFFIXES)
+    ):
+        return Name.ignored
+    return Name.candidate if fnmatch.fnmatchcase(lowered, pattern.lower()) else Name.unmatched
+
+
 def is_candidate(name: str, pattern: str) -> bool:
     """Whether a name is one the route imports: it fits ``pattern`` and is not a temporary name."""
-    lowered = name.lower()
-    if lowered.startswith(_TEMPORARY_PREFIXES) or lowered.endswith(_TEMPORARY_SUFFIXES):
-        return False
-    return fnmatch.fnmatchcase(lowered, pattern.lower())
+    return sort_name(name, pattern) is Name.candidate
 
 
 class ZipVerdict(StrEnum):
@@ -110,6 +143,26 @@ class StabilityGate:
 
     def forget(self, key: str) -> None:
         self._seen.pop(key, None)
+
+    def retain(self, keys: Iterable[str], prefix: str) -> None:
+        """Forget files under ``prefix`` that are no longer listed."""
+        keep = set(keys)
+        for key in [k for k in self._seen if k.startswith(prefix) and k not in keep]:
+            del self._seen[key]
+
+
+class SeenOnce:
+    """Remembers file versions already counted (an unmatched file left alone), per listing."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, RemoteEntry] = {}
+
+    def is_new(self, key: str, entry: RemoteEntry) -> bool:
+        """True the first time this version of ``key`` is seen; a changed file is new again."""
+        if self._seen.get(key) == entry:
+            return False
+        self._seen[key] = entry
+        return True
 
     def retain(self, keys: Iterable[str], prefix: str) -> None:
         """Forget files under ``prefix`` that are no longer listed."""

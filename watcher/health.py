@@ -105,6 +105,13 @@ class Health:
             ["state"],
             registry=self.registry,
         )
+        self.unmatched = Counter(
+            "isales_watcher_unmatched_files_total",
+            "Files in an inbox whose name does not fit the route's pattern, by what was done: "
+            "reject (answered in rejected/) or ignore (left alone)",
+            ["route", "action"],
+            registry=self.registry,
+        )
         Gauge(
             "isales_watcher_build_info",
             "The running version (the value is always 1)",

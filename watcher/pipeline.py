@@ -24,7 +24,7 @@ from watcher.errors import (
     WatcherError,
     WorkbookRejected,
 )
-from watcher.gate import ZipVerdict
+from watcher.gate import ZipVerdict, is_candidate
 from watcher.health import Health
 from watcher.isales.client import IsalesClient
 from watcher.ledger import Ledger
@@ -54,7 +54,7 @@ GATE_REASONS = {
     ),
 }
 _GATE_KINDS = {  # the problem kind whose advice the receipt gives
-    ZipVerdict.incomplete: "unreadable",
+    ZipVerdict.incomplete: "truncated",
     ZipVerdict.not_zip: "not_xlsx",
     ZipVerdict.old_excel: "old_xls",
 }
@@ -130,6 +130,25 @@ class Pipeline:
             )
         except StateChangedError as exc:
             return self._yield_to_operator(exc)
+
+    async def intake_unmatched(self, route: RouteSettings, entry: RemoteEntry) -> FileRecord | None:
+        """Claim a settled file whose name the route does not take, to answer it in rejected/.
+
+        Claimed like any other file, so that it is never handled twice; its claimed step
+        (:meth:`_answer_unmatched`) decides from the name, after a restart too. Nothing reads it.
+        """
+        return await claim(self.source, self.ledger, route, entry)
+
+    def _answer_unmatched(self, record: FileRecord, route: RouteSettings) -> FileRecord:
+        self.health.unmatched.labels(route.name, "reject").inc()
+        return self.ledger.transition(
+            record.id,
+            FileState.settling,
+            expect=FileState.claimed,
+            outcome=Outcome.rejected,
+            reason=f"the name does not fit the route's pattern {route.pattern}",
+            details=with_details(record, unmatched={"pattern": route.pattern}),
+        )
 
     async def drive(self, record: FileRecord) -> None:
         """Advance a row until it is terminal, or until the daemon stops (it resumes later)."""
@@ -298,7 +317,7 @@ class Pipeline:
 
     async def _parked_receipt(self, record: FileRecord) -> None:
         try:
-            await write_parked_receipt(self.source, record)
+            await write_parked_receipt(self.source, record, self._route(record).receipt_language)
         except TransientError as exc:
             log.warning("file.receipt_failed", error=str(exc))
 
@@ -330,11 +349,18 @@ class Pipeline:
                     recheck_s=self.settings.isales.reconcile_recheck_s,
                 )
             case FileState.settling:
-                return await settle(self.source, self.ledger, record)
+                return await settle(
+                    self.source,
+                    self.ledger,
+                    record,
+                    language=self._route(record).receipt_language,
+                )
         raise AssertionError(f"no step for state {record.state}")
 
     async def _check_and_submit(self, record: FileRecord) -> FileRecord:
         route = self._route(record)
+        if not is_candidate(record.name, route.pattern):
+            return self._answer_unmatched(record, route)
         local = self.work_dir / f"{record.id}.xlsx"
         try:
             async with self._slots:
@@ -448,6 +474,6 @@ class Pipeline:
             # A verdict on the whole file says itself; row problems are counted.
             reason=whole[0]
             if report.is_unreadable and whole
-            else f"{errors} problem{'s' if errors != 1 else ''} found in the file",
+            else f"{errors} error{'s' if errors != 1 else ''} found in the file",
             details=details,
         )

@@ -9,13 +9,22 @@ import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta, timezone
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from watcher.config_layers import Layers, explain, read_layers
 from watcher.errors import ConfigError
+from watcher.language import Language, language_of
 
 __all__ = (
     "DEFAULT_CONFIG",
@@ -497,6 +506,18 @@ class RouteSettings(_Section):
         default="rows",
         description='What makes a file a duplicate of an earlier import: "rows" (the same data '
         'rows, however re-saved), "bytes" (the same file), "off".',
+    )
+    receipt_language: Annotated[Language, BeforeValidator(language_of)] = Field(
+        default="en",
+        description='The language of the .result.txt receipts: "en" or "zh_CN" (also "zh-CN"). '
+        "The .result.json receipt keeps English keys and codes.",
+    )
+    unmatched: Literal["reject", "ignore"] = Field(
+        default="reject",
+        description="A file in the inbox whose name does not fit `pattern` (and is not a "
+        'temporary name): "reject" moves it to rejected/ with a receipt that says what the '
+        'inbox takes, once it has stopped changing; "ignore" leaves it where it is. Counted '
+        "in isales_watcher_unmatched_files_total either way.",
     )
 
     @model_validator(mode="after")

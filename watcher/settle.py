@@ -10,6 +10,8 @@ import posixpath
 import structlog
 
 from watcher.errors import ClaimConflictError, FileGoneError
+from watcher.gate import RECEIPT_SUFFIXES
+from watcher.language import Language
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, Outcome
 from watcher.receipt import receipt_json, receipt_text
@@ -25,7 +27,6 @@ __all__ = (
 )
 
 _NAME_MAX = 255  # bytes in one file name, on every file system the daemon meets
-_SUFFIXES = (".result.json", ".result.txt")
 
 
 def fit_name(name: str, suffix: str = "") -> str:
@@ -46,7 +47,7 @@ def fit_name(name: str, suffix: str = "") -> str:
 def receipt_paths(path: str) -> tuple[str, str]:
     """Where the JSON and the text receipt of the file at ``path`` go."""
     folder, name = posixpath.split(path)
-    json_path, text_path = (posixpath.join(folder, fit_name(name, s)) for s in _SUFFIXES)
+    json_path, text_path = (posixpath.join(folder, fit_name(name, s)) for s in RECEIPT_SUFFIXES)
     return json_path, text_path
 
 
@@ -65,26 +66,23 @@ def _is_shortened(json_path: str, beside: str) -> bool:
     return posixpath.basename(json_path) != posixpath.basename(beside) + ".result.json"
 
 
-def _text(record: FileRecord, shortened: bool) -> str:
-    text = receipt_text(record)
-    if shortened:
-        text += "(The file's name is too long for a receipt name; this receipt's name is cut.)\n"
-    return text
-
-
-async def _write_receipts(source: Source, record: FileRecord, beside: str) -> None:
+async def _write_receipts(
+    source: Source, record: FileRecord, beside: str, language: Language
+) -> None:
     """Both receipts beside ``beside``; the text one last: when a person sees it, all is there."""
     json_path, text_path = receipt_paths(beside)
-    body = receipt_json(record)
-    if _is_shortened(json_path, beside):
+    body = receipt_json(record, language)
+    shortened = _is_shortened(json_path, beside)
+    if shortened:
         body["receipt_name_shortened"] = True
     await source.write_file(
         json_path, json.dumps(body, indent=2, ensure_ascii=False).encode() + b"\n"
     )
-    await source.write_file(text_path, _text(record, "receipt_name_shortened" in body).encode())
+    text = receipt_text(record, language, name_shortened=shortened)
+    await source.write_file(text_path, text.encode())
 
 
-def written_receipt_text(record: FileRecord) -> str | None:
+def written_receipt_text(record: FileRecord, language: Language = "en") -> str | None:
     """The text receipt written for a settled or uncertain row, rebuilt from the row by the
     same function (the same text); None for a row that has none."""
     if record.state is FileState.uncertain:
@@ -93,11 +91,17 @@ def written_receipt_text(record: FileRecord) -> str | None:
         beside = record.settled_path
     else:
         return None
-    return _text(record, _is_shortened(receipt_paths(beside)[0], beside))
+    shortened = _is_shortened(receipt_paths(beside)[0], beside)
+    return receipt_text(record, language, name_shortened=shortened)
 
 
-async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileRecord:
-    """Finish a row in ``settling``: the file lands beside its receipts, never over another file."""
+async def settle(
+    source: Source, ledger: Ledger, record: FileRecord, *, language: Language = "en"
+) -> FileRecord:
+    """Finish a row in ``settling``: the file lands beside its receipts, never over another file.
+
+    ``language``: the route's ``receipt_language``, for the text receipt.
+    """
     assert record.outcome is not None, "settling needs an outcome"
     folder = posixpath.join(record.inbox, record.outcome.value)
     await source.makedirs(folder)
@@ -127,7 +131,7 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
             with contextlib.suppress(FileGoneError):
                 await source.remove_file(receipt)
     await source.remove_dir(record.processing_dir)
-    await _write_receipts(source, record, target)
+    await _write_receipts(source, record, target, language)
     final = FileState.done if record.outcome is Outcome.done else FileState.rejected
     record = ledger.transition(record.id, final, expect=FileState.settling)
     log.info(
@@ -144,9 +148,11 @@ async def settle(source: Source, ledger: Ledger, record: FileRecord) -> FileReco
     return record
 
 
-async def write_parked_receipt(source: Source, record: FileRecord) -> None:
+async def write_parked_receipt(
+    source: Source, record: FileRecord, language: Language = "en"
+) -> None:
     """Write the receipts of a parked (``uncertain``) file beside it, in ``processing/<id>/``."""
-    await _write_receipts(source, record, record.processing_path)
+    await _write_receipts(source, record, record.processing_path, language)
     log.warning("file.parked", file_id=record.id, file=record.name, reason=record.reason)
 
 

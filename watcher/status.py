@@ -204,4 +204,5 @@ class StatusPage:
             return None
         if record.state not in _WITH_RECEIPT:
             return None
-        return written_receipt_text(record)
+        route = self._settings.route(record.route, record.campaign_id)
+        return written_receipt_text(record, route.receipt_language if route else "en")

@@ -127,7 +127,7 @@ async def test_a_restart_while_tracking_finishes_the_tracking_without_a_second_i
     assert len(emulator.uploads) == 1
     await _run_until_settled(world, "tracked.xlsx")
     assert len(emulator.uploads) == 1
-    assert "imported 5" in world.settled("done", "tracked.xlsx.result.txt").read_text()
+    assert "5 imported" in world.settled("done", "tracked.xlsx.result.txt").read_text()
     assert _states(world.state_dir) == ["done"]
 
 

@@ -20,8 +20,8 @@ def test_the_demo_settles_both_samples(tmp_path):
     result = _demo_once(tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Inbox:" in result.stdout
-    assert "Result: IMPORTED" in result.stdout
-    assert "Result: REJECTED" in result.stdout
+    assert "IMPORTED: iSales imported this list" in result.stdout
+    assert "REJECTED: nothing from this file was imported" in result.stdout
     assert "row 3, column called" in result.stdout
     inbox = tmp_path / "sftp" / "inbox" / "demo"
     assert len(list((inbox / "done").glob("valid-*.xlsx"))) == 1
@@ -31,5 +31,5 @@ def test_the_demo_settles_both_samples(tmp_path):
     # A second run starts clean: its samples are imported, not duplicates of a gone emulator.
     again = _demo_once(tmp_path)
     assert again.returncode == 0, again.stderr
-    assert "Result: IMPORTED" in again.stdout
+    assert "IMPORTED: iSales imported this list" in again.stdout
     assert len(list((inbox / "done").glob("valid-*.xlsx"))) == 1

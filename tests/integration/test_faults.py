@@ -105,7 +105,7 @@ async def test_a_failed_import_is_rejected_with_the_server_message(
     emulator.faults.script("upload", Fault(FaultKind.fail_import, err_msg="too many columns"))
     await run_daemon(world)
     text = await drop_and_settle(world, upload, outcome="rejected")
-    assert "iSales could not import the file: too many columns" in text
+    assert "iSales says: too many columns" in text
     assert len(emulator.uploads) == 1
 
 
@@ -116,7 +116,7 @@ async def test_a_long_running_import_is_tracked_to_its_end(
     emulator.faults.script("upload", Fault(FaultKind.slow_import, delay_s=4))
     await run_daemon(world)
     text = await drop_and_settle(world, upload)
-    assert "imported 4" in text
+    assert "Rows: 4 imported" in text
     polls = [c for c in emulator.calls if "queryDataImportTask" in c.path]
     assert len(polls) >= 4
 
@@ -138,7 +138,7 @@ async def test_an_import_past_the_tracking_deadline_is_parked_then_settled_when_
     # Its task is looked at again, and when the import ends the file is settled by itself.
     receipt = world.settled("done", "slow.xlsx.result.txt")
     await wait_for(receipt.exists, 40, "slow.xlsx in done/")
-    assert "imported 3" in receipt.read_text()
+    assert "Rows: 3 imported" in receipt.read_text()
     assert not folder.exists()
     assert len(emulator.uploads) == 1
 
@@ -199,7 +199,7 @@ async def test_a_scheduled_import_is_tracked_from_its_hour(
     await wait_for(receipt.exists, 30, "later.xlsx in done/")
     text = receipt.read_text()
     assert "Scheduled import time: 02:30 server time (UTC+08:00)" in text
-    assert "imported 4" in text
+    assert "Rows: 4 imported" in text
 
 
 async def test_an_uncertain_file_is_sent_again_only_on_an_operator_s_word(

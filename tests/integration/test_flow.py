@@ -39,7 +39,7 @@ async def test_a_valid_file_is_imported_once_and_lands_in_done(
     text = world.settled("done", "list.xlsx.result.txt").read_text()
     assert "IMPORTED" in text
     assert call.task_id in text
-    assert "imported 25" in text
+    assert "Rows: 25 imported" in text
     assert list((world.inbox / "processing").iterdir()) == []
 
 
@@ -190,7 +190,8 @@ async def test_one_folder_per_campaign(make_world, run_daemon, emulator, upload)
         ("1647", "a.xlsx"),
         ("2001", "b.xlsx"),
     ]
-    assert "Campaign: 2001" in (world.inbox / "2001" / "done" / "b.xlsx.result.txt").read_text()
+    receipt = (world.inbox / "2001" / "done" / "b.xlsx.result.txt").read_text()
+    assert "Campaign 2001, route" in receipt
 
 
 async def test_the_gate_rejects_broken_files_and_ignores_temporary_names(
@@ -209,7 +210,7 @@ async def test_the_gate_rejects_broken_files_and_ignores_temporary_names(
     for name, words in (
         ("text.xlsx", "not an .xlsx workbook"),
         ("old.xlsx", "Excel 97-2003"),
-        ("cut.xlsx", "not a complete .xlsx"),
+        ("cut.xlsx", "The file is incomplete: its end is missing"),
     ):
         receipt = world.settled("rejected", f"{name}.result.txt")
         await wait_for(receipt.exists, 30, f"{name} in rejected/")

@@ -117,7 +117,8 @@ async def test_the_late_task_of_an_earlier_uncertain_file_is_not_stolen(
     assert b.state is FileState.uncertain
     assert b.import_task_id is None
     receipt = world.settled("done", "a.xlsx.result.txt").read_text()
-    assert f"IMPORTED (matched after a lost answer: task {late.task_id}" in receipt
+    assert receipt.startswith(f"IMPORTED: iSales imported this list into campaign {world.campaign}")
+    assert f"Matched after a lost answer: task {late.task_id}, begun at" in receipt
     assert "3 records = 3 rows" in receipt
     assert not (world.inbox / "processing" / a.id).exists()  # ON HOLD receipts gone with it
 

@@ -157,7 +157,7 @@ async def test_the_status_page_shows_each_file_and_the_command_that_settles_it(
     assert "ok" in seen["routes"]
     written = world.settled("rejected", f"{HOSTILE}.result.txt").read_text()
     assert seen["receipt"] == written.strip()
-    assert "Result: REJECTED" in seen["receipt"]
+    assert "REJECTED: nothing from this file was imported" in seen["receipt"]
     assert seen["phone_overflow"] == 0
 
     # The command on the page is the one to run: pasted (with a reason), it works.

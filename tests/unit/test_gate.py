@@ -8,7 +8,16 @@ import zipfile
 import pytest
 
 from tests.workbooks import rows_valid, xlsxwriter_bytes
-from watcher.gate import TAIL_BYTES, StabilityGate, ZipVerdict, check_zip, is_candidate
+from watcher.gate import (
+    TAIL_BYTES,
+    Name,
+    SeenOnce,
+    StabilityGate,
+    ZipVerdict,
+    check_zip,
+    is_candidate,
+    sort_name,
+)
 from watcher.models import RemoteEntry
 
 
@@ -33,6 +42,40 @@ def verdict(data: bytes) -> ZipVerdict:
 )
 def test_candidates(name, expected):
     assert is_candidate(name, "*.xlsx") is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("calls.xlsx", Name.candidate),
+        ("list.csv", Name.unmatched),
+        ("calls.xls", Name.unmatched),
+        ("calls.XLSM", Name.unmatched),
+        ("README", Name.unmatched),
+        ("calls.xlsx.part", Name.ignored),
+        ("~$calls.xlsx", Name.ignored),
+        (".calls.csv", Name.ignored),
+        # What the daemon itself writes in an inbox: its lease, access probes, files being
+        # written; and receipts, whatever brought one there.
+        (".isales-watcher-lease.json", Name.ignored),
+        (".isales-watcher-probe-1a2b3c4d", Name.ignored),
+        (".isales-watcher-0123456789abcdef.tmp", Name.ignored),
+        ("calls.xlsx.result.txt", Name.ignored),
+        ("calls.xlsx.RESULT.JSON", Name.ignored),
+    ],
+)
+def test_names_the_route_does_not_take_are_told_from_temporary_ones(name, expected):
+    assert sort_name(name, "*.xlsx") is expected
+
+
+def test_an_unmatched_file_is_counted_once_per_version():
+    seen = SeenOnce()
+    first = RemoteEntry("list.csv", 10, 1)
+    assert seen.is_new("/in/list.csv", first)
+    assert not seen.is_new("/in/list.csv", first)
+    assert seen.is_new("/in/list.csv", RemoteEntry("list.csv", 11, 2))  # it changed
+    seen.retain([], "/in/")
+    assert seen.is_new("/in/list.csv", RemoteEntry("list.csv", 11, 2))  # gone, then back
 
 
 def test_a_complete_workbook_passes_and_every_truncation_does_not():

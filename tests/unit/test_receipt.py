@@ -33,20 +33,49 @@ def record(details: dict, outcome: Outcome = Outcome.rejected) -> FileRecord:
 
 
 def test_a_receipt_with_every_kind_of_problem_fits_one_screen():
-    report = Report()
-    for n, kind in enumerate(k for k in KINDS if KINDS[k].is_error):
+    report = Report(data_rows=500, sheet="Sheet1")
+    for n, kind in enumerate(KINDS):
         for row in range(40):
-            report.add(kind, 10 + row, "called", "x" * 80, f"problem {n}")
+            report.add(kind, 10 + n + row, "called", "x" * 80, f"problem {n}")
     text = receipt_text(record({"validation": report.as_json()}))
     lines = text.splitlines()
-    assert len(lines) <= 30
-    assert max(len(line) for line in lines) <= 160
-    assert "REJECTED" in text
-    assert "row 10, column called" in text
-    assert "Fix:" in text
+    assert len(lines) <= 40
+    assert max(len(line) for line in lines) <= 240
+    errors = sum(40 for kind in KINDS if KINDS[kind].is_error)
+    assert lines[0] == (
+        f"REJECTED: nothing from this file was imported, because it has {errors} errors."
+    )
+    assert "row 10, column called: " + "x" * 57 + "..." in text  # the excerpt is cut
+    assert "rows 10, 11, 12 and 37 more" in text
+    assert f"{len(KINDS) - 6} more kinds of problems are listed in list.xlsx.result.json." in text
     data = receipt_json(record({"validation": report.as_json()}))
+    assert data["result"] == "invalid"
     assert data["validation"]["problems"] == dict.fromkeys(report.counts, 40)
     assert len(data["validation"]["examples"]) == 20 * len(report.counts)
+
+
+def test_errors_come_before_warnings_each_labelled_and_kinds_in_row_order():
+    report = Report(data_rows=50, sheet="Calls")
+    report.add("duplicate_called_no", 7, "called", "13800138000", "", {"first_row": 3})
+    report.add("recycletime_invalid", 30, "recycleTime", "tomorrow", "")
+    report.add("calledno_invalid", 12, "called", "12-34", "")
+    report.add("calledno_invalid", 19, "called", "12-35", "")
+    lines = receipt_text(record({"validation": report.as_json()})).splitlines()
+    assert lines[0].endswith("because it has 3 errors.")
+    body = [line for line in lines if line.startswith(("Errors", "Warnings", "* "))]
+    assert body == [
+        "Errors (these must be fixed):",
+        "* 'calledNo' has characters other than digits, * and #: rows 12 and 19",
+        "* 'recycleTime' is not a real date as yyyy-mm-dd hh:mm:ss: row 30",
+        "Warnings (these alone do not stop an import):",
+        "* The same phone number appears on several rows: row 7",
+    ]
+    assert "    row 7: 13800138000, also on row 3" in lines
+    one = Report(data_rows=1, sheet="Calls")
+    one.add("called_missing", 2, "called", "", "")
+    assert receipt_text(record({"validation": one.as_json()})).startswith(
+        "REJECTED: nothing from this file was imported, because it has 1 error.\n"
+    )
 
 
 def test_an_imported_receipt_names_the_task_and_counts():
@@ -59,7 +88,8 @@ def test_an_imported_receipt_names_the_task_and_counts():
     text = receipt_text(rec)
     assert "IMPORTED" in text
     assert "T42" in text
-    assert "imported 20, duplicates 1, failed 2" in text
+    assert "Rows: 20 imported, 1 repeated, 2 failed" in text
+    assert "2 rows failed inside iSales" in text
 
 
 def test_a_name_with_control_characters_is_shown_escaped():
@@ -67,8 +97,7 @@ def test_a_name_with_control_characters_is_shown_escaped():
 
     odd = replace(record({}), name="list\nRESULT: IMPORTED\x1b[2J.xlsx")
     text = receipt_text(odd)
-    first = text.splitlines()[0]
-    assert first == "File: list\\nRESULT: IMPORTED\\x1b[2J.xlsx"
+    assert "File: list\\nRESULT: IMPORTED\\x1b[2J.xlsx" in text.splitlines()
     assert "\x1b" not in text
     assert not any(line.startswith("RESULT: IMPORTED") for line in text.splitlines())
 
@@ -77,8 +106,9 @@ def test_a_partly_imported_failure_says_so():
     failed = record({"import": {"status": "failed", "succNum": 5, "failNum": 3}})
     text = receipt_text(failed)
     assert "iSales counted 5 rows as imported" in text
-    assert "Nothing from this file was imported" not in text
-    assert "drop it into the inbox again" not in text
+    assert "nothing was imported" not in text
+    assert "drop the file into the inbox again" not in text
+    assert "isales-watcher ledger show 20261123-120000-abcdef" in text
 
 
 def test_receipt_names_fit_the_file_system_and_stay_apart():

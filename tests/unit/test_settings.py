@@ -410,3 +410,19 @@ def test_an_unknown_variable_is_warned_about_with_the_nearest_name(files, monkey
         "ISALES_WATCHER_ROUTES__0__NAME names no setting and is ignored; give "
         "ISALES_WATCHER_ROUTES the whole list instead, as a JSON array of tables",
     ]
+
+
+def test_a_route_chooses_its_receipts_language_and_what_happens_to_other_names(files):
+    route = '[[routes]]\nname = "spring"\ninbox = "/home/sftp/inbox/spring"\ncampaign_id = "1647"\n'
+    [default] = load_settings(write(files, routes=route)).routes
+    assert (default.receipt_language, default.unmatched) == ("en", "reject")
+    chosen = route + 'receipt_language = "zh-CN"\nunmatched = "ignore"\n'
+    [spring] = load_settings(write(files, routes=chosen)).routes
+    assert (spring.receipt_language, spring.unmatched) == ("zh_CN", "ignore")
+    for bad, said in (
+        ('receipt_language = "fr"', "'fr' is not a receipt language; use one of en, zh_CN"),
+        ('unmatched = "delete"', "unmatched"),
+    ):
+        with pytest.raises(ConfigError, match=said) as caught:
+            load_settings(write(files, routes=route + bad + "\n"))
+        assert "route 1 (spring)" in str(caught.value)

@@ -220,3 +220,55 @@ def test_a_closed_pipe_ends_a_command_quietly(tmp_path):
     reader.wait(timeout=30)
     assert "Traceback" not in result.stderr
     assert "BrokenPipeError" not in result.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_repeat_names_its_value_and_the_row_it_was_first_on(tmp_path, workers):
+    from watcher.validate import ValidationOptions
+
+    rows = rows_valid(400)
+    rows[299][1] = rows[1][1]  # row 301 calls the number of row 3 (across the halves)
+    rows[10][1] = '[{"calledNo":"0138001"}]'  # a leading zero is part of the number
+    rows[20][1] = '[{"calledNo":"0138001"},{"calledNo":"0138001"}]'  # twice on one row
+    rows[30][1] = rows[40][1] = '[{"calledNo":"12345#"}]'  # not only digits: a hash key
+    rows[50][1] = rows[60][1] = f'[{{"calledNo":"{"9" * 24}"}}]'  # too long for a key
+    rows[70][0] = rows[5][0]  # a sessionId again
+    path = tmp_path / "repeats.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows))
+    options = ValidationOptions(workers=workers, split_min_bytes=0)
+    report = validate_file(path, options)
+    repeats = {
+        (p.row, p.excerpt, p.params["first_row"])
+        for p in report.examples
+        if p.kind == "duplicate_called_no"
+    }
+    assert repeats == {
+        (22, "0138001", 12),
+        (42, "", 32),
+        (62, "", 52),
+        (301, rows[1][1][14:-3], 3),
+    }
+    assert report.counts["duplicate_called_no"] == 5  # the same row twice counts twice
+    [session] = [p for p in report.examples if p.kind == "duplicate_session_id"]
+    assert (session.row, session.params) == (72, {"first_row": 7})
+    assert "also called on row 3" in next(p.message for p in report.examples if p.row == 301)
+
+
+def test_the_report_names_the_sheet_and_whether_excel_hides_it(tmp_path):
+    import xlsxwriter
+
+    path = tmp_path / "hidden.xlsx"
+    book = xlsxwriter.Workbook(str(path))
+    calls = book.add_worksheet("Calls")
+    book.add_worksheet("Summary").activate()
+    calls.hide()
+    calls.write_row(0, 0, HEADER)
+    for number, row in enumerate(rows_valid(3), start=1):
+        calls.write_row(number, 0, row)
+    book.close()
+    report = validate_file(path)
+    assert (report.sheet, report.sheet_hidden, report.other_sheets) == ("Calls", True, ["Summary"])
+    assert report.as_json()["sheet_hidden"] is True
+    plain = tmp_path / "plain.xlsx"
+    plain.write_bytes(xlsxwriter_bytes(rows_valid(3)))
+    assert validate_file(plain).sheet_hidden is False

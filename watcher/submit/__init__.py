@@ -36,7 +36,15 @@ log = structlog.get_logger(__name__)
 
 _MAX_PAGES = 50
 _PAGE = 100  # queryDataImportTask's largest page
-_PER_SUBMISSION = ("submission", "reconciliation", "schedule", "scheduled_at")
+_PER_SUBMISSION = (
+    "submission",
+    "reconciliation",
+    "schedule",
+    "schedule_time",
+    "schedule_zone",
+    "schedule_zone_assumed",
+    "scheduled_at",
+)
 _MAX_RECHECK_S = 3600.0
 
 
@@ -132,6 +140,7 @@ async def submit(
             expect=FileState.submitting,
             outcome=Outcome.rejected,
             reason=f"iSales refused the import: {exc}",
+            details=with_details(record, refused={"code": exc.code, "message": str(exc)}),
         )
     except ApiAmbiguousError as exc:
         log.warning("file.submit_ambiguous", file_id=record.id, error=str(exc))
@@ -151,7 +160,9 @@ async def submit(
     return record
 
 
-def _schedule(client: IsalesClient, submitted_at: str, route: RouteSettings) -> dict[str, str]:
+def _schedule(
+    client: IsalesClient, submitted_at: str, route: RouteSettings
+) -> dict[str, str | bool]:
     """What the receipt and the tracking deadline need to know of a scheduled import."""
     if route.hour_minute is None or route.schedule is None:
         return {}
@@ -166,6 +177,10 @@ def _schedule(client: IsalesClient, submitted_at: str, route: RouteSettings) -> 
     zone_name = f"UTC{'+' if offset >= timedelta(0) else '-'}{abs(hours):02d}:{rest // 60:02d}"
     return {
         "schedule": f"{route.schedule} server time ({zone_name}{'' if zone else ', assumed'})",
+        # The same in parts, for receipts in other languages.
+        "schedule_time": route.schedule,
+        "schedule_zone": zone_name,
+        "schedule_zone_assumed": zone is None,
         "scheduled_at": at.isoformat(),
     }
 

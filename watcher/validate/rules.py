@@ -82,12 +82,33 @@ def _parse_called(text: str) -> Any:
     return json.loads(text.replace("'", '"'))
 
 
+_DIGITS_KEPT = 18  # "1" and 18 digits, doubled, still fit a signed 64-bit integer
+_MASK_64 = (1 << 64) - 1
+
+
+def _key(value: str) -> int:
+    """A 64-bit key for ``value``: the digits themselves when they fit, else a hash.
+
+    Odd keys hold their digits (a leading 1 keeps leading zeros), so the receipt can name a
+    repeated phone number; even keys are hashes.
+    """
+    if len(value) <= _DIGITS_KEPT and value.isascii() and value.isdecimal():
+        return int("1" + value) << 1 | 1
+    folded = (hash(value) << 1) & _MASK_64
+    return folded - (1 << 64) if folded >> 63 else folded
+
+
+def _shown(key: int) -> str:
+    """The value an odd key holds; an empty string for a hash."""
+    return str(key >> 1)[1:] if key & 1 else ""
+
+
 class _Repeats:
     """Finds values that occur on more than one row, in 12 bytes per value.
 
-    A set of 500,000 strings would cost 50 MB. The hashes and row numbers are kept in arrays
-    instead; at the end a 2 MB bitmap of the hashes picks the few candidates, and only those
-    are compared exactly.
+    A set of 500,000 strings would cost 50 MB. The keys (:func:`_key`) and row numbers are kept
+    in arrays instead; at the end a 2 MB bitmap of the keys picks the few candidates, and only
+    those are compared exactly.
     """
 
     _BITS = 1 << 24
@@ -97,7 +118,7 @@ class _Repeats:
         self._rows = array("i")
 
     def add(self, row: int, value: str) -> None:
-        self._hashes.append(hash(value))
+        self._hashes.append(_key(value))
         self._rows.append(row)
 
     def export(self) -> tuple[array[int], array[int]]:
@@ -107,25 +128,31 @@ class _Repeats:
         self._hashes.extend(state[0])
         self._rows.extend(state[1])
 
-    def repeats(self) -> list[int]:
-        """Rows whose value already appeared on an earlier row, in row order."""
+    def _candidates(self) -> set[int]:
         bitmap = bytearray(self._BITS >> 3)
         mask = self._BITS - 1
         candidates = set()
         for value in self._hashes:
-            bit = value & mask
+            bit = (value >> 1) & mask
             if bitmap[bit >> 3] & (1 << (bit & 7)):
                 candidates.add(value)
             else:
                 bitmap[bit >> 3] |= 1 << (bit & 7)
-        seen: set[int] = set()
+        return candidates
+
+    def repeats(self) -> list[tuple[int, int, str]]:
+        """Rows whose value already appeared on an earlier row, in row order: each with the
+        row it was first seen on and the value when its key holds it."""
+        candidates = self._candidates()
+        first: dict[int, int] = {}
         found = []
         for value, row in zip(self._hashes, self._rows, strict=True):
             if value in candidates:
-                if value in seen:
-                    found.append(row)
+                seen = first.get(value)
+                if seen is None:
+                    first[value] = row
                 else:
-                    seen.add(value)
+                    found.append((row, seen, _shown(value)))
         return sorted(found)
 
 
@@ -183,21 +210,24 @@ class RowChecker:
 
     def finish(self) -> None:
         """Report the values repeated across rows (kept for the end to save memory)."""
-        for row in self._session_ids.repeats():
+        for row, first, session_id in self._session_ids.repeats():
             self.report.add(
                 "duplicate_session_id",
                 row,
                 "sessionId",
-                "",
-                "this sessionId is also used on an earlier row",
+                session_id,
+                f"this sessionId is also used on row {first}",
+                {"first_row": first},
             )
-        for row in self._numbers.repeats():
+        for row, first, number in self._numbers.repeats():
+            said = f"the number {number}" if number else "a number of this row"
             self.report.add(
                 "duplicate_called_no",
                 row,
                 "called",
-                "",
-                "a number of this row is also called on an earlier row",
+                number,
+                f"{said} is also called on row {first}",
+                {"first_row": first},
             )
 
     def _add(self, kind: str, row: int, column: str, value: Any, message: str) -> None:

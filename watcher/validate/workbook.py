@@ -233,6 +233,13 @@ def _should_split(reader: SheetReader, options: ValidationOptions) -> bool:
     )
 
 
+def _name_sheet(report: Report, reader: SheetReader) -> None:
+    """Which sheet was checked, whether Excel hides it, and which others the workbook has."""
+    report.sheet = reader.sheet_name
+    report.sheet_hidden = reader.sheet_hidden
+    report.other_sheets = list(reader.other_sheets)
+
+
 def validate_file(
     path: str | Path,
     options: ValidationOptions | None = None,
@@ -262,7 +269,7 @@ def validate_file(
     except _DAMAGED as exc:
         report.add("unreadable", None, None, "", f"the workbook is damaged: {exc}")
         return report
-    report.sheet = reader.sheet_name
+    _name_sheet(report, reader)
     try:
         if _should_split(reader, options):
             try:
@@ -270,10 +277,9 @@ def validate_file(
                 return report
             except FastPathUnsupported:
                 report = Report(
-                    examples_per_kind=options.examples_per_kind,
-                    promoted=options.promoted_kinds,
-                    sheet=reader.sheet_name,
+                    examples_per_kind=options.examples_per_kind, promoted=options.promoted_kinds
                 )
+                _name_sheet(report, reader)
         check_rows(
             reader.rows(),
             report,

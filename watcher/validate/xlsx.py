@@ -180,7 +180,8 @@ class SheetReader:
         self.span = (0, 0)  # the first and last row numbers the last fast pass met
         self._progress = progress
         self._zip = self._open(path)
-        self.sheet_name, self._part, self.other_sheets, self._date1904 = self._first_sheet()
+        first = self._first_sheet()
+        self.sheet_name, self._part, self.other_sheets, self._date1904, self.sheet_hidden = first
         self._date_styles = self._read_date_styles()
         self._strings: SharedStrings | None = None
         self._slots: list[int] | None = None  # the kept columns: a slot per column, or -1
@@ -315,25 +316,27 @@ class SheetReader:
                 parts.append(piece)
         return "/".join(parts)
 
-    def _first_sheet(self) -> tuple[str, str, list[str], bool]:
+    def _first_sheet(self) -> tuple[str, str, list[str], bool, bool]:
         # Read whole as trees: small parts in every real workbook, capped well below what a
         # tree of them could cost (a tree takes ~30 times its XML).
         workbook = self._xml("xl/workbook.xml", 5_000_000)
         rels = self._xml("xl/_rels/workbook.xml.rels", 1_000_000)
         targets = {rel.get("Id"): rel.get("Target", "") for rel in rels}
+        listed = list(workbook.iter(f"{{{MAIN}}}sheet"))
         sheets = [
-            (sheet.get("name", "?"), targets.get(sheet.get(f"{{{_REL}}}id")))
-            for sheet in workbook.iter(f"{{{MAIN}}}sheet")
+            (sheet.get("name", "?"), targets.get(sheet.get(f"{{{_REL}}}id"))) for sheet in listed
         ]
         if not sheets or sheets[0][1] is None:
             raise WorkbookRejected("unreadable", "the workbook lists no worksheet")
+        # iSales reads the first sheet even when Excel hides it: the receipt must say so.
+        hidden = listed[0].get("state") in ("hidden", "veryHidden")
         properties = workbook.find(f"{{{MAIN}}}workbookPr")
         date1904 = properties is not None and properties.get("date1904") in ("1", "true")
         name, target = sheets[0]
         part = self._member(str(target))
         if part not in self._zip.NameToInfo:
             raise WorkbookRejected("unreadable", f"the first sheet's part {part} is missing")
-        return name, part, [n for n, _ in sheets[1:]], date1904
+        return name, part, [n for n, _ in sheets[1:]], date1904, hidden
 
     def _read_date_styles(self) -> frozenset[int]:
         if "xl/styles.xml" not in self._zip.NameToInfo:
