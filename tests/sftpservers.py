@@ -14,6 +14,7 @@ import grp
 import os
 import posixpath
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -22,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -351,3 +352,49 @@ Trace sftp:8
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(5)
+
+
+# --- OpenSSH's own count of SFTP requests ---------------------------------------------------
+
+SFTP_SERVER_BINARY = Path("/usr/lib/openssh/sftp-server")
+_REQUEST = re.compile(r"^debug\d: request (\d+): (?!sent)(\S+)")
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+@dataclass
+class Request:
+    """One SFTP request as OpenSSH's sftp-server logged it, with the paths it names."""
+
+    op: str
+    paths: list[str] = field(default_factory=list)
+
+
+def requests_of(log: Path) -> list[Request]:
+    """Every request of one session (``sftp-server -l DEBUG3`` writes one line per request)."""
+    found: list[Request] = []
+    for line in log.read_text(errors="replace").splitlines():
+        started = _REQUEST.match(line)
+        if started:
+            found.append(Request(started.group(2)))
+        if found:
+            found[-1].paths.extend(_QUOTED.findall(line))
+    return found
+
+
+def session_logs(server: Sshd) -> list[Path]:
+    """The request logs of a :func:`counting_sshd_at` server, one per SFTP session."""
+    return sorted((server.root.parent / "sessions").glob("sftp.*.log"))
+
+
+@contextmanager
+def counting_sshd_at(folder: Path) -> Iterator[Sshd]:
+    """An sshd whose SFTP server logs every request, to a file of its own per session."""
+    require(str(SFTP_SERVER_BINARY), "openssh-server")
+    logs = folder / "sessions"
+    logs.mkdir(parents=True)
+    wrapper = folder / "sftp-logged"
+    server = f"exec {SFTP_SERVER_BINARY} -e -l DEBUG3"
+    wrapper.write_text(f'#!/bin/sh\n{server} 2>"{logs}/sftp.$$.log"\n')
+    wrapper.chmod(0o755)
+    with running_sshd(folder, subsystem=str(wrapper)) as sshd:
+        yield sshd

@@ -11,64 +11,32 @@ import asyncio
 import hashlib
 import os
 import re
-import shutil
-import stat
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import settled_as, wait_for
-from tests.sftpservers import Sshd, running_sshd
+from tests.sftpservers import Request, Sshd, counting_sshd_at, requests_of, session_logs
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.ledger import Ledger
 from watcher.sources.sftp import SftpSource
 
-SFTP_SERVER = Path("/usr/lib/openssh/sftp-server")
-_REQUEST = re.compile(r"^debug\d: request (\d+): (?!sent)(\S+)")
-_QUOTED = re.compile(r'"([^"]*)"')
 # Per file: probe, claim, download, settle, two receipts (issue 10).
 MAX_REQUESTS_PER_FILE = 24
-
-
-@dataclass
-class Request:
-    op: str
-    paths: list[str] = field(default_factory=list)
-
-
-def requests_of(log: Path) -> list[Request]:
-    """Every request of one session, with the paths its log lines name."""
-    found: list[Request] = []
-    for line in log.read_text(errors="replace").splitlines():
-        started = _REQUEST.match(line)
-        if started:
-            found.append(Request(started.group(2)))
-        if found:
-            found[-1].paths.extend(_QUOTED.findall(line))
-    return found
 
 
 @pytest.fixture(scope="module")
 def counting_sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
     """An sshd whose SFTP server writes every request to a log of its own, one per session."""
-    if not SFTP_SERVER.exists():
-        pytest.fail("missing for this test: apt-get install openssh-server (sftp-server)")
-    folder = tmp_path_factory.mktemp("counting-sshd")
-    logs = folder / "sessions"
-    logs.mkdir()
-    wrapper = folder / "sftp-logged"
-    wrapper.write_text(f'#!/bin/sh\nexec {SFTP_SERVER} -e -l DEBUG3 2>"{logs}/sftp.$$.log"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-    with running_sshd(folder, subsystem=str(wrapper)) as server:
+    with counting_sshd_at(tmp_path_factory.mktemp("counting-sshd")) as server:
         yield server
 
 
 def _daemon_session(sshd: Sshd, inbox: str) -> Path:
     """The log of the session that listed the inbox: the daemon's (iSales' fetch only reads)."""
-    for log in sorted((sshd.root.parent / "sessions").glob("sftp.*.log")):
+    for log in session_logs(sshd):
         if f'opendir "{inbox}"' in log.read_text(errors="replace"):
             return log
     pytest.fail(f"no SFTP session listed {inbox}")
@@ -131,8 +99,6 @@ async def test_a_small_file_costs_at_most_24_sftp_requests(
     # Once per start, whatever the number of files: the access check (a probe file moved
     # through processing/, done/ and rejected/, then removed) makes the folders.
     assert sum(route_level.values()) <= 12, route_level
-    shutil.rmtree(counting_sshd.root.parent / "sessions", ignore_errors=True)
-    (counting_sshd.root.parent / "sessions").mkdir()
 
 
 async def test_a_big_file_is_read_in_pipelined_chunks(counting_sshd, tmp_path):
@@ -142,15 +108,14 @@ async def test_a_big_file_is_read_in_pipelined_chunks(counting_sshd, tmp_path):
     folder = counting_sshd.root / "big"
     folder.mkdir(exist_ok=True)
     (folder / "big.bin").write_bytes(data)
-    sessions = counting_sshd.root.parent / "sessions"
-    before = set(sessions.glob("sftp.*.log"))
+    before = set(session_logs(counting_sshd))
     try:
         digest = await source.download(counting_sshd.remote(folder / "big.bin"), tmp_path / "copy")
     finally:
         await source.close()
     await asyncio.sleep(0.3)
     assert digest == hashlib.sha256(data).hexdigest()
-    [log] = set(sessions.glob("sftp.*.log")) - before
+    [log] = set(session_logs(counting_sshd)) - before
     lines = log.read_text().splitlines()
     reads = [line for line in lines if re.match(r"^debug\d: request \d+: read ", line)]
     lengths = Counter(int(line.rsplit(" ", 1)[1]) for line in reads)
