@@ -1,16 +1,18 @@
-"""Where each configuration value comes from, and what to say when one is wrong.
+"""The configuration's two sources for pydantic-settings, and where each value came from.
 
-The configuration is two layers: the TOML file, and ``ISALES_WATCHER_<SECTION>__<KEY>``
-variables over it, key by key. This module reads both into one mapping and remembers each
-value's place (``config.toml:12`` or the variable's name), so that an error names the line or
-the variable, suggests the nearest known key, and leaves out pydantic's internal words. It knows
-the settings only through the model class it is given.
+The configuration is the TOML file with ``ISALES_WATCHER_<SECTION>__<KEY>`` variables over it.
+pydantic-settings merges the two and decodes the variables (``__`` for nesting, JSON for a
+section, a list or a table); this module gives it its sources: :class:`FileSource`, the file the
+command was given, and :class:`EnvironmentSource`, pydantic-settings' own environment source told
+only the variables that name a setting (the others are warned about, not refused). It remembers
+each value's place (``config.toml:12`` or the variable's name), so that an error names the line
+or the variable, suggests the nearest known key, and leaves out pydantic's internal words. It
+knows the settings only through the model class it is given.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import re
 import tomllib
 import types
@@ -22,17 +24,20 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
 from watcher.errors import ConfigError
 
 __all__ = (
     "ENV_PREFIX",
+    "EnvironmentSource",
+    "FileSource",
     "Key",
     "Layers",
+    "VariableError",
     "entry_model",
     "explain",
     "field_model",
-    "read_layers",
 )
 
 ENV_PREFIX = "ISALES_WATCHER_"
@@ -44,16 +49,96 @@ _TABLE = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
 _KEY = re.compile(r"^\s*([A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*=")
 _TOML_PLACE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _NAMED_KEY = re.compile(r"^([a-z_]+): ")
+# pydantic's kinds of error for a text where a section or a list is needed.
+_NOT_A_TABLE = frozenset({"model_type", "dict_type", "tuple_type", "list_type"})
+
+
+class VariableError(ValueError):
+    """A variable whose value pydantic-settings could not decode, said in one line."""
+
+
+class FileSource(PydanticBaseSettingsSource):
+    """The TOML file a command was given, read once, with the line of each table and key."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path) -> None:
+        """Read ``path``.
+
+        Raises:
+            ConfigError: the file cannot be read, is not TOML, or holds ``[routes]`` as one table.
+        """
+        super().__init__(settings_cls)
+        self.path = path
+        self.data, text = _read_toml(path)
+        self.lines = key_lines(text)
+        if isinstance(self.data.get("routes"), dict):
+            line = self.lines.get(("routes",))
+            raise ConfigError(
+                f"{f'{path}:{line}' if line else path}: [routes] is one table; write [[routes]] "
+                "(an array of tables), one per inbox"
+            )
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self.data
+
+
+class EnvironmentSource(EnvSettingsSource):
+    """pydantic-settings' environment source, told only the variables that name a setting.
+
+    A variable that names none (``ISALES_WATCHER_DEAMON__SETTLE_S``) is left out and said in
+    :attr:`unknown`, so that a typo is warned about instead of refusing the configuration.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.keys, self.unknown = _sort_variables(environ, settings_cls)
+        self.env_vars = {self._apply_case_sensitive(name): environ[name] for name in self.keys}
+        self.values: dict[str, Any] = {}  # what the variables gave, decoded
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError as exc:
+            name, key = self._variable(field_name, value)
+            raise VariableError(
+                f"${name}: not valid JSON ({getattr(exc, 'msg', exc)}); {_label(key)} takes "
+                f"{_shape(self.settings_cls, key)}, in JSON"
+            ) from None
+
+    def _variable(self, field_name: str, value: Any) -> tuple[str, Key]:
+        """The variable that holds ``value`` for a key named ``field_name``."""
+        for name, key in self.keys.items():
+            raw = self.env_vars.get(self._apply_case_sensitive(name))
+            if key[-1] == field_name.lower() and raw == value:
+                return name, key
+        return ENV_PREFIX + field_name.upper(), (field_name,)
+
+    def __call__(self) -> dict[str, Any]:
+        self.values = super().__call__()
+        return self.values
 
 
 @dataclass(frozen=True, slots=True)
 class Layers:
-    """The file with the environment merged over it, and where each value came from."""
+    """The file and the variables over it, as pydantic-settings had them, and each value's place."""
 
     path: Path
-    data: dict[str, Any]
+    file: Mapping[str, Any]  # the TOML file as read
+    environment: Mapping[str, Any]  # the variables, as pydantic-settings decoded them
     origins: dict[Key, str]  # "config.toml:12" or "$ISALES_WATCHER_DAEMON__SETTLE_S"
-    unknown: tuple[str, ...]  # one warning for each variable that names no setting
+
+    @classmethod
+    def of(cls, file: FileSource, environment: EnvironmentSource) -> Layers:
+        """The places of the values the two sources gave (after the environment was read)."""
+        origins = {key: f"{file.path}:{line}" for key, line in file.lines.items()}
+        for name, key in environment.keys.items():  # by name: a table before the keys in it
+            # A table given in JSON is merged over the file's key by key: the keys it gives are
+            # its own, the others stay the file's (or defaults).
+            for inner in _leaves(_at(environment.values, key)):
+                _claim(origins, (*key, *inner), f"${name}")
+        return cls(file.path, file.data, environment.values, origins)
 
     def origin(self, key: Key) -> str:
         """The place of ``key``, or of the nearest table around it; the file when unknown."""
@@ -64,14 +149,35 @@ class Layers:
         return str(self.path)
 
     def given(self, key: Key) -> Any:
-        """The value as written (before checks), or None."""
-        value: Any = self.data
-        for part in key:
-            if isinstance(part, int):
-                value = value[part] if isinstance(value, list) and part < len(value) else None
-            else:
-                value = value.get(part) if isinstance(value, dict) else None
-        return value
+        """The value as given (before checks) in the file or the variable it came from, or None."""
+        return _at(self.environment if self.origin(key).startswith("$") else self.file, key)
+
+
+def _at(data: Mapping[str, Any], key: Key) -> Any:
+    """The value at ``key`` in ``data``, or None."""
+    value: Any = data
+    for part in key:
+        if isinstance(part, int):
+            value = value[part] if isinstance(value, list) and part < len(value) else None
+        else:
+            value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
+def _leaves(value: Any) -> Iterator[Key]:
+    """Where the values within ``value`` are, below it: ``()`` for a value that is no table."""
+    if not isinstance(value, dict):
+        yield ()
+        return
+    for name, inner in value.items():
+        yield from ((name, *below) for below in _leaves(inner))
+
+
+def _claim(origins: dict[Key, str], key: Key, origin: str) -> None:
+    """``key`` came from ``origin``, and so did everything below it."""
+    for known in [k for k in origins if k[: len(key)] == key]:
+        del origins[known]
+    origins[key] = origin
 
 
 def field_model(field: FieldInfo) -> type[BaseModel] | None:
@@ -98,14 +204,6 @@ def entry_model(field: FieldInfo) -> type[BaseModel] | None:
     if typing.get_origin(field.annotation) not in (tuple, list):
         return None
     return _model_among(typing.get_args(field.annotation))
-
-
-def _is_complex(field: FieldInfo) -> bool:
-    """A value an environment variable gives as JSON: a section, a list or a table."""
-    kinds = _alternatives(field.annotation)
-    return field_model(field) is not None or any(
-        typing.get_origin(kind) in (list, tuple, set, frozenset, dict) for kind in kinds
-    )
 
 
 def _env_name(key: Key) -> str:
@@ -184,20 +282,6 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], str]:
         raise ConfigError(f"{where}: not valid TOML: {_TOML_PLACE.sub('', message)}") from None
 
 
-def _decode(name: str, raw: str, field: FieldInfo, key: Key) -> Any:
-    """A variable's value: JSON for a section, list or table; the text itself otherwise."""
-    if not _is_complex(field):
-        return raw
-    try:
-        return json.loads(raw)
-    except ValueError as exc:
-        shape = "an object" if field_model(field) is not None else "an array"
-        raise ConfigError(
-            f"${name}: not valid JSON ({getattr(exc, 'msg', exc)}); {_label(key, {})} takes "
-            f"{shape}, in JSON"
-        ) from None
-
-
 def _unknown_variable(name: str, key: Key, model: type[BaseModel]) -> str:
     whole = model.model_fields.get(str(key[0]))
     if len(key) > 1 and whole is not None and entry_model(whole) is not None:
@@ -209,69 +293,27 @@ def _unknown_variable(name: str, key: Key, model: type[BaseModel]) -> str:
     return f"{name} names no setting and is ignored{hint}"
 
 
-def _set(data: dict[str, Any], key: Key, value: Any) -> None:
-    """Put ``value`` at ``key``; a table given over a table is merged key by key."""
-    *parents, last = key
-    table = data
-    for part in parents:
-        inner = table.get(str(part))
-        if not isinstance(inner, dict):
-            inner = table[str(part)] = {}
-        table = inner
-    if isinstance(value, dict) and isinstance(table.get(str(last)), dict):
-        for name, item in value.items():
-            _set(table[str(last)], (name,), item)
-    else:
-        table[str(last)] = value
-
-
-def _environment(
-    data: dict[str, Any],
-    origins: dict[Key, str],
-    environ: Mapping[str, str],
-    model: type[BaseModel],
-) -> list[str]:
-    """Merge every ``ISALES_WATCHER_*`` variable into ``data``; the warnings for unknown ones."""
+def _sort_variables(
+    environ: Mapping[str, str], model: type[BaseModel]
+) -> tuple[dict[str, Key], tuple[str, ...]]:
+    """Each variable of ours that names a setting, with its key; a warning for each other one."""
+    known: dict[str, Key] = {}
     unknown = []
     for name in sorted(environ):
         if not name.upper().startswith(ENV_PREFIX):
             continue
         key: Key = tuple(name[len(ENV_PREFIX) :].lower().split("__"))
-        field = _field_at(model, key)
-        if field is None:
+        if _field_at(model, key) is None:
             unknown.append(_unknown_variable(name, key, model))
-            continue
-        _set(data, key, _decode(name, environ[name], field, key))
-        for known in [k for k in origins if k[: len(key)] == key]:
-            del origins[known]  # the file's lines below it no longer count
-        origins[key] = f"${name}"
-    return unknown
+        else:
+            known[name] = key
+    return known, tuple(unknown)
 
 
-def read_layers(path: Path, model: type[BaseModel], environ: Mapping[str, str]) -> Layers:
-    """Read the file and the environment into one mapping, remembering where values came from.
-
-    Raises:
-        ConfigError: the file cannot be read, is not TOML, holds ``[routes]`` as one table, or
-            a variable holds JSON that does not parse.
-    """
-    data, text = _read_toml(path)
-    origins: dict[Key, str] = {key: f"{path}:{line}" for key, line in key_lines(text).items()}
-    if isinstance(data.get("routes"), dict):
-        raise ConfigError(
-            f"{origins.get(('routes',), path)}: [routes] is one table; write [[routes]] (an "
-            "array of tables), one per inbox"
-        )
-    unknown = _environment(data, origins, environ, model)
-    return Layers(path, data, origins, tuple(unknown))
-
-
-def _label(key: Key, data: Mapping[str, Any]) -> str:
+def _label(key: Key, layers: Layers | None = None) -> str:
     """``isales.vdn_id``; in a route, ``route 2 (spring): schedule``."""
     if len(key) >= 2 and key[0] == "routes" and isinstance(key[1], int):
-        routes = data.get("routes")
-        entry = routes[key[1]] if isinstance(routes, list) and key[1] < len(routes) else None
-        name = entry.get("name") if isinstance(entry, dict) else None
+        name = layers.given((*key[:2], "name")) if layers is not None else None
         route = f"route {key[1] + 1}" + (f" ({name})" if isinstance(name, str) else "")
         return ": ".join([route, ".".join(str(part) for part in key[2:])]).rstrip(": ")
     return ".".join(str(part) for part in key)
@@ -294,11 +336,11 @@ def _nearest(key: Key, model: type[BaseModel]) -> str | None:
 def _extra(key: Key, model: type[BaseModel], layers: Layers) -> str:
     """An unknown key or section, with the nearest known one."""
     close = _nearest(key, model)
-    if len(key) == 1 and isinstance(layers.data.get(str(key[0])), dict):
+    if len(key) == 1 and isinstance(layers.given(key), dict):
         hint = f"; did you mean [{close}]?" if close else ""
         return f"[{key[0]}] is not a section of the configuration{hint}"
     hint = f"; did you mean {close}?" if close else ""
-    return f"{_label(key, layers.data)} is not a setting{hint}"
+    return f"{_label(key, layers)} is not a setting{hint}"
 
 
 def _shown(value: Any) -> str:
@@ -320,13 +362,22 @@ def _problem(item: Any, layers: Layers, model: type[BaseModel]) -> str:
     if named and kind == "value_error" and key and _is_field(model, key, named[1]):
         # A check of a whole section that names its key: "base_url: plain http:// ..."
         key, message = (*key, named[1]), message[named.end() :]
-    label = _label(key, layers.data)
+    label = _label(key, layers)
+    if kind in _NOT_A_TABLE and layers.origin(key).startswith("$"):
+        # The text of a variable that pydantic-settings did not decode where JSON was needed.
+        shown = _shown(item["input"])
+        return f"{layers.origin(key)}: {label} takes {_shape(model, key)}, in JSON (got {shown})"
     if kind == "missing":
         section = _walk(model, key)[1] is not None
         return f"{layers.origin(key)}: {f'[{label}]' if section else label} is required"
     if not _is_secret(key, model) and isinstance(item.get("input"), str | int | float):
         message = f"{message} (got {_shown(item['input'])})"
     return f"{layers.origin(key)}: {label}: {message}" if label else f"{layers.path}: {message}"
+
+
+def _shape(model: type[BaseModel], key: Key) -> str:
+    """What a section, a list or a list of tables at ``key`` is in JSON."""
+    return "an object" if _walk(model, key)[1] is not None else "an array"
 
 
 def _is_field(model: type[BaseModel], key: Key, name: str) -> bool:

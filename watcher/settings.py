@@ -7,6 +7,7 @@ import os
 import posixpath
 import re
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -21,8 +22,21 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-from watcher.config_layers import Layers, explain, read_layers
+from watcher.config_layers import (
+    ENV_PREFIX,
+    EnvironmentSource,
+    FileSource,
+    Layers,
+    VariableError,
+    explain,
+)
 from watcher.errors import ConfigError
 from watcher.language import Language, language_of
 
@@ -48,6 +62,10 @@ _UTC_OFFSET = re.compile(r"^(?:UTC)?([+-])([01]\d|2[0-3]):?([0-5]\d)$")
 _HOST_HEADER = re.compile(r"^[A-Za-z0-9.-]+(?::\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::\d{1,5})?$")
 # The headers the client sends, hence the only ones it can sign. "locale" only when configured.
 SIGNABLE_HEADERS = ("content-type", "host", "locale")
+# The sources of the Settings being read by read_settings: the file is each command's own.
+_SOURCES: ContextVar[tuple[PydanticBaseSettingsSource, ...] | None] = ContextVar(
+    "isales_watcher_settings_sources", default=None
+)
 
 
 def parse_utc_offset(text: str) -> timezone:
@@ -713,12 +731,16 @@ class ValidationSettings(_Section):
     )
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
     """Everything the daemon needs. Build it with :func:`load_settings`.
 
-    The environment (``ISALES_WATCHER_<SECTION>__<KEY>``) is merged over the file by the loader
-    (:mod:`watcher.config_layers`), which remembers where each value came from.
+    pydantic-settings reads it: ``ISALES_WATCHER_<SECTION>__<KEY>`` variables over the TOML file,
+    key by key (the sources, and where each value came from, are :mod:`watcher.config_layers`).
     """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", frozen=True
+    )
 
     isales: IsalesSettings = Field(description="The CC-iSales OpenAPI.")
     sftp: SftpSettings = Field(description="The SFTP file server iSales imports from.")
@@ -734,6 +756,19 @@ class Settings(_Section):
     local: LocalSettings | None = Field(
         default=None, description='Sidecar mode (daemon.source = "local") only.'
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # read_settings gives the environment and the command's file; built directly, the
+        # environment overrides the arguments. The first source wins, key by key.
+        return _SOURCES.get() or (env_settings, init_settings)
 
     @model_validator(mode="after")
     def _check_source(self) -> Self:
@@ -799,14 +834,21 @@ def read_settings(
     Raises:
         ConfigError: one line for each problem, naming the file and line or the variable.
     """
-    layers = read_layers(path, Settings, os.environ if environ is None else environ)
-    for warning in layers.unknown:
+    file = FileSource(Settings, path)
+    environment = EnvironmentSource(Settings, os.environ if environ is None else environ)
+    for warning in environment.unknown:
         if warn is not None:
             warn(warning)
+    sources = _SOURCES.set((environment, file))
     try:
-        return Settings.model_validate(layers.data), layers
+        return Settings(), Layers.of(file, environment)
     except ValidationError as exc:
-        raise ConfigError(explain(exc, layers, Settings)) from None
+        raise ConfigError(explain(exc, Layers.of(file, environment), Settings)) from None
+    except SettingsError as exc:
+        cause = exc.__cause__
+        raise ConfigError(str(cause if isinstance(cause, VariableError) else exc)) from None
+    finally:
+        _SOURCES.reset(sources)
 
 
 def load_settings(path: Path, *, warn: Callable[[str], None] | None = None) -> Settings:

@@ -395,6 +395,38 @@ def test_an_environment_error_names_the_variable_not_the_file(files, monkeypatch
     assert settings.isales.secret_key.get_secret_value() == "from-env"
 
 
+def test_a_section_given_in_json_is_merged_over_the_file_and_each_key_keeps_its_source(
+    files, monkeypatch
+):
+    from watcher.config_commands import show_text
+    from watcher.settings import read_settings
+
+    monkeypatch.setenv("ISALES_WATCHER_ISALES", '{"vdn_id": 5, "locale": "en_US"}')
+    monkeypatch.setenv("ISALES_WATCHER_ISALES__VDN_ID", "6")  # a key's own variable wins
+    config = write(files)
+    settings, layers = read_settings(config)
+    assert (settings.isales.vdn_id, settings.isales.locale) == (6, "en_US")
+    assert settings.isales.access_key.get_secret_value() == "AK"  # the file's keys stay
+    lines = {line.split(" = ")[0]: line for line in show_text(settings, layers).splitlines()}
+    assert lines["vdn_id"].endswith("# $ISALES_WATCHER_ISALES__VDN_ID")
+    assert lines["locale"].endswith("# $ISALES_WATCHER_ISALES")
+    assert lines["access_key"].endswith(f"# {config}:4")
+    assert lines["base_url"].endswith(f"# {config}:2")
+
+
+def test_a_variable_whose_text_is_not_the_json_a_setting_needs_is_named(files, monkeypatch):
+    monkeypatch.setenv("ISALES_WATCHER_LOCAL", "{base_dir")
+    assert _problems(write(files)) == [
+        "$ISALES_WATCHER_LOCAL: local takes an object, in JSON (got '{base_dir')"
+    ]
+    monkeypatch.delenv("ISALES_WATCHER_LOCAL")
+    monkeypatch.setenv("ISALES_WATCHER_ROUTES", '[{"name": "spring",')
+    assert _problems(write(files)) == [
+        "$ISALES_WATCHER_ROUTES: not valid JSON (Expecting property name enclosed in double "
+        "quotes); routes takes an array, in JSON"
+    ]
+
+
 def test_an_unknown_variable_is_warned_about_with_the_nearest_name(files, monkeypatch):
     monkeypatch.setenv("ISALES_WATCHER_DEAMON__SETTLE_S", "3")
     monkeypatch.setenv("ISALES_WATCHER_ROUTES__0__NAME", "x")
