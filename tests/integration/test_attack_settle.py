@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import settled_as, wait_for
+from tests.conftest import rows, settled_as, wait_for
 from watcher.daemon import Daemon
-from watcher.ledger import Ledger
 from watcher.settings import load_settings
 from watcher.sources import Source, make_source
 
@@ -37,14 +36,6 @@ class VanishBeforeSettle:
         await self._source.rename(source, target)
 
 
-def _rows(world: Any) -> list[Any]:
-    ledger = Ledger(world.state_dir / "ledger.sqlite3")
-    try:
-        return ledger.rows()
-    finally:
-        ledger.close()
-
-
 @pytest.mark.parametrize("kind", ["sftp", "local"])
 async def test_a_file_gone_before_its_settle_leaves_an_earlier_file_s_receipts_alone(
     make_world, emulator, upload, sshd, kind
@@ -60,14 +51,14 @@ async def test_a_file_gone_before_its_settle_leaves_an_earlier_file_s_receipts_a
         await wait_for(daemon.ready.is_set, 30, "the daemon ready")
         await upload(world.inbox / "same.xlsx", b"first: not a workbook")
         await wait_for(settled_as(world, "same.xlsx", "rejected"), 30, "the first rejected")
-        [first] = _rows(world)
+        [first] = rows(world)
         await upload(world.inbox / "same.xlsx", b"second: not a workbook either")
         both = ["rejected", "rejected"]
-        await wait_for(lambda: [r.state.value for r in _rows(world)] == both, 30, "both settled")
+        await wait_for(lambda: [r.state.value for r in rows(world)] == both, 30, "both settled")
     finally:
         daemon.request_stop()
         await asyncio.wait_for(runner, 30)
-    second = next(r for r in _rows(world) if r.id != first.id)
+    second = next(r for r in rows(world) if r.id != first.id)
     assert world.settled("rejected", "same.xlsx").read_bytes() == b"first: not a workbook"
     assert json.loads(receipt.read_text())["ledger_id"] == first.id  # still the first file's
     assert second.settled_path == f"{world.remote_inbox}/rejected/same.{second.id}.xlsx"
