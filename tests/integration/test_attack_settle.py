@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.conftest import rows, settled_as, wait_for
 from watcher.daemon import Daemon
@@ -64,3 +66,20 @@ async def test_a_file_gone_before_its_settle_leaves_an_earlier_file_s_receipts_a
     assert second.settled_path == f"{world.remote_inbox}/rejected/same.{second.id}.xlsx"
     beside = json.loads(world.settled("rejected", f"same.{second.id}.xlsx.result.json").read_text())
     assert beside["ledger_id"] == second.id
+
+
+async def test_a_settled_folder_deleted_while_running_is_made_again(
+    make_world, run_daemon, emulator, upload
+):
+    world = make_world()
+    with structlog.testing.capture_logs() as logs:
+        await run_daemon(world)
+        await upload(world.inbox / "a.xlsx", b"not a workbook")
+        await wait_for(settled_as(world, "a.xlsx", "rejected"), 30, "a rejected")
+        shutil.rmtree(world.inbox / "rejected")  # an operator's clean-up
+        shutil.rmtree(world.inbox / "processing")
+        await upload(world.inbox / "b.xlsx", b"not a workbook either")
+        await wait_for(settled_as(world, "b.xlsx", "rejected"), 30, "b rejected")
+    assert world.settled("rejected", "b.xlsx").read_bytes() == b"not a workbook either"
+    assert world.settled("rejected", "b.xlsx.result.txt").exists()
+    print([(e["event"], e.get("error")) for e in logs if e["log_level"] != "info"])

@@ -248,3 +248,15 @@ async def test_posix_rename_is_there_where_expected(drop: Drop, has_posix_rename
     else:
         assert has_posix_rename
         assert (drop.inbox / "b").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("server", ["openssh"], indirect=True)
+async def test_a_folder_removed_is_made_again_and_not_remembered(drop: Drop):
+    folder = drop.remote(drop.inbox / "processing" / "one")
+    await drop.source.makedirs(folder)
+    await drop.source.remove_dir(folder)
+    await drop.source.makedirs(folder)  # remembered as made, it would not be made again
+    assert (drop.inbox / "processing" / "one").is_dir()
+    await drop.source.remove_dir(folder)
+    # Each claim's processing/<id>/ is removed when it settles: none is kept in memory.
+    assert folder not in drop.source._folders

@@ -366,6 +366,8 @@ class SftpSource:
             await sftp.remove(path)
 
     async def remove_dir(self, path: str) -> None:
+        # Made again when asked for; and each claim's processing/<id>/ is not kept for ever.
+        self._folders.discard(path)
         async with self._session(f"removing {path}") as sftp:
             try:
                 await sftp.rmdir(path)
