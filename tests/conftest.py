@@ -28,6 +28,7 @@ from tests.sftpservers import (
 from watcher.daemon import Daemon
 from watcher.isales.emulator import Emulator, RegisteredServer
 from watcher.ledger import Ledger
+from watcher.models import FileRecord
 from watcher.settings import load_settings
 
 ACCESS_KEY = "test-ak"
@@ -226,6 +227,15 @@ shutdown_grace_s = 5
         return World(config, inbox, state, f"c-{name}", served.remote(inbox))
 
     return make
+
+
+def rows(world: World) -> list[FileRecord]:
+    """The world's ledger rows, newest first."""
+    ledger = Ledger(world.state_dir / "ledger.sqlite3")
+    try:
+        return ledger.rows()
+    finally:
+        ledger.close()
 
 
 def settled_as(world: World, name: str, outcome: str) -> Callable[[], bool]:

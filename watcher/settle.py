@@ -95,6 +95,22 @@ def written_receipt_text(record: FileRecord, language: Language = "en") -> str |
     return receipt_text(record, language, name_shortened=shortened)
 
 
+async def _move_aside(
+    source: Source, ledger: Ledger, record: FileRecord, folder: str
+) -> tuple[FileRecord, str]:
+    """Settle as ``name.<id>.xlsx``: ``folder`` holds another file of that name."""
+    target = _other_name(record, folder)
+    if target == record.settled_path:
+        target = posixpath.join(folder, fit_name(f"{record.id}.{record.name}"))
+    record = ledger.update(record.id, settled_path=target)
+    try:
+        await source.rename(record.processing_path, target)
+    except FileGoneError:
+        # Gone from processing/ (its receipts still say what happened, under this name).
+        log.warning("file.vanished", file_id=record.id, path=record.processing_path)
+    return record, target
+
+
 async def settle(
     source: Source, ledger: Ledger, record: FileRecord, *, language: Language = "en"
 ) -> FileRecord:
@@ -105,7 +121,8 @@ async def settle(
     assert record.outcome is not None, "settling needs an outcome"
     folder = posixpath.join(record.inbox, record.outcome.value)
     await source.makedirs(folder)
-    if record.settled_path is None:
+    first_try = record.settled_path is None
+    if first_try:
         # Noted before the move, so that a retry knows where an earlier attempt put it.
         record = ledger.update(record.id, settled_path=posixpath.join(folder, record.name))
     assert record.settled_path is not None
@@ -114,17 +131,15 @@ async def settle(
         # A rename never overwrites: a file of that name already there is a conflict.
         await source.rename(record.processing_path, target)
     except ClaimConflictError:
-        if await source.exists(record.processing_path):
-            # Another file of that name is there (an earlier drop's): ours takes another name.
-            target = _other_name(record, folder)
-            if target == record.settled_path:
-                target = posixpath.join(folder, fit_name(f"{record.id}.{record.name}"))
-            record = ledger.update(record.id, settled_path=target)
-            await source.rename(record.processing_path, target)
-        # else: an earlier attempt of ours moved it there, and failed after that
+        # Another file of that name is there (an earlier drop's), unless an earlier attempt of
+        # ours moved it there and failed after that: only a retry may find its file gone.
+        if first_try or await source.exists(record.processing_path):
+            record, target = await _move_aside(source, ledger, record, folder)
     except FileGoneError:
         if not await source.exists(target):
             log.warning("file.vanished", file_id=record.id, path=record.processing_path)
+        elif first_try:  # gone, and the file of that name is another's: its receipts stay
+            record, target = await _move_aside(source, ledger, record, folder)
     if record.force_submit or ledger.has_been(record.id, FileState.uncertain):
         # Parked once: its ON HOLD receipts may be here.
         for receipt in receipt_paths(record.processing_path):

@@ -14,22 +14,12 @@ import stat
 
 import structlog
 
-from tests.conftest import World, cli, settled_as, wait_for
+from tests.conftest import World, cli, rows, settled_as, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
-from watcher.ledger import Ledger
-from watcher.models import FileRecord
 
 DAEMON = "retry_backoff_s = 0.2\nmax_backoff_s = 1"
 # A refused inbox is tried again every 30 s (watcher.daemon._ACCESS_RECHECK_S), then at once.
 RECHECK_WAIT_S = 45
-
-
-def rows(world: World) -> list[FileRecord]:
-    ledger = Ledger(world.state_dir / "ledger.sqlite3")
-    try:
-        return ledger.rows()
-    finally:
-        ledger.close()
 
 
 def give_to(path: os.PathLike[str], owner: str) -> None:

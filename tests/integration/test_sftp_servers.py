@@ -248,3 +248,61 @@ async def test_posix_rename_is_there_where_expected(drop: Drop, has_posix_rename
     else:
         assert has_posix_rename
         assert (drop.inbox / "b").read_bytes() == b"a"
+
+
+@pytest.mark.parametrize("server", ["openssh"], indirect=True)
+async def test_a_folder_removed_is_made_again_and_not_remembered(drop: Drop):
+    folder = drop.remote(drop.inbox / "processing" / "one")
+    await drop.source.makedirs(folder)
+    await drop.source.remove_dir(folder)
+    await drop.source.makedirs(folder)  # remembered as made, it would not be made again
+    assert (drop.inbox / "processing" / "one").is_dir()
+    await drop.source.remove_dir(folder)
+    # Each claim's processing/<id>/ is removed when it settles: none is kept in memory.
+    assert folder not in drop.source._folders
+
+
+@pytest.mark.parametrize("server", SERVERS, indirect=True)
+async def test_a_file_gone_before_its_first_settle_leaves_an_earlier_one_s_receipts(drop: Drop):
+    done = drop.inbox / "done"
+    done.mkdir()
+    (done / "list.xlsx").write_bytes(b"an earlier list.xlsx")
+    (done / "list.xlsx.result.json").write_text('{"ledger_id": "earlier"}')
+    record = drop.to_settle(await drop.claimed("list.xlsx"))
+    (drop.inbox / "processing" / record.id / "list.xlsx").unlink()  # removed by a person
+
+    settled = await settle(drop.source, drop.ledger, record)
+
+    assert settled.state is FileState.done
+    assert (done / "list.xlsx").read_bytes() == b"an earlier list.xlsx"
+    assert json.loads((done / "list.xlsx.result.json").read_text()) == {"ledger_id": "earlier"}
+    assert settled.settled_path == drop.remote(done / f"list.{record.id}.xlsx")
+    beside = json.loads((done / f"list.{record.id}.xlsx.result.json").read_text())
+    assert beside["ledger_id"] == record.id
+
+
+@pytest.mark.parametrize("server", SERVERS, indirect=True)
+@pytest.mark.parametrize("moved", [False, True])
+async def test_a_settle_killed_after_noting_its_target_finishes_on_restart(drop: Drop, moved):
+    done = drop.inbox / "done"
+    done.mkdir()
+    record = drop.to_settle(await drop.claimed("list.xlsx"))
+    # Killed after the target was noted: before the move (an earlier list.xlsx then took the
+    # name), or after it.
+    record = drop.ledger.update(record.id, settled_path=drop.remote(done / "list.xlsx"))
+    if moved:
+        (drop.inbox / "processing" / record.id / "list.xlsx").rename(done / "list.xlsx")
+    else:
+        (done / "list.xlsx").write_bytes(b"an earlier list.xlsx")
+
+    settled = await settle(drop.source, drop.ledger, record)
+
+    assert settled.state is FileState.done
+    mine = done / ("list.xlsx" if moved else f"list.{record.id}.xlsx")
+    assert settled.settled_path == drop.remote(mine)
+    assert mine.read_bytes() == BYTES
+    assert json.loads((done / f"{mine.name}.result.json").read_text())["ledger_id"] == record.id
+    if not moved:
+        assert (done / "list.xlsx").read_bytes() == b"an earlier list.xlsx"
+        assert not (done / "list.xlsx.result.json").exists()
+    assert not (drop.inbox / "processing" / record.id).exists()

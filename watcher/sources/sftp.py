@@ -22,6 +22,7 @@ from watcher.errors import (
     SourceRefusedError,
     SourceUnavailableError,
     TransientError,
+    WorkbookRejected,
 )
 from watcher.models import RemoteEntry
 from watcher.settings import SftpSettings
@@ -45,20 +46,30 @@ _CONNECTION_GONE = (
 )
 
 
-async def _refuse_link(sftp: asyncssh.SFTPClient, path: str) -> int:
+async def _refuse_link(sftp: asyncssh.SFTPClient, path: str, *, claimed: bool = False) -> int:
     """The server follows symbolic links; we never do: only a regular file is read.
 
     Returns the file's size (0 when it is missing: the read itself says what that means).
-    A rename needs no such check: it moves a name, and never follows one.
+    A rename needs no such check: it moves a name, and never follows one. So a link or a folder
+    swapped in for a file just before its claim is claimed as it is: a ``claimed`` one is
+    rejected (a receipt says why) rather than refused again and again.
     """
     try:
         attrs = await sftp.lstat(path)
     except asyncssh.SFTPNoSuchFile:
         return 0
-    if attrs.type != asyncssh.FILEXFER_TYPE_REGULAR:
-        what = "a symbolic link" if attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK else "not a file"
-        raise SourceRefusedError(f"{path} is {what}, which the daemon never follows or reads")
-    return attrs.size or 0
+    if attrs.type == asyncssh.FILEXFER_TYPE_REGULAR:
+        return attrs.size or 0
+    what = {
+        asyncssh.FILEXFER_TYPE_SYMLINK: "a symbolic link",
+        asyncssh.FILEXFER_TYPE_DIRECTORY: "a folder",
+    }.get(attrs.type, "not a regular file")
+    if claimed:
+        raise WorkbookRejected(
+            "not_xlsx",
+            f"the file is {what}, which this service never opens; drop the workbook itself",
+        )
+    raise SourceRefusedError(f"{path} is {what}, which the daemon never follows or reads")
 
 
 class _HostKeyCheck(asyncssh.SSHClient):
@@ -300,7 +311,7 @@ class SftpSource:
         deadline_s = self._settings.op_timeout_s
         try:
             async with asyncio.timeout(deadline_s):
-                expected = await _refuse_link(sftp, path)
+                expected = await _refuse_link(sftp, path, claimed=True)
                 remote = await sftp.open(path, "rb")
             async with remote:
                 with _work_copy(local) as out:
@@ -355,6 +366,8 @@ class SftpSource:
             await sftp.remove(path)
 
     async def remove_dir(self, path: str) -> None:
+        # Made again when asked for; and each claim's processing/<id>/ is not kept for ever.
+        self._folders.discard(path)
         async with self._session(f"removing {path}") as sftp:
             try:
                 await sftp.rmdir(path)
