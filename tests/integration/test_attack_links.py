@@ -67,3 +67,29 @@ async def test_a_file_swapped_before_its_claim_is_rejected_unread_not_retried(
     assert receipt["reason"].startswith(f"the file is {said}, which this service never opens")
     assert receipt["sha256"] is None  # never read
     assert list((world.inbox / "processing").iterdir()) == []
+
+
+@pytest.mark.parametrize("folder", ["rejected", ".isales-watcher"])
+async def test_a_daemon_folder_that_is_a_link_is_refused_not_written_through(
+    folder, make_world, run_daemon, emulator, upload, tmp_path
+):
+    """An uploader who swaps rejected/ (or the lease's folder) for a link to elsewhere: the
+    daemon writes nothing there; the inbox is refused and says why."""
+    import structlog
+
+    world = make_world()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (world.inbox / folder).symlink_to(elsewhere)
+    await upload(world.inbox / "x.xlsx", b"not a workbook at all")
+    with structlog.testing.capture_logs() as logs:
+        await run_daemon(world)
+        await wait_for(
+            lambda: any(e["event"] == "route.scan_failed" for e in logs), 30, "the refusal"
+        )
+        await asyncio.sleep(1)
+    [refusal] = [e for e in logs if e["event"] == "route.scan_failed"]
+    assert "is a symbolic link" in refusal["error"], refusal
+    assert list(elsewhere.iterdir()) == []
+    assert (world.inbox / "x.xlsx").exists()  # nothing claimed from a refused inbox
+    assert emulator.uploads == []

@@ -101,3 +101,11 @@ async def test_a_missing_folder_is_listed_which_makes_it():
     cache = listings(folder)
     assert await cache.files("/in") == []
     assert folder.listings == 1
+
+
+async def test_a_server_that_gives_no_mtime_is_listed_at_every_poll():
+    folder = Folder()
+    folder.mtime = None  # type: ignore[assignment]
+    cache = listings(folder)
+    await polled(folder, cache, 10)
+    assert folder.listings == 10

@@ -18,7 +18,7 @@ from watcher.models import RemoteEntry
 if TYPE_CHECKING:
     from watcher.settings import Settings
 
-__all__ = ("OddNames", "Source", "check_access", "make_source", "too_large")
+__all__ = ("OWN_FOLDERS", "OddNames", "Source", "check_access", "make_source", "too_large")
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +53,9 @@ class Source(Protocol):
         """Names of the folders directly in ``folder`` (an absent folder is created, then empty)."""
         ...
 
-    async def folder_mtime(self, folder: str) -> int:
-        """The folder's modification time, in the server's own unit (compared only with itself).
+    async def folder_mtime(self, folder: str) -> int | None:
+        """The folder's modification time, in the server's own unit (compared only with itself);
+        None when the server does not say (then the folder is listed at every poll).
 
         Raises:
             FileGoneError: there is no such folder.
@@ -163,6 +164,8 @@ _FLOW_FOLDERS = (
     ("done", "to settle imported files there"),
     ("rejected", "to settle rejected files there"),
 )
+# The folders the daemon makes in every inbox (the lease's too): never a link.
+OWN_FOLDERS = frozenset({*(name for name, _ in _FLOW_FOLDERS), ".isales-watcher"})
 
 
 async def check_access(source: Source, inbox: str, *, folders: bool = True) -> None:

@@ -25,7 +25,7 @@ __all__ = ("Listings",)
 
 @dataclass(slots=True)
 class _Listing:
-    mtime: int
+    mtime: int | None
     since: float  # our clock, when this mtime was first seen
     entries: list[RemoteEntry]
     trusted: bool
@@ -64,6 +64,7 @@ class Listings:
         since = last.since if last is not None and last.mtime == mtime else now
         if (
             not fresh
+            and mtime is not None
             and last is not None
             and last.mtime == mtime
             and last.trusted

@@ -290,7 +290,7 @@ class LocalSource:
                 self._warn_link(folder, name)
         return names
 
-    async def folder_mtime(self, folder: str) -> int:
+    async def folder_mtime(self, folder: str) -> int | None:
         def look() -> int:
             fd = self._open_folder(self._parts(folder))
             try:

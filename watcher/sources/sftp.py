@@ -26,7 +26,7 @@ from watcher.errors import (
 )
 from watcher.models import RemoteEntry
 from watcher.settings import SftpSettings
-from watcher.sources import OddNames, too_large
+from watcher.sources import OWN_FOLDERS, OddNames, too_large
 
 __all__ = ("SftpSource",)
 
@@ -173,6 +173,7 @@ class SftpSource:
             self._drop()
 
     def _drop(self) -> None:
+        self._folders.clear()  # a server back after an outage may be on a fresh volume
         if self._sftp is not None:
             self._sftp.exit()
         if self._conn is not None:
@@ -232,10 +233,12 @@ class SftpSource:
                 names.append(name)
         return names
 
-    async def folder_mtime(self, folder: str) -> int:
+    async def folder_mtime(self, folder: str) -> int | None:
         async with self._session(f"looking at {folder}") as sftp:
             attrs = await sftp.stat(folder)
-            return int(attrs.mtime_ns or 0) if attrs.mtime_ns else int(attrs.mtime or 0)
+            if attrs.mtime_ns is not None:
+                return int(attrs.mtime_ns)
+            return None if attrs.mtime is None else int(attrs.mtime)
 
     async def read_ends(
         self, path: str, size_bytes: int, head_bytes: int, tail_bytes: int
@@ -278,7 +281,17 @@ class SftpSource:
             await self._make_folder(sftp, parent)
             await sftp.mkdir(path)
         except (asyncssh.SFTPFailure, asyncssh.SFTPFileAlreadyExists):
-            # OpenSSH says "failure" for a name that exists: a folder is what we wanted.
+            # OpenSSH says "failure" for a name that exists: a folder is what we wanted. The
+            # daemon's own folders must be folders, not links: files moved through a link would
+            # land wherever it points (an inbox given through a link is the operator's choice).
+            attrs = await sftp.lstat(path)
+            if attrs.type == asyncssh.FILEXFER_TYPE_SYMLINK and (
+                posixpath.basename(path) in OWN_FOLDERS
+            ):
+                raise asyncssh.SFTPNotADirectory(
+                    f"{path} is a symbolic link; the daemon moves and writes files only in real "
+                    "folders: remove the link"
+                ) from None
             if not await sftp.isdir(path):
                 raise asyncssh.SFTPNotADirectory(f"{path} is not a directory") from None
         self._folders.add(path)
