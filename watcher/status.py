@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from watcher import __version__
 from watcher.health import Health
@@ -21,6 +20,9 @@ from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, escaped
 from watcher.settings import DEFAULT_CONFIG, Settings
 from watcher.settle import written_receipt_text
+
+if TYPE_CHECKING:
+    import jinja2
 
 __all__ = ("REFRESH_S", "StatusPage", "StatusView", "gather")
 
@@ -174,13 +176,7 @@ class StatusPage:
         self._ledger = ledger
         self._health = health
         self._config_path = config_path
-        self._templates = jinja2.Environment(
-            loader=jinja2.PackageLoader("watcher", "templates"),
-            autoescape=True,  # every template, whatever its name: names are user input
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
+        self._template: jinja2.Template | None = None
         self.stylesheet = (
             resources.files("watcher").joinpath("templates/status.css").read_text("utf-8")
         )
@@ -188,7 +184,23 @@ class StatusPage:
     def render(self) -> str:
         """The page as it is now."""
         view = gather(self._settings, self._ledger, self._health, config_path=self._config_path)
-        return self._templates.get_template("status.html.j2").render(view=view)
+        return self._page().render(view=view)
+
+    def _page(self) -> jinja2.Template:
+        """The template, loaded when the page is first asked for: Jinja2 weighs some 9 MB that
+        a daemon nobody looks at need not carry."""
+        if self._template is None:
+            import jinja2
+
+            templates = jinja2.Environment(
+                loader=jinja2.PackageLoader("watcher", "templates"),
+                autoescape=True,  # every template, whatever its name: names are user input
+                undefined=jinja2.StrictUndefined,
+                trim_blocks=True,
+                lstrip_blocks=True,
+            )
+            self._template = templates.get_template("status.html.j2")
+        return self._template
 
     def receipt(self, file_id: str) -> str | None:
         """The text receipt of a file, or None (no such file, or no receipt written).
