@@ -272,3 +272,13 @@ def test_the_report_names_the_sheet_and_whether_excel_hides_it(tmp_path):
     plain = tmp_path / "plain.xlsx"
     plain.write_bytes(xlsxwriter_bytes(rows_valid(3)))
     assert validate_file(plain).sheet_hidden is False
+
+
+def test_validate_counts_in_grammatical_english(tmp_path):
+    one = tmp_path / "one.xlsx"
+    assert _command("template", str(one)).returncode == 0  # one example row
+    assert _command("validate", str(one)).stdout.strip() == f"{one}: valid, 1 data row"
+    bad = tmp_path / "bad.xlsx"
+    bad.write_bytes(xlsxwriter_bytes([["s1", "not a number", "", "", "", "", ""]]))
+    said = _command("validate", str(bad)).stdout.splitlines()[0]
+    assert said.startswith(f"{bad}: INVALID, 1 problem in 1 data row"), said
