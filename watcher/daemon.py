@@ -365,7 +365,7 @@ class Daemon:
                 routes.append(route)
                 continue
             try:
-                names = await self._source.list_folders(route.parent)
+                names = await self._listings.folders(route.parent)
             except SourceUnavailableError:
                 raise  # the server, not the folder: the whole pass waits
             except WatcherError as exc:  # this template's folder: the other routes go on

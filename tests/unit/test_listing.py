@@ -109,3 +109,21 @@ async def test_a_server_that_gives_no_mtime_is_listed_at_every_poll():
     cache = listings(folder)
     await polled(folder, cache, 10)
     assert folder.listings == 10
+
+
+async def test_a_template_route_s_campaign_folders_are_cached_the_same_way():
+    folder = Folder()
+    folder.names = ["1647"]
+
+    async def list_folders(path: str) -> list[str]:
+        folder.listings += 1
+        return list(folder.names)
+
+    folder.list_folders = list_folders  # type: ignore[attr-defined]
+    cache = listings(folder)
+    for _ in range(6):
+        assert await cache.folders("/campaigns") == ["1647"]
+        folder.now += 1
+    assert folder.listings == 3  # then one stat per poll
+    folder.add("1648")
+    assert await cache.folders("/campaigns") == ["1647", "1648"]

@@ -13,8 +13,9 @@ is listed whatever its mtime says (a server that never updates it is still seen)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from watcher.errors import FileGoneError
 from watcher.models import RemoteEntry
@@ -23,11 +24,14 @@ from watcher.sources import Source
 __all__ = ("Listings",)
 
 
+_T = TypeVar("_T")
+
+
 @dataclass(slots=True)
-class _Listing:
+class _Listing(Generic[_T]):
     mtime: int | None
     since: float  # our clock, when this mtime was first seen
-    entries: list[RemoteEntry]
+    entries: list[_T]
     trusted: bool
     reused: int = 0
 
@@ -47,20 +51,34 @@ class Listings:
         self._full_every = full_every
         self._trust_after_s = trust_after_s
         self._clock = clock
-        self._last: dict[str, _Listing] = {}
+        self._files: dict[str, _Listing[Any]] = {}
+        self._folders: dict[str, _Listing[Any]] = {}
         self.listed = 0  # listings made (the rest were re-used): for the tests and bench
         self.reused = 0
 
     async def files(self, folder: str, *, fresh: bool = False) -> list[RemoteEntry]:
         """The regular files in ``folder``; listed afresh when ``fresh`` (a file there is still
         settling) or when the folder may have changed."""
+        return await self._cached(self._files, folder, fresh, self._source.list_files)
+
+    async def folders(self, folder: str) -> list[str]:
+        """The folders in ``folder`` (a template route's campaign folders), on the same terms."""
+        return await self._cached(self._folders, folder, False, self._source.list_folders)
+
+    async def _cached(
+        self,
+        kept: dict[str, _Listing[Any]],
+        folder: str,
+        fresh: bool,
+        listing: Callable[[str], Awaitable[list[_T]]],
+    ) -> list[_T]:
         try:
             mtime = await self._source.folder_mtime(folder)
         except FileGoneError:
-            self._last.pop(folder, None)
-            return await self._source.list_files(folder)  # which makes it
+            kept.pop(folder, None)
+            return await listing(folder)  # which makes it
         now = self._clock()
-        last = self._last.get(folder)
+        last = kept.get(folder)
         since = last.since if last is not None and last.mtime == mtime else now
         if (
             not fresh
@@ -72,12 +90,9 @@ class Listings:
         ):
             last.reused += 1
             self.reused += 1
-            return last.entries
-        entries = await self._source.list_files(folder)
+            entries: list[_T] = last.entries
+            return entries
+        found = await listing(folder)
         self.listed += 1
-        self._last[folder] = _Listing(mtime, since, entries, now - since >= self._trust_after_s)
-        return entries
-
-    def forget(self, folder: str) -> None:
-        """List ``folder`` afresh next time (we changed it ourselves in a way mtime may hide)."""
-        self._last.pop(folder, None)
+        kept[folder] = _Listing(mtime, since, found, now - since >= self._trust_after_s)
+        return found
