@@ -295,9 +295,13 @@ class Ledger:
         return _record(row)
 
     def find(self, prefix: str) -> list[FileRecord]:
-        """Rows whose id starts with ``prefix`` (operators type short ids)."""
+        """Rows whose id starts with ``prefix`` (operators type short ids); taken as text, never
+        as a pattern (``%`` or ``_``), and an empty one matches nothing."""
+        if not prefix:
+            return []
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM files WHERE id LIKE ? ORDER BY rowid", (prefix + "%",)
+            f"SELECT {_COLUMNS} FROM files WHERE substr(id, 1, ?) = ? ORDER BY rowid",
+            (len(prefix), prefix.lower()),  # ids are lower case; people may type upper
         )
         return [_record(r) for r in rows]
 

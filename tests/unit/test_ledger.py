@@ -302,3 +302,11 @@ def test_a_file_parked_after_it_was_sent_still_makes_its_list_a_duplicate(ledger
     never_sent = claimed(ledger, "e.xlsx", "third")
     ledger.park(never_sent.id, actor="ann", reason="x")
     assert ledger.begin_submit(claimed(ledger, "f.xlsx", "third").id).state is FileState.submitting
+
+
+def test_an_id_is_found_by_its_start_only_and_never_by_a_pattern(ledger):
+    row = claimed(ledger, "a.xlsx", "s")
+    assert [r.id for r in ledger.lookup(row.id[:9])] == [row.id]
+    assert [r.id for r in ledger.lookup(row.id.upper())] == [row.id]
+    for key in ("%", "_", "", f"{row.id[:8]}%", row.id[:8] + "_"):
+        assert ledger.lookup(key) == [], key  # `ledger park %` must not hold every file
