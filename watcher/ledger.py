@@ -524,6 +524,13 @@ class Ledger:
         """
         if record.force_submit:
             return None
+        return self.still_imported(record, duplicates)
+
+    def still_imported(
+        self, record: FileRecord, duplicates: DuplicatesBy = "rows"
+    ) -> FileRecord | None:
+        """Another row of the same campaign and list that counts as imported (not forgotten),
+        whatever ``record`` itself is: what a file of that list dropped again is a duplicate of."""
         return self._imported_twin(self._db, record, duplicates)
 
     def _imported_twin(

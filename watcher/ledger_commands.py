@@ -177,7 +177,25 @@ _HELD = (
 )
 
 
-def _ledger_hold(ledger: Ledger, record: FileRecord, args: argparse.Namespace) -> int:
+def _forgotten(ledger: Ledger, record: FileRecord, settings: Settings, by: str, why: str) -> str:
+    """What forgetting a file did: the list may be imported again, unless another file of the
+    same list still counts as imported (a duplicate's original, say)."""
+    route = settings.route(record.route, record.campaign_id)
+    twin = ledger.still_imported(record, route.duplicates if route else "rows")
+    if twin is None:
+        return (
+            f"{record.id} is forgotten (by {by}: {why}); the same list may be imported again. "
+            "Its history and receipts stay."
+        )
+    return (
+        f"{record.id} is forgotten (by {by}: {why}), but the same list still counts as imported "
+        f"as {twin.shown_name} ({twin.id}): forget that file too for it to be imported again"
+    )
+
+
+def _ledger_hold(
+    ledger: Ledger, record: FileRecord, settings: Settings, args: argparse.Namespace
+) -> int:
     """park, unpark, forget: one audited ledger write each, nothing else."""
     who, command = _who(args), args.ledger_command
     act = {"park": ledger.park, "unpark": ledger.unpark, "forget": ledger.forget}[command]
@@ -188,14 +206,15 @@ def _ledger_hold(ledger: Ledger, record: FileRecord, args: argparse.Namespace) -
     except WatcherError as exc:
         return _fail(f"cannot {command} {record.id}: {exc}", EX_INVALID)
     by, why = _said(who, args.reason)
-    said = {
-        "park": f"{record.id} is parked (by {by}: {why}); {_HELD}",
-        "unpark": f"{record.id} is {record.state.value} again (by {by}); a running daemon "
-        "carries it on within one poll",
-        "forget": f"{record.id} is forgotten (by {by}: {why}); the same list may be "
-        "imported again. Its history and receipts stay.",
-    }
-    _print(said[command])
+    if command == "park":
+        _print(f"{record.id} is parked (by {by}: {why}); {_HELD}")
+    elif command == "unpark":
+        _print(
+            f"{record.id} is {record.state.value} again (by {by}); a running daemon carries it "
+            "on within one poll"
+        )
+    else:
+        _print(_forgotten(ledger, record, settings, by, why))
     return EX_OK
 
 
@@ -269,7 +288,7 @@ def _act_on_one(ledger: Ledger, settings: Settings, args: argparse.Namespace) ->
         return _ledger_reprocess(ledger, found[0], settings, args)
     if args.ledger_command == "resolve":
         return _ledger_resolve(ledger, found[0], settings, args)
-    return _ledger_hold(ledger, found[0], args)
+    return _ledger_hold(ledger, found[0], settings, args)
 
 
 def _ledger(args: argparse.Namespace) -> int:
