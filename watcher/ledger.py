@@ -44,6 +44,12 @@ IMPORTED_STATES = (FileState.submitting, FileState.tracking, FileState.uncertain
 # claimed or moved to done/ or rejected/ (it is finished in a moment).
 PARKABLE_STATES = (FileState.claimed, FileState.tracking, FileState.uncertain)
 _FORGETTABLE = (FileState.done, FileState.rejected)
+# The state a parked row was parked from (a correlated subquery on ``files``): a file parked
+# after it was sent still counts as sent, for the duplicate check and for reconciliation.
+_PARKED_FROM = (
+    "(SELECT from_state FROM transitions WHERE transitions.file_id = files.id"
+    " AND to_state = 'parked' ORDER BY seq DESC LIMIT 1)"
+)
 
 _SCHEMA = [
     # version 1
@@ -289,9 +295,13 @@ class Ledger:
         return _record(row)
 
     def find(self, prefix: str) -> list[FileRecord]:
-        """Rows whose id starts with ``prefix`` (operators type short ids)."""
+        """Rows whose id starts with ``prefix`` (operators type short ids); taken as text, never
+        as a pattern (``%`` or ``_``), and an empty one matches nothing."""
+        if not prefix:
+            return []
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM files WHERE id LIKE ? ORDER BY rowid", (prefix + "%",)
+            f"SELECT {_COLUMNS} FROM files WHERE substr(id, 1, ?) = ? ORDER BY rowid",
+            (len(prefix), prefix.lower()),  # ids are lower case; people may type upper
         )
         return [_record(r) for r in rows]
 
@@ -514,6 +524,13 @@ class Ledger:
         """
         if record.force_submit:
             return None
+        return self.still_imported(record, duplicates)
+
+    def still_imported(
+        self, record: FileRecord, duplicates: DuplicatesBy = "rows"
+    ) -> FileRecord | None:
+        """Another row of the same campaign and list that counts as imported (not forgotten),
+        whatever ``record`` itself is: what a file of that list dropped again is a duplicate of."""
         return self._imported_twin(self._db, record, duplicates)
 
     def _imported_twin(
@@ -532,7 +549,8 @@ class Ledger:
             f" AND forgotten_at IS NULL"
             f" AND (state IN ({marks}) OR (state = ? AND import_task_id IS NOT NULL"
             f" AND outcome = ?) OR (import_task_id IS NOT NULL AND json_valid(details)"
-            f" AND json_extract(details, '$.import.succNum') > 0)) ORDER BY rowid LIMIT 1",
+            f" AND json_extract(details, '$.import.succNum') > 0)"
+            f" OR (state = ? AND {_PARKED_FROM} IN ({marks}))) ORDER BY rowid LIMIT 1",
             (
                 me.campaign_id,
                 *keys,
@@ -540,6 +558,8 @@ class Ledger:
                 *IMPORTED_STATES,
                 FileState.settling,
                 Outcome.done,
+                FileState.parked,
+                *IMPORTED_STATES,
             ),
         ).fetchone()
         return _record(row) if row else None
@@ -651,9 +671,7 @@ class Ledger:
             if state is not FileState.parked:
                 raise LedgerError(f"file {file_id} is {state}, not parked")
             (before,) = db.execute(
-                "SELECT from_state FROM transitions WHERE file_id = ? AND to_state = ?"
-                " ORDER BY seq DESC LIMIT 1",
-                (file_id, FileState.parked),
+                f"SELECT {_PARKED_FROM} FROM files WHERE id = ?", (file_id,)
             ).fetchone()
             why = f"unparked: {reason}"
             db.execute(
@@ -754,8 +772,15 @@ class Ledger:
         """Rows of the campaign whose submission's outcome is not known: they may own a task."""
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM files WHERE campaign_id = ? AND import_task_id IS NULL"
-            " AND submitted_at IS NOT NULL AND state IN (?, ?) ORDER BY rowid",
-            (campaign_id, FileState.submitting, FileState.uncertain),
+            f" AND submitted_at IS NOT NULL AND (state IN (?, ?)"
+            f" OR (state = ? AND {_PARKED_FROM} = ?)) ORDER BY rowid",
+            (
+                campaign_id,
+                FileState.submitting,
+                FileState.uncertain,
+                FileState.parked,
+                FileState.uncertain,
+            ),
         )
         return [_record(r) for r in rows]
 

@@ -93,7 +93,7 @@ def _ledger_show(ledger: Ledger, record: FileRecord) -> int:
     for step in ledger.transitions(record.id):
         _print(
             f"      {step['at']}  {step['from_state'] or '-'} -> {step['to_state']}"
-            f"  ({step['actor']}) {escaped(step['reason'] or '')}"
+            f"  ({escaped(step['actor'])}) {escaped(step['reason'] or '')}"
         )
     return EX_OK
 
@@ -166,13 +166,36 @@ def _who(args: argparse.Namespace) -> str:
     return str(args.by or os.environ.get("SUDO_USER") or getpass.getuser())
 
 
+def _said(who: str, reason: str) -> tuple[str, str]:
+    """Who and why as a terminal may show them (an operator's words are kept as given)."""
+    return escaped(who), escaped(reason)
+
+
 _HELD = (
     "the daemon leaves it alone until 'ledger unpark'; a running daemon drops its work on the "
     "file at its next step"
 )
 
 
-def _ledger_hold(ledger: Ledger, record: FileRecord, args: argparse.Namespace) -> int:
+def _forgotten(ledger: Ledger, record: FileRecord, settings: Settings, by: str, why: str) -> str:
+    """What forgetting a file did: the list may be imported again, unless another file of the
+    same list still counts as imported (a duplicate's original, say)."""
+    route = settings.route(record.route, record.campaign_id)
+    twin = ledger.still_imported(record, route.duplicates if route else "rows")
+    if twin is None:
+        return (
+            f"{record.id} is forgotten (by {by}: {why}); the same list may be imported again. "
+            "Its history and receipts stay."
+        )
+    return (
+        f"{record.id} is forgotten (by {by}: {why}), but the same list still counts as imported "
+        f"as {twin.shown_name} ({twin.id}): forget that file too for it to be imported again"
+    )
+
+
+def _ledger_hold(
+    ledger: Ledger, record: FileRecord, settings: Settings, args: argparse.Namespace
+) -> int:
     """park, unpark, forget: one audited ledger write each, nothing else."""
     who, command = _who(args), args.ledger_command
     act = {"park": ledger.park, "unpark": ledger.unpark, "forget": ledger.forget}[command]
@@ -182,14 +205,16 @@ def _ledger_hold(ledger: Ledger, record: FileRecord, args: argparse.Namespace) -
         raise  # not the file's fault: said once, below
     except WatcherError as exc:
         return _fail(f"cannot {command} {record.id}: {exc}", EX_INVALID)
-    said = {
-        "park": f"{record.id} is parked (by {who}: {args.reason}); {_HELD}",
-        "unpark": f"{record.id} is {record.state.value} again (by {who}); a running daemon "
-        "carries it on within one poll",
-        "forget": f"{record.id} is forgotten (by {who}: {args.reason}); the same list may be "
-        "imported again. Its history and receipts stay.",
-    }
-    _print(said[command])
+    by, why = _said(who, args.reason)
+    if command == "park":
+        _print(f"{record.id} is parked (by {by}: {why}); {_HELD}")
+    elif command == "unpark":
+        _print(
+            f"{record.id} is {record.state.value} again (by {by}); a running daemon carries it "
+            "on within one poll"
+        )
+    else:
+        _print(_forgotten(ledger, record, settings, by, why))
     return EX_OK
 
 
@@ -207,8 +232,9 @@ def _ledger_reprocess(
         raise  # not the file's fault: said once, below
     except WatcherError as exc:
         return _fail(f"cannot reprocess {record.id}: {exc}", EX_INVALID)
+    by, why = _said(who, args.reason)
     _print(
-        f"{record.id} will be sent to iSales again (by {who}: {args.reason}); "
+        f"{record.id} will be sent to iSales again (by {by}: {why}); "
         "a running daemon picks it up within one poll"
     )
     return EX_OK
@@ -220,6 +246,7 @@ def _ledger_resolve(
     from watcher.resolve import resolve_imported
 
     who = _who(args)
+    by, why = _said(who, args.reason)
     try:
         if args.imported:
             record = asyncio.run(
@@ -228,13 +255,13 @@ def _ledger_resolve(
                 )
             )
             _print(
-                f"{record.id} is now tracked as import task {args.imported} (by {who}); a running "
-                "daemon follows it to its end and settles the file within one poll"
+                f"{record.id} is now tracked as import task {escaped(args.imported)} (by {by}); "
+                "a running daemon follows it to its end and settles the file within one poll"
             )
         else:
             record = ledger.resolve(record.id, task_id=None, actor=who, reason=args.reason)
             _print(
-                f"{record.id} was not imported (by {who}: {args.reason}); a running daemon sends "
+                f"{record.id} was not imported (by {by}: {why}); a running daemon sends "
                 "it once more within one poll"
             )
     except LedgerBusyError:
@@ -261,7 +288,7 @@ def _act_on_one(ledger: Ledger, settings: Settings, args: argparse.Namespace) ->
         return _ledger_reprocess(ledger, found[0], settings, args)
     if args.ledger_command == "resolve":
         return _ledger_resolve(ledger, found[0], settings, args)
-    return _ledger_hold(ledger, found[0], args)
+    return _ledger_hold(ledger, found[0], settings, args)
 
 
 def _ledger(args: argparse.Namespace) -> int:

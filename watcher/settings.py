@@ -274,6 +274,12 @@ class IsalesSettings(_Section):
     @model_validator(mode="after")
     def _check_url(self) -> Self:
         parts = urlsplit(self.base_url)
+        if parts.username is not None or parts.password is not None:
+            # Never repeated: what stands before the @ may be a password.
+            raise ValueError(
+                "base_url: takes no user or password before the host (requests are signed "
+                "with access_key and secret_key); give https://host:port"
+            )
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError(f"base_url: {self.base_url!r} is not an https://host:port URL")
         if parts.scheme == "http" and not self.allow_insecure_http:

@@ -283,3 +283,30 @@ def test_a_forgotten_file_is_no_duplicate_and_keeps_its_history(ledger):
     assert ledger.task_owner("c1", "t1").id == first  # its task stays its own
     third = claimed(ledger, "c.xlsx", "same")
     assert ledger.begin_submit(third.id).id == second.id  # the new import counts
+
+
+def test_a_file_parked_after_it_was_sent_still_makes_its_list_a_duplicate(ledger):
+    # Parked while tracking (iSales has its import) or while uncertain (it may have): the same
+    # list dropped again meanwhile must not reach iSales a second time.
+    tracking = submitted(ledger, "a.xlsx", "same", "t1")
+    ledger.park(tracking, actor="ann", reason="campaign paused")
+    again = claimed(ledger, "b.xlsx", "same")
+    assert ledger.begin_submit(again.id).id == tracking
+    doubtful = claimed(ledger, "c.xlsx", "other")
+    ledger.begin_submit(doubtful.id)
+    ledger.transition(doubtful.id, FileState.uncertain, expect=FileState.submitting)
+    ledger.park(doubtful.id, actor="ann", reason="x")
+    assert ledger.begin_submit(claimed(ledger, "d.xlsx", "other").id).id == doubtful.id
+    assert [r.id for r in ledger.unresolved("c1")] == [doubtful.id]  # its window is its own
+    # Parked before anything was sent: no duplicate.
+    never_sent = claimed(ledger, "e.xlsx", "third")
+    ledger.park(never_sent.id, actor="ann", reason="x")
+    assert ledger.begin_submit(claimed(ledger, "f.xlsx", "third").id).state is FileState.submitting
+
+
+def test_an_id_is_found_by_its_start_only_and_never_by_a_pattern(ledger):
+    row = claimed(ledger, "a.xlsx", "s")
+    assert [r.id for r in ledger.lookup(row.id[:9])] == [row.id]
+    assert [r.id for r in ledger.lookup(row.id.upper())] == [row.id]
+    for key in ("%", "_", "", f"{row.id[:8]}%", row.id[:8] + "_"):
+        assert ledger.lookup(key) == [], key  # `ledger park %` must not hold every file

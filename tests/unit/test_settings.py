@@ -458,3 +458,15 @@ def test_a_route_chooses_its_receipts_language_and_what_happens_to_other_names(f
         with pytest.raises(ConfigError, match=said) as caught:
             load_settings(write(files, routes=route + bad + "\n"))
         assert "route 1 (spring)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["https://ops:hunter2@10.0.0.5:28443", "ftp://ops:hunter2@10.0.0.5", "https://ops@h:1"]
+)
+def test_a_base_url_with_a_user_or_password_is_refused_without_repeating_it(files, url):
+    config = write(files)
+    config.write_text(config.read_text().replace("https://10.0.0.5:28443", url))
+    with pytest.raises(ConfigError, match=r"isales\.base_url: takes no user") as caught:
+        load_settings(config)
+    assert "hunter2" not in str(caught.value)
+    assert "ops" not in str(caught.value)
