@@ -7,7 +7,13 @@ import posixpath
 
 import structlog
 
-from watcher.errors import SkipFileError, SourceRefusedError, TransientError, WatcherError
+from watcher.errors import (
+    LedgerBusyError,
+    SkipFileError,
+    SourceRefusedError,
+    TransientError,
+    WatcherError,
+)
 from watcher.ledger import Ledger
 from watcher.models import FileRecord, FileState, RemoteEntry
 from watcher.settings import RouteSettings
@@ -56,7 +62,13 @@ async def claim(
         ledger.transition(record.id, FileState.lost, expect=FileState.claiming, reason=str(exc))
         log.info("file.claim_lost", file_id=record.id, file=entry.name, reason=str(exc))
         return None
-    record = ledger.transition(record.id, FileState.claimed, expect=FileState.claiming)
+    try:
+        record = ledger.transition(record.id, FileState.claimed, expect=FileState.claiming)
+    except LedgerBusyError:
+        # Moved, but not yet written down: still ``claiming``, which resolve_claim settles by
+        # looking in processing/ once the ledger is free.
+        log.warning("file.claim_unrecorded", file_id=record.id, file=entry.name)
+        return record
     log.info(
         "file.claimed",
         file_id=record.id,

@@ -16,6 +16,7 @@ from watcher.control import ControlServer
 from watcher.errors import (
     ConfigError,
     HostKeyError,
+    LedgerBusyError,
     LedgerError,
     SkipFileError,
     SourceRefusedError,
@@ -46,6 +47,10 @@ from watcher.status import StatusPage
 from watcher.validate.pool import CheckLimits, ValidationPool
 
 __all__ = ("Daemon",)
+
+# How long a ledger write waits for another process's before the step is left for later: the
+# wait blocks the event loop.
+_LEDGER_WAIT_MS = 1000
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +128,7 @@ class Daemon:
             )
         lock = StateLock(daemon.state_dir)
         try:
-            ledger = Ledger(daemon.state_dir / "ledger.sqlite3")
+            ledger = Ledger(daemon.state_dir / "ledger.sqlite3", busy_timeout_ms=_LEDGER_WAIT_MS)
             ledger.verify()
         except BaseException:
             lock.release()
@@ -255,6 +260,10 @@ class Daemon:
         """A file's trouble stays with that file; only a ledger that cannot be written stops."""
         try:
             await work
+        except LedgerBusyError as exc:
+            # Another process holds the ledger (a command, a backup): nothing was written, as
+            # after a crash at that point; the row is taken up again once the ledger is free.
+            log.warning("ledger.busy", error=str(exc))
         except LedgerError as exc:
             log.critical("ledger.failed", error=str(exc))
             self.failed = exc
@@ -266,10 +275,13 @@ class Daemon:
 
     def _resume(self, pipeline: Pipeline, ledger: Ledger, *, at_start: bool) -> None:
         """Carry forward rows nobody drives: left by a crash, or re-queued by an operator."""
+        if time.monotonic() < pipeline.busy_until:
+            return  # the ledger was busy a moment ago: do not stall the loop on it again
         for record in ledger.unfinished():
             if record.id in pipeline.driving:
                 continue
-            if record.state is FileState.claiming and not at_start:
+            in_progress = record.id not in pipeline.interrupted  # else a busy ledger cut it
+            if record.state is FileState.claiming and not at_start and in_progress:
                 continue  # a claim in progress right now
             log.info("file.resumed", file_id=record.id, state=record.state.value)
             pipeline.driving.add(record.id)  # now, not when the task first runs: no twin drivers

@@ -186,14 +186,20 @@ class Ledger:
     world, so a crash at any instant leaves a row that says what may have happened.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> None:
+        """Open (and create or migrate) the ledger.
+
+        ``busy_timeout_ms``: how long a write waits for another process's; SQLite waits in the
+        calling thread, so the daemon, whose event loop that is, waits less than a command.
+        """
         self.path = path
+        self._busy_timeout_ms = busy_timeout_ms
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.row_factory = sqlite3.Row
             # First: a command opened beside a busy daemon waits for its turn, even here.
-            self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -242,7 +248,7 @@ class Ledger:
             if "locked" in str(exc) or "busy" in str(exc):
                 raise LedgerBusyError(
                     f"the ledger {self.path} is busy (another process held it for "
-                    f"{_BUSY_TIMEOUT_MS // 1000} s); try again in a moment"
+                    f"{self._busy_timeout_ms / 1000:g} s); try again in a moment"
                 ) from exc
             raise LedgerError(f"ledger write failed ({self.path}): {exc}") from exc
         except sqlite3.Error as exc:

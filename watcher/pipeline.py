@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,7 @@ from watcher.claim import claim, resolve_claim
 from watcher.errors import (
     ApiUnavailableError,
     FileGoneError,
+    LedgerBusyError,
     LedgerError,
     SkipFileError,
     SourceDeniedError,
@@ -59,6 +61,7 @@ _GATE_KINDS = {  # the problem kind whose advice the receipt gives
     ZipVerdict.old_excel: "old_xls",
 }
 _MAX_CRASHES = 3
+_BUSY_PAUSE_S = 5.0  # after a busy ledger, rows are taken up again this much later
 _LEDGER_RESERVE_BYTES = 64_000_000  # a work copy never takes the ledger's last room
 _MAX_REFUSALS = 5  # a path the server refuses this often is not going to work by itself
 # A busy iSales (429, "called too frequently") is asked again this often before the file waits.
@@ -94,6 +97,9 @@ class Pipeline:
         # One submission per campaign at a time: a lost answer then has one candidate task.
         self._campaign_locks: dict[str, asyncio.Lock] = {}
         self.driving: set[str] = set()
+        # Rows whose drive ended on a busy ledger, and until when (monotonic) not to try again.
+        self.interrupted: set[str] = set()
+        self.busy_until = 0.0
         self.reconciler = Reconciler(client, ledger, settings.isales)
         self.tracker = Tracker(client, poll_s=settings.isales.track_poll_s, stop=stop)
 
@@ -153,10 +159,16 @@ class Pipeline:
     async def drive(self, record: FileRecord) -> None:
         """Advance a row until it is terminal, or until the daemon stops (it resumes later)."""
         self.driving.add(record.id)
+        self.interrupted.discard(record.id)
         try:
             await self._drive(record)
         except StateChangedError as exc:
             self._yield_to_operator(exc)
+        except LedgerBusyError as exc:
+            # Nothing of that step was written: the row is where it was, as after a crash.
+            log.warning("ledger.busy", file_id=record.id, error=str(exc))
+            self.interrupted.add(record.id)
+            self.busy_until = time.monotonic() + _BUSY_PAUSE_S
         finally:
             self.driving.discard(record.id)
 

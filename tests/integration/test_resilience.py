@@ -95,3 +95,28 @@ async def test_a_file_taken_out_of_processing_is_recorded_as_lost(make_world, ru
     assert "removed from processing/" in (check.get(row.id).reason or "")
     check.close()
     assert emulator.uploads == []
+
+
+async def test_a_ledger_held_by_another_process_pauses_the_daemon_and_never_stops_it(
+    make_world, run_daemon, emulator, upload
+):
+    """A person's `sqlite3` (or a backup) holding a write lock: the daemon waits, then goes on."""
+    import sqlite3
+
+    from tests.conftest import settled_as
+
+    world = make_world()
+    daemon = await run_daemon(world)
+    holder = sqlite3.connect(world.state_dir / "ledger.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+    with structlog.testing.capture_logs() as logs:
+        await upload(world.inbox / "during.xlsx", xlsxwriter_bytes(rows_valid(3, seed=77)))
+        await wait_for(lambda: any(e["event"] == "ledger.busy" for e in logs), 30, "ledger.busy")
+        await asyncio.sleep(3)  # several more passes while it is held
+        assert not daemon.stop.is_set()
+        holder.execute("COMMIT")
+        holder.close()
+        await wait_for(settled_as(world, "during.xlsx", "done"), 60, "during.xlsx done")
+    assert daemon.failed is None
+    assert not any(e["event"] == "ledger.failed" for e in logs)
+    assert [u.file_name for u in emulator.uploads] == ["during.xlsx"]
