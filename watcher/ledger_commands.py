@@ -126,9 +126,17 @@ def _ledger_export(ledger: Ledger, args: argparse.Namespace) -> int:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["file_id"])
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({key: _inert(value) for key, value in row.items()} for row in rows)
     sys.stdout.write(out.getvalue())
     return EX_OK
+
+
+def _inert(value: Any) -> Any:
+    """A cell a spreadsheet shows as text: a dropped file named ``=HYPERLINK(...)`` (or a
+    reason starting with ``+``, ``-``, ``@``) is not run as a formula when the audit is opened."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 async def _bring_back(settings: Settings, record: FileRecord) -> None:

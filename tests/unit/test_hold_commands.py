@@ -85,3 +85,14 @@ def test_forgetting_a_duplicate_says_which_import_still_counts(config, capsys):
     assert f"still counts as imported as list.xlsx ({imported})" in said
     assert main(["ledger", "forget", imported, "--reason", "x", "--config", str(config)]) == 0
     assert "the same list may be imported again" in capsys.readouterr().out
+
+
+def test_an_exported_cell_is_never_a_formula_in_a_spreadsheet():
+    from watcher.ledger_commands import _inert
+
+    assert _inert('=HYPERLINK("http://x","y").xlsx') == '\'=HYPERLINK("http://x","y").xlsx'
+    assert _inert("+1.xlsx") == "'+1.xlsx"
+    assert _inert("@SUM(A1)") == "'@SUM(A1)"
+    assert _inert("-2") == "'-2"
+    assert _inert("march.xlsx") == "march.xlsx"
+    assert _inert(None) is None
