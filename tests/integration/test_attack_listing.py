@@ -35,7 +35,7 @@ async def test_a_slow_upload_where_folder_mtimes_never_move(make_world, emulator
     try:
         await wait_for(daemon.ready.is_set, 30, "the daemon ready")
         await wait_for(
-            lambda: daemon._listings.reused > 12, 30, "the empty inbox's listing re-used"
+            lambda: daemon._intake.listings.reused > 12, 30, "the empty inbox's listing re-used"
         )
 
         def still_in_the_inbox() -> None:
@@ -53,4 +53,4 @@ async def test_a_slow_upload_where_folder_mtimes_never_move(make_world, emulator
     assert call.fetched_sha256 == hashlib.sha256(data).hexdigest()
     [row] = rows(world)
     assert (row.size_bytes, row.sha256) == (len(data), call.fetched_sha256)
-    print(f"listed {daemon._listings.listed}, re-used {daemon._listings.reused}")
+    print(f"listed {daemon._intake.listings.listed}, re-used {daemon._intake.listings.reused}")

@@ -18,7 +18,7 @@ from tests.conftest import World, cli, rows, settled_as, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 
 DAEMON = "retry_backoff_s = 0.2\nmax_backoff_s = 1"
-# A refused inbox is tried again every 30 s (watcher.daemon._ACCESS_RECHECK_S), then at once.
+# A refused inbox is tried again every 30 s (watcher.intake._ACCESS_RECHECK_S), then at once.
 RECHECK_WAIT_S = 45
 
 
