@@ -149,6 +149,7 @@ class Markup:
 
     prefix: bytes
     cell: re.Pattern[bytes]  # a cell and its value; groups as in ``SheetReader._fast_rows``
+    plain_cell: re.Pattern[bytes]  # the common cells only, faster; the same groups
     cell_open: bytes  # counts every cell tag, and a few others (<cols>): a quick guard
     cell_tags: tuple[bytes, ...]  # counts exactly the cell tags
     row_open: bytes
@@ -197,6 +198,13 @@ _CELL = (
     rb'(?:<@v>([^<]*)</@v>|<@is><@t(?: xml:space="preserve")?>([^<]*)</@t></@is>|<@is>(.*?)</@is>)?'
     rb"</@c>)"
 )
+# The cells most writers write, a third faster to find: a value, an inline string or nothing,
+# and no other attribute. Where it takes every cell of a piece, _CELL takes them alike; a piece
+# holding any other cell is read again with _CELL.
+_PLAIN_CELL = (
+    rb'<@c r="([A-Z]{1,3})(\d{1,7})"(?: s="(\d+)")?(?: t="([a-zA-Z]+)")?'
+    rb"(?:>(?:<@v>([^<]*)</@v>|<@is><@t>([^<]*)</@t></@is>)</@c>|/>)()"
+)
 _ROW_WITH_CELL = rb"<@row\b[^>]*>\s*<@c[\s/>]"
 _STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>|<@si>(.*?)</@si>|<@si/>'
 _RUN_TEXT = r"<@t(?:\s[^>]*)?>([^<]*)</@t>"
@@ -218,6 +226,7 @@ def markup_for(prefix: bytes) -> Markup:
     return Markup(
         prefix=prefix,
         cell=pattern(_CELL),
+        plain_cell=pattern(_PLAIN_CELL),
         cell_open=tags(b"<@c")[0],
         cell_tags=tags(b"<@c ", b"<@c>", b"<@c/"),
         row_open=tags(b"<@row")[0],

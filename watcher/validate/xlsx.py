@@ -94,7 +94,8 @@ class _Head:
 
 
 def _has_content(values: list[Any]) -> bool:
-    return any(value is not None and value != "" for value in values)
+    """Whether a cell holds anything: neither None nor "" (counted in C)."""
+    return values.count(None) + values.count("") < len(values)
 
 
 def _number(text: str) -> int | float:
@@ -542,6 +543,7 @@ class SheetReader:
             stream.close()
             raise FastPathUnsupported("the sheet's root is not in the main namespace")
         findall, inline_text = markup.cell.findall, markup.inline_text
+        find_plain, counts = markup.plain_cell.findall, markup.counts_cells
         cell_open, row_open = markup.cell_open, markup.row_open
         current = b""
         values: list[Any] = []
@@ -561,8 +563,10 @@ class SheetReader:
                         self._progress(pieces.position - reported, total)
                         reported = pieces.position
                     _check_piece(piece, self._part, pieces.offset, head.body, markup.sheet_data_end)
-                    cells = findall(piece)
-                    _check_count(piece, cell_open, len(cells), markup.counts_cells)
+                    cells = find_plain(piece)
+                    if piece.count(cell_open) != len(cells) and not counts(piece, len(cells)):
+                        cells = findall(piece)  # a cell the plain pattern does not take
+                        _check_count(piece, cell_open, len(cells), counts)
                     rows = 0  # row numbers met in this piece; one per <row> that holds cells
                     for letters, number, style, kind, raw, inline, rich in cells:
                         if number != current:
