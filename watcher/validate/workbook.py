@@ -176,12 +176,14 @@ def _check_second_half(
 def _check_in_two(reader: SheetReader, report: Report, options: ValidationOptions) -> None:
     """Check the sheet with two processes: the parent takes the first half, a fork the second.
 
-    The shared strings are loaded once, before the fork, and shared copy-on-write.
+    The shared strings are loaded once, before the fork, by two processes, into shared memory
+    (:meth:`SheetReader.load_strings_in_two`).
 
     Raises:
         FastPathUnsupported: the sheet needs the slow reader; start again serially.
     """
     elsewhere = _elsewhere(reader.other_sheets)
+    reader.load_strings_in_two(options.split_min_bytes)
     # The fork also inflates the part it skips: give it a little less.
     middle = reader.sheet_bytes * 54 // 100
     first = reader.part_rows(0, middle)
