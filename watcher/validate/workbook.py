@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import zipfile
@@ -193,6 +194,7 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
     report.header_row, columns = found
     columns = _narrowed(columns, reader.keep_columns)  # before the fork: the child keeps them too
     read_end, write_end = os.pipe()
+    gc.freeze()  # while the halves are checked: collecting would copy the pages both share
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
@@ -208,6 +210,7 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
         with os.fdopen(read_end, "rb") as pipe:
             data = pipe.read()
         os.waitpid(pid, 0)
+        gc.unfreeze()
     payload: tuple[Any, ...] = (
         pickle.loads(data) if data else ("damaged", "the second validation process died")
     )
