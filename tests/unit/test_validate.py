@@ -294,6 +294,28 @@ def test_a_repeat_names_its_value_and_the_row_it_was_first_on(tmp_path, workers)
     assert "also called on row 3" in next(p.message for p in report.examples if p.row == 301)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_repeat_after_empty_rows_and_rows_without_a_value_names_the_right_rows(
+    tmp_path, monkeypatch, workers
+):
+    from watcher.validate import ValidationOptions
+
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)  # pieces in both halves
+
+    rows: list[list[object]] = rows_valid(400)
+    for at in (390, 300, 250, 120, 60, 59, 58):
+        rows.insert(at, [])  # empty rows: Excel rows with no data row
+    for at in (15, 16, 200):
+        rows[at][0] = None  # rows with no sessionId
+    rows[380][0] = rows[17][0]
+    rows[395][1] = rows[14][1]
+    path = tmp_path / "gaps.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows))
+    report = validate_file(path, ValidationOptions(workers=workers, split_min_bytes=0))
+    found = {(p.kind, p.row, p.params["first_row"]) for p in report.examples}
+    assert found == {("duplicate_session_id", 382, 19), ("duplicate_called_no", 397, 16)}
+
+
 def test_the_report_names_the_sheet_and_whether_excel_hides_it(tmp_path):
     import xlsxwriter
 
