@@ -143,5 +143,5 @@ class MappedStrings(SharedStrings):
         """Give back the whole pages between ``begin`` and ``stop``; they read as zeros again."""
         first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE
         last = stop // mmap.PAGESIZE * mmap.PAGESIZE
-        if first < last:
+        if first < last and hasattr(mmap, "MADV_REMOVE"):  # Linux; elsewhere kept till the end
             self._map.madvise(mmap.MADV_REMOVE, first, last - first)
