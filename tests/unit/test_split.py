@@ -9,7 +9,7 @@ import pytest
 from tests.corpus import inline_row, member, raw_sheet, rezip
 from tests.workbooks import HEADER, rows_valid, xlsxwriter_bytes
 from watcher.validate import ValidationOptions, validate_file
-from watcher.validate.text import CHUNK_BYTES
+from watcher.validate.text import CHUNK_BYTES, SharedStrings
 from watcher.validate.xlsx import SheetReader
 
 SERIAL = ValidationOptions(workers=1)
@@ -158,3 +158,26 @@ def test_a_dtd_in_the_second_half_of_the_strings_is_refused_as_by_one_process(
     for options in (SERIAL, SPLIT):
         report = validate_file(path, options)
         assert report.counts == {"xml_dtd": 1}, report.as_json()
+
+
+def test_strings_are_read_by_one_process_where_no_shared_memory_can_be_mapped(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "strings.xlsx"
+    path.write_bytes(strings_workbook(300))
+    expected = validate_file(path, SERIAL)
+
+    def refused(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("watcher.validate.xlsx.mmap.mmap", refused)
+    reader = SheetReader(str(path))
+    try:
+        reader.load_strings_in_two(1)
+        assert type(reader._strings) is SharedStrings  # not in shared memory: read by one
+        assert len(reader._strings) > 600
+    finally:
+        reader.close()
+    split = validate_file(path, SPLIT)
+    assert split.counts == expected.counts
+    assert split.rows_fingerprint == expected.rows_fingerprint
