@@ -108,9 +108,7 @@ def tables(path, monkeypatch):
     try:
         one.load_strings()
         two.load_strings_in_two(1)
-        read = [
-            [reader._strings[i] for i in range(len(reader._strings))] for reader in (one, two)
-        ]
+        read = [[reader._strings[i] for i in range(len(reader._strings))] for reader in (one, two)]
         return read, (one.fast_path, two.fast_path)
     finally:
         one.close()

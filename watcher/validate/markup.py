@@ -158,7 +158,8 @@ class Markup:
     sheet_data_end: bytes
     string_tags: tuple[bytes, ...]
     string_end: bytes  # counts the <si> elements that are not empty: a quick guard
-    plain_strings: re.Pattern[bytes]  # an <si> of one plain <t>, as UTF-8 bytes
+    plain_string: re.Pattern[bytes]  # an <si> of one plain <t>, its text as UTF-8 bytes
+    string_open: bytes  # starts every <si> element, and nothing else in the part
     strings: re.Pattern[str]  # any <si>: plain, or runs for rich_text
     run_text: re.Pattern[str]
     phonetic: re.Pattern[str]
@@ -207,6 +208,7 @@ _PLAIN_CELL = (
 )
 _ROW_WITH_CELL = rb"<@row\b[^>]*>\s*<@c[\s/>]"
 _STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>|<@si>(.*?)</@si>|<@si/>'
+_PLAIN_STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>'
 _RUN_TEXT = r"<@t(?:\s[^>]*)?>([^<]*)</@t>"
 _PHONETIC = r"<@rPh\b.*?</@rPh>"
 
@@ -235,7 +237,8 @@ def markup_for(prefix: bytes) -> Markup:
         sheet_data_end=tags(b"</@sheetData>")[0],
         string_tags=tags(b"<@si>", b"<@si/", b"<@si "),
         string_end=tags(b"</@si>")[0],
-        plain_strings=pattern(_STRING),
+        plain_string=pattern(_PLAIN_STRING),
+        string_open=tags(b"<@si")[0],
         strings=re.compile(_STRING.decode().replace("@", text), re.S),
         run_text=re.compile(_RUN_TEXT.replace("@", text)),
         phonetic=re.compile(_PHONETIC.replace("@", text), re.S),

@@ -149,14 +149,15 @@ def _check_count(
 
 def _add_strings(table: SharedStrings, piece: bytes, markup: Markup) -> None:
     """Add the shared strings of one piece of ``sharedStrings.xml`` to ``table``."""
-    # Runs, phonetic runs and <t/> fall to the pattern's second group ("rich"): only entities
-    # need looking for first, since plain text goes to the table as UTF-8 bytes, undecoded.
+    # Most pieces hold only strings of one plain <t> and no entity: their text goes to the
+    # table as UTF-8 bytes, undecoded. A match holds one "<si" and no other "<", so as many
+    # matches as "<si" in the piece means every string is one of them.
     if b"&" not in piece:
-        plain = markup.plain_strings.findall(piece)
-        if not any(rich for _, rich in plain):
-            _check_count(piece, markup.string_end, len(plain), markup.counts_strings)
-            table.extend_utf8([text for text, _ in plain])
+        plain = markup.plain_string.findall(piece)
+        if piece.count(markup.string_open) == len(plain):
+            table.extend_utf8(plain)
             return
+    # Runs, phonetic runs, <si/> and entities.
     found = markup.strings.findall(piece.decode())
     _check_count(piece, markup.string_end, len(found), markup.counts_strings)
     table.extend(
