@@ -165,6 +165,20 @@ def test_shared_strings_in_pieces_or_empty_runs_stay_on_the_fast_path(tmp_path, 
 
 
 @pytest.mark.parametrize("prefix", ["", "x"])
+def test_an_empty_shared_string_keeps_the_place_of_the_strings_after_it(
+    tmp_path, monkeypatch, prefix
+):
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 16)  # pieces without rich text
+    p = f"{prefix}:" if prefix else ""
+    package = Package(prefix)
+    parts = package.parts(package.rows_xml(ROWS))
+    plain = f"<{p}si><{p}t>vip</{p}t></{p}si>"
+    rows, fast = read(tmp_path, zipped(_replace(parts, "xl/sharedStrings.xml", plain, f"<{p}si/>")))
+    assert rows == [EXPECTED[0], EXPECTED[1], (3, [*EXPECTED[2][1][:4], "", *EXPECTED[2][1][5:]])]
+    assert fast
+
+
+@pytest.mark.parametrize("prefix", ["", "x"])
 def test_a_shared_string_the_patterns_do_not_take_is_read_by_elementtree(tmp_path, prefix):
     p = f"{prefix}:" if prefix else ""
     package = Package(prefix)

@@ -9,7 +9,8 @@ import pytest
 from tests.corpus import inline_row, member, raw_sheet, rezip
 from tests.workbooks import HEADER, rows_valid, xlsxwriter_bytes
 from watcher.validate import ValidationOptions, validate_file
-from watcher.validate.text import CHUNK_BYTES
+from watcher.validate.text import CHUNK_BYTES, SharedStrings
+from watcher.validate.xlsx import SheetReader
 
 SERIAL = ValidationOptions(workers=1)
 SPLIT = ValidationOptions(workers=2, split_min_bytes=1)
@@ -85,3 +86,96 @@ def test_a_row_repeated_where_the_two_halves_meet_is_refused_as_by_one_process(t
         report = validate_file(path, options)
         assert report.counts == {"unreadable": 1}
         assert report.examples[0].message.startswith(f"row {number - 1:,} appears twice")
+
+
+# -- the shared strings, read by two processes ---------------------------------------------------
+
+
+def strings_workbook(count: int) -> bytes:
+    """A list whose strings hold entities, leading spaces and Chinese, all over the table."""
+    rows = rows_with_problems(count)
+    for i in range(0, count, 7):
+        rows[i][3] = f'{{"name":"李 & 王 <{i}>"}}'
+        rows[i][4] = f"  vip {i} "
+    return xlsxwriter_bytes(rows)
+
+
+def tables(path, monkeypatch):
+    """The shared strings as one process reads them and as two do, and each one's fast path."""
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)  # pieces in both halves
+    monkeypatch.setattr("watcher.validate.text._MOVE_BYTES", 5000)  # the second half in steps
+    one, two = SheetReader(str(path)), SheetReader(str(path))
+    try:
+        one.load_strings()
+        two.load_strings_in_two(1)
+        read = [[reader._strings[i] for i in range(len(reader._strings))] for reader in (one, two)]
+        return read, (one.fast_path, two.fast_path)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_shared_strings_read_in_two_halves_are_the_table_one_process_reads(tmp_path, monkeypatch):
+    path = tmp_path / "strings.xlsx"
+    path.write_bytes(strings_workbook(3000))
+    (serial_table, split_table), fast = tables(path, monkeypatch)
+    assert split_table == serial_table
+    assert len(serial_table) > 6000
+    assert fast == (True, True)
+    serial, split = validate_file(path, SERIAL), validate_file(path, SPLIT)
+    assert split.counts == serial.counts
+    assert split.rows_fingerprint == serial.rows_fingerprint
+    assert [(p.row, p.kind) for p in split.examples] == [(p.row, p.kind) for p in serial.examples]
+
+
+def _in_the_second_half(data: bytes, make: bytes) -> bytes:
+    """The workbook with ``make`` put between two strings three quarters of the way in."""
+    strings = member(data, "xl/sharedStrings.xml")
+    at = strings.index(b"<si>", len(strings) * 3 // 4)
+    return rezip(data, replace={"xl/sharedStrings.xml": strings[:at] + make + strings[at:]})
+
+
+def test_a_string_the_second_half_cannot_take_fast_sends_the_table_to_elementtree(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "odd.xlsx"
+    odd = b'<si ><t xml:space="preserve"> odd</t></si>'  # a space in the tag: not a pattern's
+    path.write_bytes(_in_the_second_half(strings_workbook(3000), odd))
+    (serial_table, split_table), fast = tables(path, monkeypatch)
+    assert split_table == serial_table
+    assert " odd" in serial_table
+    assert fast == (False, False)
+
+
+def test_a_dtd_in_the_second_half_of_the_strings_is_refused_as_by_one_process(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "dtd.xlsx"
+    path.write_bytes(_in_the_second_half(strings_workbook(3000), b"<!DOCTYPE bomb>"))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+    for options in (SERIAL, SPLIT):
+        report = validate_file(path, options)
+        assert report.counts == {"xml_dtd": 1}, report.as_json()
+
+
+def test_strings_are_read_by_one_process_where_no_shared_memory_can_be_mapped(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "strings.xlsx"
+    path.write_bytes(strings_workbook(300))
+    expected = validate_file(path, SERIAL)
+
+    def refused(*args, **kwargs):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr("watcher.validate.xlsx.mmap.mmap", refused)
+    reader = SheetReader(str(path))
+    try:
+        reader.load_strings_in_two(1)
+        assert type(reader._strings) is SharedStrings  # not in shared memory: read by one
+        assert len(reader._strings) > 600
+    finally:
+        reader.close()
+    split = validate_file(path, SPLIT)
+    assert split.counts == expected.counts
+    assert split.rows_fingerprint == expected.rows_fingerprint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime
 
 import pytest
 
@@ -60,6 +61,45 @@ def test_each_rule_names_the_excel_row(write, column, value, kind):
     report = validate_file(write(rows))
     assert not report.is_valid
     assert kinds(report) == {(4, kind)}
+
+
+RECYCLE_EDGES = [
+    "2024-02-29 10:00:00",  # a leap day
+    "2025-02-29 10:00:00",
+    "2100-02-29 10:00:00",  # no leap day in 2100
+    "2026-04-31 10:00:00",
+    "0000-01-01 10:00:00",  # no year 0
+    "0001-01-01 00:00:00",
+    "9999-12-31 23:59:59",
+    "2026-00-10 10:00:00",
+    "2026-13-10 10:00:00",
+    "2026-01-00 10:00:00",
+    "2026-01-10 24:00:00",
+    "2026-01-10 23:60:00",
+    "2026-01-10 23:59:60",  # a leap second: strptime's pattern takes it, datetime does not
+    "2026-01-10 23:59:61",
+    "\uff12\uff10\uff12\uff16-01-10 10:00:00",  # fullwidth digits: strptime takes them in the year
+    "2026-01-10 \uff11\uff10:00:00",  # but not where its pattern names ASCII digits
+    "2026-01-10T10:00:00",  # what fromisoformat would take, the rule does not
+    "2026-01-10 10:00:00.5",
+]
+
+
+def test_recycle_time_is_a_real_date_exactly_as_strptime_says(tmp_path):
+    rows = rows_valid(len(RECYCLE_EDGES))
+    for row, value in zip(rows, RECYCLE_EDGES, strict=True):
+        row[HEADER.index("recycleTime")] = value
+    path = tmp_path / "f.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows, HEADER))
+    report = validate_file(path)
+    refused = {p.excerpt for p in report.examples if p.kind == "recycletime_invalid"}
+    for value in RECYCLE_EDGES:
+        try:
+            datetime.strptime(value, "%Y-%m-%d %H:%M:%S")  # noqa: DTZ007
+            real = True
+        except ValueError:
+            real = False
+        assert (value not in refused) == real, value
 
 
 def test_accepted_forms(write):
@@ -252,6 +292,28 @@ def test_a_repeat_names_its_value_and_the_row_it_was_first_on(tmp_path, workers)
     [session] = [p for p in report.examples if p.kind == "duplicate_session_id"]
     assert (session.row, session.params) == (72, {"first_row": 7})
     assert "also called on row 3" in next(p.message for p in report.examples if p.row == 301)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_repeat_after_empty_rows_and_rows_without_a_value_names_the_right_rows(
+    tmp_path, monkeypatch, workers
+):
+    from watcher.validate import ValidationOptions
+
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)  # pieces in both halves
+
+    rows: list[list[object]] = rows_valid(400)
+    for at in (390, 300, 250, 120, 60, 59, 58):
+        rows.insert(at, [])  # empty rows: Excel rows with no data row
+    for at in (15, 16, 200):
+        rows[at][0] = None  # rows with no sessionId
+    rows[380][0] = rows[17][0]
+    rows[395][1] = rows[14][1]
+    path = tmp_path / "gaps.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows))
+    report = validate_file(path, ValidationOptions(workers=workers, split_min_bytes=0))
+    found = {(p.kind, p.row, p.params["first_row"]) for p in report.examples}
+    assert found == {("duplicate_session_id", 382, 19), ("duplicate_called_no", 397, 16)}
 
 
 def test_the_report_names_the_sheet_and_whether_excel_hides_it(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import multiprocessing
 import os
 import resource
@@ -113,6 +114,8 @@ def _work(
 ) -> None:
     """In the worker: own process group, memory ceiling, check, send the report up the pipe."""
     os.setpgid(0, 0)  # Ctrl-C reaches the daemon's group, not this one; a kill reaches the fork
+    # What the forkserver imported stays shared with it: collecting would copy its pages.
+    gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     ceiling = memory_mb * _MB

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import mmap
 from array import array
 from collections.abc import Iterator
-from itertools import accumulate
+from itertools import accumulate, repeat
 from operator import add
 from typing import IO
 
 from watcher.errors import WorkbookRejected
 
-__all__ = ("CHUNK_BYTES", "BytePieces", "SharedStrings")
+__all__ = ("CHUNK_BYTES", "BytePieces", "MappedStrings", "SharedStrings")
 
 CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
+_MOVE_BYTES = 8 << 20  # the step in which the second half of a table moves down
 
 
 class BytePieces:
@@ -57,19 +59,28 @@ class BytePieces:
 
 
 class SharedStrings:
-    """The shared-strings table as one UTF-8 buffer and an array of offsets (compact in memory)."""
+    """The shared-strings table as one UTF-8 buffer and an array of offsets (compact in memory).
+
+    String ``i`` is ``buffer[ends[i] : ends[i + 1] - 1]``: each is followed by a NUL.
+    """
 
     def __init__(self) -> None:
-        self.buffer = bytearray()
+        self.buffer: bytearray | mmap.mmap = bytearray()
         # 4-byte offsets: Limits keeps the whole workbook, so this buffer, under 4 GB.
         self.ends = array("I", [0])
+
+    def _append(self, data: bytes) -> int:
+        """Add ``data`` to the buffer; where it starts."""
+        assert isinstance(self.buffer, bytearray)
+        base = len(self.buffer)
+        self.buffer += data
+        return base
 
     def extend(self, strings: list[str]) -> None:
         if not strings:
             return
         data = ("\x00".join(strings) + "\x00").encode()
-        base = len(self.buffer)
-        self.buffer += data
+        base = self._append(data)
         lengths = map(len, data.split(b"\x00")[:-1])
         self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
 
@@ -78,8 +89,7 @@ class SharedStrings:
         if not strings:
             return
         data = b"\x00".join(strings) + b"\x00"
-        base = len(self.buffer)
-        self.buffer += data
+        base = self._append(data)
         lengths = map(len, strings)
         self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
 
@@ -88,3 +98,50 @@ class SharedStrings:
 
     def __len__(self) -> int:
         return len(self.ends) - 1
+
+
+class MappedStrings(SharedStrings):
+    """A part of a shared-strings table written into shared memory, from ``start`` to ``stop``.
+
+    Two processes read the two halves of ``sharedStrings.xml`` into one shared mapping at once:
+    the first half from 0, the second from where its XML starts, which the first half's text
+    cannot reach (text is shorter than the XML it comes from). :meth:`join` then moves the
+    second half down behind the first and frees what is left.
+    """
+
+    def __init__(self, buffer: mmap.mmap, start: int, stop: int) -> None:
+        super().__init__()
+        self.buffer = self._map = buffer
+        self.ends = array("I", [start])
+        self._stop = stop
+
+    def _append(self, data: bytes) -> int:
+        base = self.ends[-1]
+        if base + len(data) > self._stop:
+            raise OverflowError("the shared strings outgrew their part of the mapping")
+        self._map[base : base + len(data)] = data
+        return base
+
+    def join(self, ends: array[int]) -> None:
+        """Add the strings of the second half, whose offsets (from its start) are ``ends``.
+
+        The second half moves down a step at a time, and the pages it leaves are given back
+        after each step: the table never holds more pages than its bytes and one step.
+        """
+        end, start = self.ends[-1], ends[0]
+        size = ends[-1] - start
+        moved = 0
+        while moved < size:
+            step = min(_MOVE_BYTES, size - moved)
+            self._map.move(end + moved, start + moved, step)
+            moved += step
+            self._free(max(end + moved, start), start + moved)  # moved, and not written over
+        self._free(end + size, len(self._map))
+        self.ends.extend(map(add, ends[1:], repeat(end - start)))
+
+    def _free(self, begin: int, stop: int) -> None:
+        """Give back the whole pages between ``begin`` and ``stop``; they read as zeros again."""
+        first = -(-begin // mmap.PAGESIZE) * mmap.PAGESIZE
+        last = stop // mmap.PAGESIZE * mmap.PAGESIZE
+        if first < last and hasattr(mmap, "MADV_REMOVE"):  # Linux; elsewhere kept till the end
+            self._map.madvise(mmap.MADV_REMOVE, first, last - first)

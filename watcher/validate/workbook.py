@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import zipfile
@@ -176,12 +177,14 @@ def _check_second_half(
 def _check_in_two(reader: SheetReader, report: Report, options: ValidationOptions) -> None:
     """Check the sheet with two processes: the parent takes the first half, a fork the second.
 
-    The shared strings are loaded once, before the fork, and shared copy-on-write.
+    The shared strings are loaded once, before the fork, by two processes, into shared memory
+    (:meth:`SheetReader.load_strings_in_two`).
 
     Raises:
         FastPathUnsupported: the sheet needs the slow reader; start again serially.
     """
     elsewhere = _elsewhere(reader.other_sheets)
+    reader.load_strings_in_two(options.split_min_bytes)
     # The fork also inflates the part it skips: give it a little less.
     middle = reader.sheet_bytes * 54 // 100
     first = reader.part_rows(0, middle)
@@ -191,6 +194,7 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
     report.header_row, columns = found
     columns = _narrowed(columns, reader.keep_columns)  # before the fork: the child keeps them too
     read_end, write_end = os.pipe()
+    gc.freeze()  # while the halves are checked: collecting would copy the pages both share
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
@@ -206,6 +210,7 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
         with os.fdopen(read_end, "rb") as pipe:
             data = pipe.read()
         os.waitpid(pid, 0)
+        gc.unfreeze()
     payload: tuple[Any, ...] = (
         pickle.loads(data) if data else ("damaged", "the second validation process died")
     )

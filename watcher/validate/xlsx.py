@@ -27,14 +27,19 @@ XML; and once the header is known the caller keeps only the template columns
 from __future__ import annotations
 
 import html
+import mmap
+import os
+import pickle
 import re
+import signal
 import zipfile
+from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from math import ceil
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 from xml.etree import ElementTree
 
 from watcher.errors import WorkbookRejected
@@ -52,7 +57,7 @@ from watcher.validate.markup import (
     refuse_row,
     root_tag,
 )
-from watcher.validate.text import BytePieces, SharedStrings
+from watcher.validate.text import BytePieces, MappedStrings, SharedStrings
 from watcher.validate.tree import PartEvents, Row, TreeRows
 
 __all__ = ("FastPathUnsupported", "Limits", "Row", "SheetReader", "WorkbookRejected")
@@ -94,7 +99,8 @@ class _Head:
 
 
 def _has_content(values: list[Any]) -> bool:
-    return any(value is not None and value != "" for value in values)
+    """Whether a cell holds anything: neither None nor "" (counted in C)."""
+    return values.count(None) + values.count("") < len(values)
 
 
 def _number(text: str) -> int | float:
@@ -107,6 +113,12 @@ def _number(text: str) -> int | float:
 def _unescaped(raw: bytes) -> str:
     text = raw.decode()
     return html.unescape(text) if "&" in text else text
+
+
+def _first_part(size: int) -> int:
+    """Where the first of two processes stops reading a part of ``size`` bytes: a little past
+    the middle, since the second inflates (without reading) what comes before its half."""
+    return size * 56 // 100
 
 
 def _is_date_format(code: str) -> bool:
@@ -137,14 +149,15 @@ def _check_count(
 
 def _add_strings(table: SharedStrings, piece: bytes, markup: Markup) -> None:
     """Add the shared strings of one piece of ``sharedStrings.xml`` to ``table``."""
-    # Runs, phonetic runs and <t/> fall to the pattern's second group ("rich"): only entities
-    # need looking for first, since plain text goes to the table as UTF-8 bytes, undecoded.
+    # Most pieces hold only strings of one plain <t> and no entity: their text goes to the
+    # table as UTF-8 bytes, undecoded. A match holds one "<si" and no other "<", so as many
+    # matches as "<si" in the piece means every string is one of them.
     if b"&" not in piece:
-        plain = markup.plain_strings.findall(piece)
-        if not any(rich for _, rich in plain):
-            _check_count(piece, markup.string_end, len(plain), markup.counts_strings)
-            table.extend_utf8([text for text, _ in plain])
+        plain = markup.plain_string.findall(piece)
+        if piece.count(markup.string_open) == len(plain):
+            table.extend_utf8(plain)
             return
+    # Runs, phonetic runs, <si/> and entities.
     found = markup.strings.findall(piece.decode())
     _check_count(piece, markup.string_end, len(found), markup.counts_strings)
     table.extend(
@@ -358,8 +371,8 @@ class SheetReader:
                 dates.add(index)
         return frozenset(dates)
 
-    def _shared_strings(self) -> SharedStrings:
-        name = next(
+    def _strings_part(self) -> str | None:
+        return next(
             (
                 n
                 for n in ("xl/sharedStrings.xml", "xl/SharedStrings.xml")
@@ -367,25 +380,137 @@ class SheetReader:
             ),
             None,
         )
+
+    def _shared_strings(self) -> SharedStrings:
+        name = self._strings_part()
         if name is None:
             return SharedStrings()
         head = self._check_prolog(name)
         if head.markup is not None:
             try:
-                return self._fast_strings(name, head.markup, head.body)
+                return self._fast_strings(name, head)
             except FastPathUnsupported:
                 self.fast_path = False
         return self._tree_strings(name)
 
-    def _fast_strings(self, name: str, markup: Markup, body: int) -> SharedStrings:
-        strings = SharedStrings()
+    def _fast_strings(
+        self,
+        name: str,
+        head: _Head,
+        part: tuple[int, int | None] = (0, None),
+        table: Callable[[int], SharedStrings] | None = None,
+    ) -> SharedStrings:
+        """The strings of the pieces of the part cut between ``part`` (positions in the XML, as
+        for :meth:`part_rows`), in ``table`` (made with the offset of the first piece)."""
+        assert head.markup is not None
+        start_byte, stop_byte = part
+        strings: SharedStrings | None = None
         with self._zip.open(name) as stream:
             limit = self.limits.max_cell_chars * 8
-            pieces = BytePieces(stream, markup.string_end, limit, "a shared string")
+            pieces = BytePieces(stream, head.markup.string_end, limit, "a shared string")
             for piece in pieces:
-                _check_piece(piece, name, pieces.offset, body, None)
-                _add_strings(strings, piece, markup)
+                if pieces.position <= start_byte:
+                    continue
+                if stop_byte is not None and pieces.position > stop_byte:
+                    break
+                if strings is None:
+                    strings = table(pieces.offset) if table else SharedStrings()
+                _check_piece(piece, name, pieces.offset, head.body, None)
+                _add_strings(strings, piece, head.markup)
+        if strings is None:  # no piece in this part
+            strings = table(self._zip.getinfo(name).file_size) if table else SharedStrings()
         return strings
+
+    def _strings_child(self, name: str, head: _Head, shared: mmap.mmap, fd: int) -> NoReturn:
+        """In a forked child: read the second half of the shared strings into ``shared``, and
+        send their offsets up the pipe (or what went wrong)."""
+        payload: tuple[Any, ...]
+        try:
+            self.reopen()
+            size = len(shared)
+            second = self._fast_strings(
+                name, head, (_first_part(size), None), lambda at: MappedStrings(shared, at, size)
+            )
+            payload = ("ok", second.ends.tobytes())
+        except FastPathUnsupported:
+            payload = ("unsupported",)
+        except WorkbookRejected as exc:
+            payload = ("rejected", exc.kind, exc.message)
+        except MemoryError:
+            payload = ("memory",)
+        except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
+            payload = ("damaged", str(exc))
+        try:
+            with os.fdopen(fd, "wb") as out:
+                pickle.dump(payload, out, protocol=pickle.HIGHEST_PROTOCOL)
+        finally:
+            os._exit(0)
+
+    def load_strings_in_two(self, min_bytes: int) -> None:
+        """Read the shared-strings table as :meth:`load_strings` does, with a forked process
+        reading the second half of the part at the same time, when it holds ``min_bytes`` of
+        XML or more. The table lives in shared memory, which later forks share too.
+
+        Raises:
+            WorkbookRejected: as :meth:`load_strings`.
+        """
+        name = self._strings_part()
+        head = self._check_prolog(name) if name else None
+        if name is None or head is None or head.markup is None or self._strings is not None:
+            self.load_strings()
+            return
+        size = self._zip.getinfo(name).file_size
+        if size < max(min_bytes, 2):
+            self.load_strings()
+            return
+        try:
+            shared = mmap.mmap(-1, size)  # as much address space as the XML: more than its text
+        except OSError:  # under a tight address-space limit: one process, in less
+            self.load_strings()
+            return
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            self._strings_child(name, head, shared, write_end)
+        os.close(write_end)
+        first: SharedStrings | None = None
+        try:
+            middle = _first_part(size)
+            first = self._fast_strings(
+                name, head, (0, middle), lambda _: MappedStrings(shared, 0, middle)
+            )
+        except FastPathUnsupported:
+            pass
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)  # its half no longer matters
+            raise
+        finally:
+            with os.fdopen(read_end, "rb") as pipe:
+                data = pipe.read()
+            os.waitpid(pid, 0)
+        self._strings = self._joined(name, first, data)
+
+    def _joined(self, name: str, first: SharedStrings | None, data: bytes) -> SharedStrings:
+        """The whole table from the first half and the child's answer, or, where either could
+        not take the fast path, the table the ElementTree reader makes of the whole part."""
+        payload: tuple[Any, ...] = (
+            pickle.loads(data) if data else ("damaged", "the process reading strings died")
+        )
+        if first is not None and payload[0] == "ok":
+            assert isinstance(first, MappedStrings)
+            ends = array("I")
+            ends.frombytes(payload[1])
+            first.join(ends)
+            return first
+        if first is None or payload[0] == "unsupported":  # as one process would, from the start
+            self.fast_path = False
+            return self._tree_strings(name)
+        if payload[0] == "rejected":
+            raise WorkbookRejected(payload[1], payload[2])
+        if payload[0] == "memory":
+            raise MemoryError("no room for the second half of the shared strings")
+        raise ValueError(payload[1])
 
     def _tree_strings(self, name: str) -> SharedStrings:
         strings = SharedStrings()
@@ -542,6 +667,7 @@ class SheetReader:
             stream.close()
             raise FastPathUnsupported("the sheet's root is not in the main namespace")
         findall, inline_text = markup.cell.findall, markup.inline_text
+        find_plain, counts = markup.plain_cell.findall, markup.counts_cells
         cell_open, row_open = markup.cell_open, markup.row_open
         current = b""
         values: list[Any] = []
@@ -561,8 +687,10 @@ class SheetReader:
                         self._progress(pieces.position - reported, total)
                         reported = pieces.position
                     _check_piece(piece, self._part, pieces.offset, head.body, markup.sheet_data_end)
-                    cells = findall(piece)
-                    _check_count(piece, cell_open, len(cells), markup.counts_cells)
+                    cells = find_plain(piece)
+                    if piece.count(cell_open) != len(cells) and not counts(piece, len(cells)):
+                        cells = findall(piece)  # a cell the plain pattern does not take
+                        _check_count(piece, cell_open, len(cells), counts)
                     rows = 0  # row numbers met in this piece; one per <row> that holds cells
                     for letters, number, style, kind, raw, inline, rich in cells:
                         if number != current:
