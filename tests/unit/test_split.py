@@ -128,19 +128,20 @@ def test_shared_strings_read_in_two_halves_are_the_table_one_process_reads(tmp_p
     assert [(p.row, p.kind) for p in split.examples] == [(p.row, p.kind) for p in serial.examples]
 
 
-def _in_the_second_half(data: bytes, make: bytes) -> bytes:
-    """The workbook with ``make`` put between two strings three quarters of the way in."""
+def _among_the_strings(data: bytes, make: bytes, quarter: int = 3) -> bytes:
+    """The workbook with ``make`` put between two strings ``quarter`` quarters of the way in."""
     strings = member(data, "xl/sharedStrings.xml")
-    at = strings.index(b"<si>", len(strings) * 3 // 4)
+    at = strings.index(b"<si>", len(strings) * quarter // 4)
     return rezip(data, replace={"xl/sharedStrings.xml": strings[:at] + make + strings[at:]})
 
 
-def test_a_string_the_second_half_cannot_take_fast_sends_the_table_to_elementtree(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize("quarter", [1, 3])
+def test_a_string_either_half_cannot_take_fast_sends_the_table_to_elementtree(
+    tmp_path, monkeypatch, quarter
 ):
     path = tmp_path / "odd.xlsx"
     odd = b'<si ><t xml:space="preserve"> odd</t></si>'  # a space in the tag: not a pattern's
-    path.write_bytes(_in_the_second_half(strings_workbook(3000), odd))
+    path.write_bytes(_among_the_strings(strings_workbook(3000), odd, quarter))
     (serial_table, split_table), fast = tables(path, monkeypatch)
     assert split_table == serial_table
     assert " odd" in serial_table
@@ -151,7 +152,7 @@ def test_a_dtd_in_the_second_half_of_the_strings_is_refused_as_by_one_process(
     tmp_path, monkeypatch
 ):
     path = tmp_path / "dtd.xlsx"
-    path.write_bytes(_in_the_second_half(strings_workbook(3000), b"<!DOCTYPE bomb>"))
+    path.write_bytes(_among_the_strings(strings_workbook(3000), b"<!DOCTYPE bomb>"))
     monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
     for options in (SERIAL, SPLIT):
         report = validate_file(path, options)

@@ -481,7 +481,7 @@ class SheetReader:
                 name, head, (0, middle), lambda _: MappedStrings(shared, 0, middle)
             )
         except FastPathUnsupported:
-            pass
+            os.kill(pid, signal.SIGKILL)  # ElementTree reads the whole part again
         except BaseException:
             os.kill(pid, signal.SIGKILL)  # its half no longer matters
             raise
