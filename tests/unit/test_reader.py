@@ -389,3 +389,35 @@ def test_kept_columns_are_read_alike_on_both_paths_whatever_the_cell_order(tmp_p
             values.pop()  # a row may hold a None for a kept cell it lacks, or not
         assert values == expected, (kept, columns)
         assert reader.fast_path is (path == "fast"), (kept, columns)
+
+
+@pytest.mark.parametrize(
+    ("sheet_data", "expected"),
+    [
+        (
+            '<x:row r="1"><x:c r="A1" t="inlineStr"><x:is><x:t><![CDATA[13800138000]]></x:t>'
+            "</x:is></x:c></x:row>",
+            [(1, ["13800138000"])],
+        ),
+        (
+            '<x:row r="1"><x:c r="A1" t="inlineStr"><x:is><x:t>138</x:t><!--<x:t>999</x:t>-->'
+            "</x:is></x:c></x:row>",
+            [(1, ["138"])],
+        ),
+        (
+            '<x:row r="1"><x:c r="A1"><x:v>1</x:v></x:c></x:row>'
+            '<!--<x:row r="2"><x:c r="A2"><x:v>13800138000</x:v></x:c></x:row>-->',
+            [(1, [1])],
+        ),
+        (
+            '<x:row r="1"><x:c r="A1" t="inlineStr"><x:is><x:t>a\r\nb</x:t></x:is></x:c></x:row>',
+            [(1, ["a\nb"])],
+        ),
+    ],
+)
+def test_comments_cdata_and_carriage_returns_are_read_as_a_parser_reads_them(
+    tmp_path, sheet_data, expected
+):
+    rows, fast = read(tmp_path, with_sheet_data(sheet_data))
+    assert rows == expected
+    assert not fast

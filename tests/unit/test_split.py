@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import zipfile
 
 import pytest
+from openpyxl.reader.strings import read_string_table
 
 from tests.corpus import inline_row, member, raw_sheet, rezip
 from tests.workbooks import HEADER, rows_valid, xlsxwriter_bytes
@@ -146,6 +148,33 @@ def test_a_string_either_half_cannot_take_fast_sends_the_table_to_elementtree(
     assert split_table == serial_table
     assert " odd" in serial_table
     assert fast == (False, False)
+
+
+def _openpyxl_strings(path) -> list[str]:
+    with zipfile.ZipFile(path) as archive, archive.open("xl/sharedStrings.xml") as part:
+        return [str(text) for text in read_string_table(part)]
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        b"<!--<si><t>13900000000</t></si>-->",  # a string only a comment holds
+        b"<?note <si><t>13900000000</t></si>?>",  # or an instruction
+        b"<si><t><![CDATA[13800138000]]></t></si>",
+        b"<si><t>138</t><!--<t>999</t>--></si>",
+        b'<si><r><t a=">999">138</t></r></si>',  # ">" in an attribute's value
+        b"<si><t>a\r\nb\rc</t></si>",  # XML reads a CR as a line feed
+    ],
+)
+def test_hostile_strings_map_every_index_to_the_string_a_parser_reads(
+    tmp_path, monkeypatch, hostile
+):
+    path = tmp_path / "hostile.xlsx"
+    path.write_bytes(_among_the_strings(strings_workbook(3000), hostile))
+    (serial_table, split_table), _ = tables(path, monkeypatch)
+    expected = _openpyxl_strings(path)
+    assert serial_table == expected
+    assert split_table == expected
 
 
 def test_a_dtd_in_the_second_half_of_the_strings_is_refused_as_by_one_process(

@@ -209,7 +209,9 @@ _PLAIN_CELL = (
 _ROW_WITH_CELL = rb"<@row\b[^>]*>\s*<@c[\s/>]"
 _STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>|<@si>(.*?)</@si>|<@si/>'
 _PLAIN_STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>'
-_RUN_TEXT = r"<@t(?:\s[^>]*)?>([^<]*)</@t>"
+_RUN_TEXT = (
+    r"""<@t(?:\s+[^\s=>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*>([^<]*)</@t>"""  # ">" in a value too
+)
 _PHONETIC = r"<@rPh\b.*?</@rPh>"
 
 

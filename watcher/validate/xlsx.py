@@ -73,6 +73,9 @@ _BUILTIN_DATE_FORMATS = frozenset([*range(14, 23), *range(27, 37), *range(45, 48
 _EPOCH_1900 = datetime(1899, 12, 30)  # noqa: DTZ001 - Excel dates have no time zone
 _EPOCH_1904 = datetime(1904, 1, 1)  # noqa: DTZ001
 _BYTE_COLUMNS: dict[bytes, float] = {}  # column letters to index, filled as letters are met
+# What only a parser reads right: a comment or CDATA section (<!), a processing instruction
+# (<?), whose text the patterns would take for tags, and a CR, which XML reads as a line feed.
+_PARSER_ONLY = (b"<!", b"<?", b"\r")
 
 
 class FastPathUnsupported(Exception):  # noqa: N818
@@ -127,11 +130,15 @@ def _is_date_format(code: str) -> bool:
 
 
 def _check_piece(piece: bytes, name: str, offset: int, body: int, end: bytes | None) -> None:
-    """Refuse a DTD in a piece of a part (at ``offset``); give up on a namespace declared in
-    the part's body (after the root's start tag, at ``body``, and before ``end``): the patterns
-    know only the prefixes the root binds."""
+    """Refuse a DTD in a piece of a part (at ``offset``); give up on markup only a parser reads
+    right (:data:`_PARSER_ONLY`) after the root's start tag (at ``body``), and on a namespace
+    declared in the part's body (before ``end``): the patterns know only the prefixes the root
+    binds."""
     if has_dtd(piece):
         refuse_dtd(name)
+    for mark in _PARSER_ONLY:
+        if piece.find(mark, max(body - offset, 0)) >= 0:
+            raise FastPathUnsupported("a comment, CDATA, instruction or CR inside the part")
     if b"xmlns" in piece:
         stop = piece.find(end) if end else -1
         if piece.find(b"xmlns", max(body - offset, 0), stop if stop >= 0 else len(piece)) >= 0:
