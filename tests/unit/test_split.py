@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from pathlib import Path
 
 import pytest
 from openpyxl.reader.strings import read_string_table
@@ -209,3 +210,43 @@ def test_strings_are_read_by_one_process_where_no_shared_memory_can_be_mapped(
     split = validate_file(path, SPLIT)
     assert split.counts == expected.counts
     assert split.rows_fingerprint == expected.rows_fingerprint
+
+
+def test_a_checker_s_fork_dies_with_it(tmp_path):
+    """The worker killed from outside (SIGKILL, the OOM killer) leaves no fork running."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "worker.py"
+    pid_file = tmp_path / "child.pid"
+    script.write_text(
+        "import os, time\n"
+        "from watcher.validate.forks import die_with_parent\n"
+        "parent = os.getpid()\n"
+        "if os.fork() == 0:\n"
+        "    die_with_parent(parent)\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "time.sleep(60)\n"
+    )
+    worker = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 20
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the fork did not start"
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":  # killed, waiting to be reaped by init
+            break
+        assert time.monotonic() < deadline, "the fork outlived its worker"
+        time.sleep(0.05)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import gc
 import multiprocessing
 import os
@@ -30,6 +29,7 @@ from typing import Any, Literal
 import structlog
 
 from watcher.errors import CheckerUnavailableError
+from watcher.validate.forks import die_with_parent
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.workbook import validate_file
 
@@ -38,7 +38,6 @@ __all__ = ("CheckLimits", "ValidationPool")
 log = structlog.get_logger(__name__)
 
 _ATTEMPTS = 2  # a checker killed from outside gets one more try
-_PR_SET_PDEATHSIG = 1
 _MB = 1 << 20
 _PROGRESS_EVERY_S = 0.1  # how often the shared count is read for a progress display
 Progress = Callable[[int, int], None]
@@ -50,12 +49,6 @@ class CheckLimits:
 
     max_seconds: float
     max_memory_mb: int
-
-
-def _die_with_parent() -> None:
-    """SIGKILL when the process that started this one goes (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class _Tally:
@@ -117,7 +110,7 @@ def _work(
     # What the forkserver imported stays shared with it: collecting would copy its pages.
     gc.freeze()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _die_with_parent()
+    die_with_parent()
     ceiling = memory_mb * _MB
     resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
     # A last bound of its own, should the daemon that keeps the wall clock die (SIGKILL).

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from watcher.validate.fingerprint import RowsFingerprint
+from watcher.validate.forks import die_with_parent
 from watcher.validate.markup import refuse_row
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
@@ -195,8 +196,10 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
     columns = _narrowed(columns, reader.keep_columns)  # before the fork: the child keeps them too
     read_end, write_end = os.pipe()
     gc.freeze()  # while the halves are checked: collecting would copy the pages both share
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
+        die_with_parent(parent)
         os.close(read_end)
         _check_second_half(reader, options, columns, middle, write_end)
     os.close(write_end)

@@ -44,6 +44,7 @@ from xml.etree import ElementTree
 
 from watcher.errors import WorkbookRejected
 from watcher.validate import tree
+from watcher.validate.forks import die_with_parent
 from watcher.validate.markup import (
     MAIN,
     MAX_COLUMN,
@@ -476,8 +477,10 @@ class SheetReader:
             self.load_strings()
             return
         read_end, write_end = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:
+            die_with_parent(parent)
             os.close(read_end)
             self._strings_child(name, head, shared, write_end)
         os.close(write_end)
