@@ -250,3 +250,33 @@ def test_a_checker_s_fork_dies_with_it(tmp_path):
             break
         assert time.monotonic() < deadline, "the fork outlived its worker"
         time.sleep(0.05)
+
+
+def test_entities_are_read_as_xml_reads_them(tmp_path, monkeypatch):
+    path = tmp_path / "entities.xlsx"
+    xml = b"<si><t>&lt;&#x31;&#51;8&amp;&quot;&apos;&gt;</t></si>"
+    path.write_bytes(_among_the_strings(strings_workbook(3000), xml))
+    (serial_table, split_table), _ = tables(path, monkeypatch)
+    assert serial_table == split_table == _openpyxl_strings(path)
+    assert "<138&\"'>" in serial_table
+
+
+@pytest.mark.parametrize(
+    "html_only",
+    [
+        b"<si><t>" + b"&nGt;" * 40 + b"</t></si>",  # longer decoded than written
+        b"<si><t>a&nbsp;b</t></si>",
+        b"<si><t>a&amp b</t></si>",  # no semicolon
+        b"<si><t>a&#0;b</t></si>",  # not an XML character
+    ],
+)
+def test_an_entity_xml_does_not_know_makes_the_file_unreadable_in_one_process_or_two(
+    tmp_path, monkeypatch, html_only
+):
+    """What an XML parser refuses is refused; the two halves never disagree with one."""
+    path = tmp_path / "html.xlsx"
+    path.write_bytes(_among_the_strings(strings_workbook(3000), html_only))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+    verdicts = [validate_file(path, options) for options in (SERIAL, SPLIT)]
+    assert verdicts[0].counts == verdicts[1].counts
+    assert verdicts[0].is_unreadable, verdicts[0].as_json()

@@ -17,7 +17,6 @@ What the fast tokeniser must know before it reads a part with regular expression
 
 from __future__ import annotations
 
-import html
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,10 +24,54 @@ from typing import NoReturn
 
 from watcher.errors import WorkbookRejected
 
+
+class FastPathUnsupported(Exception):  # noqa: N818
+    """The fast tokeniser met XML it does not understand; use the ElementTree reader."""
+
+
+_ENTITY = re.compile(r"&(?:(lt|gt|amp|quot|apos)|#([0-9]{1,7})|#x([0-9A-Fa-f]{1,6}));")
+_NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+
+
+def _xml_char(code: int) -> bool:
+    return (
+        code in (0x9, 0xA, 0xD)
+        or 0x20 <= code <= 0xD7FF
+        or 0xE000 <= code <= 0xFFFD
+        or 0x10000 <= code <= 0x10FFFF
+    )
+
+
+def _entity(match: re.Match[str]) -> str:
+    name, decimal, hexadecimal = match.groups()
+    if name:
+        return _NAMED[name]
+    code = int(decimal) if decimal else int(hexadecimal, 16)
+    if not _xml_char(code):
+        raise FastPathUnsupported(f"&#{code}; is not an XML character")
+    return chr(code)
+
+
+def xml_text(text: str) -> str:
+    """``text`` with XML's entities replaced, as an XML parser reads them: the five named ones
+    and character references. Anything else (an HTML entity such as ``&nbsp;``, a reference
+    without its ``;``, ``&#0;``) is left to the XML parser, which refuses it.
+
+    Raises:
+        FastPathUnsupported: the text holds what only the XML parser may judge.
+    """
+    if "&" not in text:
+        return text
+    if "&" in _ENTITY.sub("", text):
+        raise FastPathUnsupported("an entity XML does not define")
+    return _ENTITY.sub(_entity, text)
+
+
 __all__ = (
     "MAIN",
     "MAX_COLUMN",
     "MAX_ROW",
+    "FastPathUnsupported",
     "Markup",
     "column_index",
     "has_dtd",
@@ -39,6 +82,7 @@ __all__ = (
     "refuse_dtd",
     "refuse_row",
     "root_tag",
+    "xml_text",
 )
 
 MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
@@ -169,15 +213,13 @@ class Markup:
         """The text of rich-text runs, without the phonetic (ruby) runs."""
         if self.phonetic_open in inner:
             inner = self.phonetic.sub("", inner)
-        text = "".join(self.run_text.findall(inner))
-        return html.unescape(text) if "&" in text else text
+        return xml_text("".join(self.run_text.findall(inner)))
 
     def inline_text(self, plain: bytes, rich: bytes) -> str:
         """The text of an inline string, from the groups of :attr:`cell`."""
         if rich:
             return self.rich_text(rich.decode())
-        text = plain.decode()
-        return html.unescape(text) if "&" in text else text
+        return xml_text(plain.decode())
 
     def counts_cells(self, piece: bytes, cells: int) -> bool:
         """Whether ``piece`` holds exactly ``cells`` cell tags."""

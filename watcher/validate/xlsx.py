@@ -26,7 +26,6 @@ XML; and once the header is known the caller keeps only the template columns
 
 from __future__ import annotations
 
-import html
 import mmap
 import os
 import pickle
@@ -49,6 +48,7 @@ from watcher.validate.markup import (
     MAIN,
     MAX_COLUMN,
     MAX_ROW,
+    FastPathUnsupported,
     Markup,
     column_index,
     has_dtd,
@@ -57,6 +57,7 @@ from watcher.validate.markup import (
     refuse_dtd,
     refuse_row,
     root_tag,
+    xml_text,
 )
 from watcher.validate.text import BytePieces, MappedStrings, SharedStrings
 from watcher.validate.tree import PartEvents, Row, TreeRows
@@ -77,10 +78,6 @@ _BYTE_COLUMNS: dict[bytes, float] = {}  # column letters to index, filled as let
 # What only a parser reads right: a comment or CDATA section (<!), a processing instruction
 # (<?), whose text the patterns would take for tags, and a CR, which XML reads as a line feed.
 _PARSER_ONLY = (b"<!", b"<?", b"\r")
-
-
-class FastPathUnsupported(Exception):  # noqa: N818
-    """The fast tokeniser met XML it does not understand; use the ElementTree reader."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +112,7 @@ def _number(text: str) -> int | float:
 
 
 def _unescaped(raw: bytes) -> str:
-    text = raw.decode()
-    return html.unescape(text) if "&" in text else text
+    return xml_text(raw.decode())
 
 
 def _first_part(size: int) -> int:
@@ -168,12 +164,7 @@ def _add_strings(table: SharedStrings, piece: bytes, markup: Markup) -> None:
     # Runs, phonetic runs, <si/> and entities.
     found = markup.strings.findall(piece.decode())
     _check_count(piece, markup.string_end, len(found), markup.counts_strings)
-    table.extend(
-        [
-            (html.unescape(text) if "&" in text else text) if not rich else markup.rich_text(rich)
-            for text, rich in found
-        ]
-    )
+    table.extend([xml_text(text) if not rich else markup.rich_text(rich) for text, rich in found])
 
 
 class SheetReader:
