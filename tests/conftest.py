@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncssh
 import pytest
+import structlog
 
 from tests.sftpservers import (
     GESFTPSERVER,
@@ -258,6 +259,19 @@ async def wait_for(predicate: Callable[[], bool], timeout_s: float = 30, what: s
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what or predicate}")
         await asyncio.sleep(0.05)
+
+
+async def route_refusal(start: Callable[[World], Awaitable[Daemon]], world: World) -> str:
+    """Start a daemon on ``world`` and return the one ``route.scan_failed`` error it logs (once,
+    not at every poll)."""
+    with structlog.testing.capture_logs() as logs:
+        await start(world)
+        await wait_for(
+            lambda: any(e["event"] == "route.scan_failed" for e in logs), 30, "the refusal"
+        )
+        await asyncio.sleep(1)  # more polls: said once
+    [refusal] = [e for e in logs if e["event"] == "route.scan_failed"]
+    return str(refusal["error"])
 
 
 @pytest.fixture

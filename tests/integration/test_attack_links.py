@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import settled_as, wait_for
+from tests.conftest import route_refusal, settled_as, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.daemon import Daemon
 from watcher.settings import load_settings
@@ -75,21 +75,12 @@ async def test_a_daemon_folder_that_is_a_link_is_refused_not_written_through(
 ):
     """An uploader who swaps rejected/ (or the lease's folder) for a link to elsewhere: the
     daemon writes nothing there; the inbox is refused and says why."""
-    import structlog
-
     world = make_world()
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (world.inbox / folder).symlink_to(elsewhere)
     await upload(world.inbox / "x.xlsx", b"not a workbook at all")
-    with structlog.testing.capture_logs() as logs:
-        await run_daemon(world)
-        await wait_for(
-            lambda: any(e["event"] == "route.scan_failed" for e in logs), 30, "the refusal"
-        )
-        await asyncio.sleep(1)
-    [refusal] = [e for e in logs if e["event"] == "route.scan_failed"]
-    assert "is a symbolic link" in refusal["error"], refusal
+    assert "is a symbolic link" in await route_refusal(run_daemon, world)
     assert list(elsewhere.iterdir()) == []
     assert (world.inbox / "x.xlsx").exists()  # nothing claimed from a refused inbox
     assert emulator.uploads == []

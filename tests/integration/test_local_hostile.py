@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from tests.conftest import settled_as, wait_for
+from tests.conftest import route_refusal, settled_as, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.claim import claim
 from watcher.errors import SourceRefusedError
@@ -76,14 +76,7 @@ async def test_a_linked_daemon_folder_at_start_refuses_the_inbox_and_names_it(
     elsewhere.mkdir()
     (world.inbox / "processing").symlink_to(elsewhere)
     (world.inbox / "list.xlsx").write_bytes(xlsxwriter_bytes(rows_valid(3, seed=302)))
-    with structlog.testing.capture_logs() as logs:
-        await run_daemon(world)
-        await wait_for(
-            lambda: any(e["event"] == "route.scan_failed" for e in logs), 30, "the refusal"
-        )
-        await asyncio.sleep(1)
-    [refusal] = [e for e in logs if e["event"] == "route.scan_failed"]
-    assert "'processing' is a symbolic link" in refusal["error"]
+    assert "'processing' is a symbolic link" in await route_refusal(run_daemon, world)
     assert list(elsewhere.iterdir()) == []
     assert _rows(world) == []
     assert (world.inbox / "list.xlsx").exists()
