@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import re
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime
+from itertools import chain, compress, count, repeat
+from operator import add, and_, itemgetter, lshift, ne, or_
 from typing import Any
 
 from watcher.validate.report import Report
+from watcher.validate.screen import NUMBERS, Screen, screens
 
 __all__ = ("TEMPLATE_COLUMNS", "RowChecker", "cell_text", "column_of")
 
@@ -83,7 +86,6 @@ def _parse_called(text: str) -> Any:
 
 
 _DIGITS_KEPT = 18  # "1" and 18 digits, doubled, still fit a signed 64-bit integer
-_MASK_64 = (1 << 64) - 1
 
 
 def _key(value: str) -> int:
@@ -94,8 +96,20 @@ def _key(value: str) -> int:
     """
     if len(value) <= _DIGITS_KEPT and value.isascii() and value.isdecimal():
         return int("1" + value) << 1 | 1
-    folded = (hash(value) << 1) & _MASK_64
-    return folded - (1 << 64) if folded >> 63 else folded
+    return hash(value) & -2
+
+
+def _keys(values: list[str]) -> Iterable[int]:
+    """:func:`_key` of each value; in loops that run in C when the values are of one kind."""
+    if not any(map(str.isdecimal, values)):
+        return map(and_, map(hash, values), repeat(-2))
+    if (
+        all(map(str.isdecimal, values))
+        and all(map(str.isascii, values))
+        and max(map(len, values)) <= _DIGITS_KEPT
+    ):
+        return map(or_, map(lshift, map(int, map("1".__add__, values)), repeat(1)), repeat(1))
+    return map(_key, values)
 
 
 def _shown(key: int) -> str:
@@ -109,7 +123,8 @@ class _Repeats:
     A set of 500,000 strings would cost 50 MB. The keys (:func:`_key`) are kept in an array
     instead, and the rows they are on as marks: a mark (the value's index, its row) only where
     a value is not on the row after the one before it, as most are. At the end a 2 MB bitmap
-    of the keys picks the few candidates, and only those are compared exactly.
+    of the keys picks the few candidates, and only those are compared exactly. Values may be
+    added in any order of rows: the first row of a value is its lowest.
     """
 
     _BITS = 1 << 24
@@ -124,6 +139,17 @@ class _Repeats:
             self._marks.extend((len(self._hashes), row))
         self._next = row + 1
         self._hashes.append(_key(value))
+
+    def add_run(self, rows: list[int], values: list[str]) -> None:
+        """Add one value for each of ``rows``, as :meth:`add` would one by one."""
+        if not rows:
+            return
+        start = len(self._hashes)
+        self._hashes.extend(_keys(values))
+        follows = chain((self._next,), map(add, rows, repeat(1)))
+        for at in compress(count(), map(ne, rows, follows)):
+            self._marks.extend((start + at, rows[at]))
+        self._next = rows[-1] + 1
 
     def export(self) -> tuple[array[int], array[int]]:
         return self._hashes, self._marks
@@ -162,15 +188,17 @@ class _Repeats:
         """Rows whose value already appeared on an earlier row, in row order: each with the
         row it was first seen on and the value when its key holds it."""
         candidates = self._candidates()
+        seen_on = compress(
+            zip(self._rows(), self._hashes, strict=True), map(candidates.__contains__, self._hashes)
+        )
         first: dict[int, int] = {}
         found = []
-        for value, row in zip(self._hashes, self._rows(), strict=True):
-            if value in candidates:
-                seen = first.get(value)
-                if seen is None:
-                    first[value] = row
-                else:
-                    found.append((row, seen, _shown(value)))
+        for row, value in sorted(seen_on, key=itemgetter(0)):  # stable: a row's values in order
+            seen = first.get(value)
+            if seen is None:
+                first[value] = row
+            else:
+                found.append((row, seen, _shown(value)))
         return sorted(found)
 
 
@@ -200,6 +228,12 @@ class RowChecker:
         }
         self._plan = sorted((index, checks[name]) for index, name in columns.items())
         self._called_index = next((i for i, name in columns.items() if name == "called"), None)
+        self._session_index = next((i for i, n in columns.items() if n == "sessionId"), None)
+        every = screens(call_data_json=call_data_json)
+        self._screens: list[tuple[Callable[[list[Any]], list[Any]], Screen]] = [
+            (itemgetter(index), every[name]) for index, name in sorted(columns.items())
+        ]
+        self._width = max(columns) + 1 if columns else 0
 
     def check(self, row: int, values: list[Any]) -> bool:
         """Check one row's cells (by column index); False if it has no template cell at all."""
@@ -217,6 +251,50 @@ class RowChecker:
         for check, value in present:
             check(row, value)
         return True
+
+    def check_many(self, batch: list[tuple[int, list[Any]]]) -> list[list[Any]]:
+        """Check a batch of rows, as :meth:`check` would one by one; the data rows' values.
+
+        The screen (:mod:`watcher.validate.screen`) passes the plain rows a column at a time;
+        only the others are read by :meth:`check`, in row order.
+        """
+        if self._called_index is None:  # every row is reported: called is missing
+            return [values for row, values in batch if self.check(row, values)]
+        suspects = self._screened(batch)
+        data = [values for row, values in (batch[at] for at in suspects) if self.check(row, values)]
+        if suspects:
+            plain_mask = bytearray(b"\x01") * len(batch)
+            for at in suspects:
+                plain_mask[at] = 0
+            batch = list(compress(batch, plain_mask))
+        if batch:
+            self._add_plain(batch)
+            data.extend(values for _, values in batch)
+        return data
+
+    def _screened(self, batch: list[tuple[int, list[Any]]]) -> list[int]:
+        """The positions in ``batch`` of the rows the screen does not pass, in order."""
+        rows = [values for _, values in batch]
+        failing: set[int] = set()
+        if min(map(len, rows)) < self._width:
+            pad = [None] * self._width
+            failing.update(at for at, values in enumerate(rows) if len(values) < self._width)
+            rows = [values if len(values) >= self._width else values + pad for values in rows]
+        for pick, screen in self._screens:
+            failing.update(screen(list(map(pick, rows))))
+        return sorted(failing)
+
+    def _add_plain(self, plain: list[tuple[int, list[Any]]]) -> None:
+        """Keep the sessionIds and numbers of rows the screen passed."""
+        rows = [row for row, _ in plain]
+        cells = [values for _, values in plain]
+        if self._session_index is not None:
+            session_ids = map(itemgetter(self._session_index), cells)
+            self._session_ids.add_run(rows, list(map(str.strip, session_ids)))
+        assert self._called_index is not None
+        numbers = list(map(NUMBERS.findall, map(itemgetter(self._called_index), cells)))
+        rows = list(chain.from_iterable(map(repeat, rows, map(len, numbers))))
+        self._numbers.add_run(rows, list(chain.from_iterable(numbers)))
 
     def export_repeats(self) -> tuple[tuple[array[int], array[int]], ...]:
         """What :meth:`finish` needs, to be merged into the checker of an earlier part."""
