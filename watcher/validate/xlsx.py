@@ -37,12 +37,14 @@ from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from math import ceil
 from typing import IO, Any, NoReturn
 from xml.etree import ElementTree
 
 from watcher.errors import WorkbookRejected
 from watcher.validate import tree
+from watcher.validate.blocks import Block, RowShape, decode, split
 from watcher.validate.forks import die_with_parent
 from watcher.validate.markup import (
     MAIN,
@@ -102,6 +104,22 @@ class _Head:
 def _has_content(values: list[Any]) -> bool:
     """Whether a cell holds anything: neither None nor "" (counted in C)."""
     return values.count(None) + values.count("") < len(values)
+
+
+_SHAPE_TRIES = 8
+
+
+def _cells_in(text: bytes, markup: Markup) -> list[Any]:
+    """The cells of ``text`` (a piece, or one row of it), as the cell pattern's groups."""
+    cells = markup.plain_cell.findall(text)
+    if text.count(markup.cell_open) != len(cells) and not markup.counts_cells(text, len(cells)):
+        cells = markup.cell.findall(text)  # a cell the plain pattern does not take
+        _check_count(text, markup.cell_open, len(cells), markup.counts_cells)
+    return cells
+
+
+def _has_content_row(row: Row) -> bool:
+    return _has_content(row[1])
 
 
 def _number(text: str) -> int | float:
@@ -647,29 +665,99 @@ class SheetReader:
             return raw == "1" if raw else None
         return raw or None
 
+    def _cell(
+        self,
+        inline_text: Callable[[bytes, bytes], str],
+        letters: bytes,
+        number: bytes,
+        style: bytes,
+        kind: bytes,
+        raw: bytes,
+        inline: bytes,
+        rich: bytes,
+    ) -> Any:
+        """A cell's value from the tokeniser's groups. It works on bytes: a shared-string
+        index, a number or a column letter is ASCII and never needs decoding."""
+        if kind == b"s":
+            strings = self._strings
+            assert strings is not None
+            index = int(raw)
+            if index >= len(strings.ends) - 1:
+                raise WorkbookRejected(
+                    "unreadable",
+                    f"cell {letters.decode()}{number.decode()} refers to "
+                    f"shared string {index}, which does not exist",
+                )
+            return strings.buffer[strings.ends[index] : strings.ends[index + 1] - 1].decode()
+        if not kind or kind == b"n":
+            if not raw:
+                return None
+            value: Any = int(raw) if raw.isdigit() else _number(raw.decode())
+            if style and int(style) in self._date_styles:
+                value = self.date(value)
+            return value
+        if kind == b"inlineStr" and not rich and b"&" not in inline:
+            text = inline.decode()
+            if len(text) > self.limits.max_cell_chars:
+                raise WorkbookRejected(
+                    "cell_too_long",
+                    f"cell {letters.decode()}{number.decode()} holds more text "
+                    "than Excel allows (32,767 characters)",
+                )
+            return text
+        return self._value(
+            kind.decode(), style.decode(), _unescaped(raw), inline_text(inline, rich)
+        )
+
+    def _runs(
+        self, piece: bytes, shape: RowShape, markup: Markup, last_row: int
+    ) -> list[Any] | None:
+        """The piece as runs of rows of ``shape`` (each a :class:`Block`) and the cells of each
+        other row, if every row follows the one before; None if the piece must be read a
+        cell at a time, as when most rows differ or one breaks a rule."""
+        found = shape.pattern.findall(piece)
+        items: list[Any] = []
+        cells = odd = 0
+        assert self._strings is not None
+        for start, stop, text in split(found):
+            if text is None:
+                block = decode(shape, found[start:stop], self._strings, self.limits.max_cell_chars)
+                if block is None or block.numbers[0] <= last_row:
+                    return None
+                items.append(block)
+                cells, last_row = cells + block.cells, block.numbers[-1]
+                continue
+            row_cells = _cells_in(text, markup)
+            if row_cells:
+                if int(row_cells[0][1]) <= last_row:
+                    return None
+                last_row = int(row_cells[-1][1])
+            items.append(row_cells)
+            cells, odd = cells + len(row_cells), odd + 1
+        if odd * 2 > len(found):
+            return None
+        if piece.count(markup.cell_open) != cells and not markup.counts_cells(piece, cells):
+            return None  # a cell outside the rows: the piece as the cells it holds
+        return items
+
     def _fast_rows(  # noqa: C901 - the hot loop, kept flat on purpose
         self, start_byte: int = 0, stop_byte: int | None = None
     ) -> Generator[Row, None, None]:
-        # The hot loop of validation. It works on bytes: a shared-string index, a number or a
-        # column letter is ASCII and never needs decoding; only text values are decoded.
+        # The hot loop of validation. Most pieces are runs of alike rows, decoded a column at a
+        # time (watcher.validate.blocks); the rest is read a cell at a time here.
         strings = self._strings
         assert strings is not None
-        buffer, ends = strings.buffer, strings.ends
-        string_count = len(ends) - 1
         keys = self._keys
         column_of = keys.get
-        value_of = self._value
-        date_styles = self._date_styles
-        max_chars = self.limits.max_cell_chars
         total = self.sheet_bytes
         head, stream = self._sheet_stream()
         markup = head.markup
         if markup is None:
             stream.close()
             raise FastPathUnsupported("the sheet's root is not in the main namespace")
-        findall, inline_text = markup.cell.findall, markup.inline_text
-        find_plain, counts = markup.plain_cell.findall, markup.counts_cells
-        cell_open, row_open = markup.cell_open, markup.row_open
+        cell_value = partial(self._cell, markup.inline_text)
+        shape: RowShape | None = None
+        tries = 0  # shapes learnt: a sheet whose rows differ stops trying
         current = b""
         values: list[Any] = []
         first_row = last_row = 0
@@ -688,73 +776,55 @@ class SheetReader:
                         self._progress(pieces.position - reported, total)
                         reported = pieces.position
                     _check_piece(piece, self._part, pieces.offset, head.body, markup.sheet_data_end)
-                    cells = find_plain(piece)
-                    if piece.count(cell_open) != len(cells) and not counts(piece, len(cells)):
-                        cells = findall(piece)  # a cell the plain pattern does not take
-                        _check_count(piece, cell_open, len(cells), counts)
+                    items = None if shape is None else self._runs(piece, shape, markup, last_row)
+                    if items is None:  # a cell at a time, and learn the shape of a row
+                        cells = _cells_in(piece, markup)
+                        items = [cells]
+                        if self._slots is not None and tries < _SHAPE_TRIES:
+                            tries += 1
+                            shape = RowShape.learn(cells, self._keys, markup.prefix)
                     rows = 0  # row numbers met in this piece; one per <row> that holds cells
-                    for letters, number, style, kind, raw, inline, rich in cells:
-                        if number != current:
+                    for item in items:
+                        if type(item) is Block:
                             if values and _has_content(values):
                                 yield last_row, values
-                            row = int(number)
-                            if not last_row < row <= MAX_ROW:
-                                refuse_row(last_row, row)
-                            current, last_row, skipped, values = number, row, -1.0, []
-                            if keys is not self._keys:  # the caller keeps fewer columns now
-                                keys = self._keys
-                                column_of = keys.get
-                            first_row = first_row or row
-                            rows += 1
-                        column = column_of(letters)
-                        if column is None:
-                            column = keys[letters] = self._key(letters)
-                        if column != len(values):
-                            if column <= skipped or column <= len(values) - 1:
-                                # A cell, or a whole row, repeated? ElementTree sees the rows.
-                                raise FastPathUnsupported("cells out of order")
-                            # Up to a skipped cell's place too: no kept cell may come after.
-                            values.extend([None] * (ceil(column) - len(values)))
-                            if column % 1:  # a column not kept
-                                skipped = column
-                                continue
-                        if kind == b"s":
-                            index = int(raw)
-                            if index >= string_count:
-                                raise WorkbookRejected(
-                                    "unreadable",
-                                    f"cell {letters.decode()}{number.decode()} refers to shared "
-                                    f"string {index}, which does not exist",
-                                )
-                            values.append(buffer[ends[index] : ends[index + 1] - 1].decode())
-                        elif not kind or kind == b"n":
-                            if not raw:
-                                values.append(None)
-                                continue
-                            value: Any = int(raw) if raw.isdigit() else _number(raw.decode())
-                            if style and int(style) in date_styles:
-                                value = self.date(value)
-                            values.append(value)
-                        elif kind == b"inlineStr" and not rich and b"&" not in inline:
-                            text = inline.decode()
-                            if len(text) > max_chars:
-                                raise WorkbookRejected(
-                                    "cell_too_long",
-                                    f"cell {letters.decode()}{number.decode()} holds more text "
-                                    "than Excel allows (32,767 characters)",
-                                )
-                            values.append(text)
-                        else:
+                            numbers = item.numbers
+                            found = zip(numbers[:-1], item.rows[:-1], strict=True)
+                            yield from filter(_has_content_row, found) if item.empty else found
+                            values, current = item.rows[-1], item.labels[-1]
+                            first_row, last_row = first_row or numbers[0], numbers[-1]
+                            skipped, rows = -1.0, rows + len(numbers)
+                            continue
+                        for letters, number, style, kind, raw, inline, rich in item:
+                            if number != current:
+                                if values and _has_content(values):
+                                    yield last_row, values
+                                row = int(number)
+                                if not last_row < row <= MAX_ROW:
+                                    refuse_row(last_row, row)
+                                current, last_row, skipped, values = number, row, -1.0, []
+                                if keys is not self._keys:  # the caller keeps fewer columns now
+                                    keys = self._keys
+                                    column_of = keys.get
+                                first_row = first_row or row
+                                rows += 1
+                            column = column_of(letters)
+                            if column is None:
+                                column = keys[letters] = self._key(letters)
+                            if column != len(values):
+                                if column <= skipped or column <= len(values) - 1:
+                                    # A cell, or a whole row, repeated? ElementTree sees the rows.
+                                    raise FastPathUnsupported("cells out of order")
+                                # Up to a skipped cell's place too: no kept cell may come after.
+                                values.extend([None] * (ceil(column) - len(values)))
+                                if column % 1:  # a column not kept
+                                    skipped = column
+                                    continue
                             values.append(
-                                value_of(
-                                    kind.decode(),
-                                    style.decode(),
-                                    _unescaped(raw),
-                                    inline_text(inline, rich),
-                                )
+                                cell_value(letters, number, style, kind, raw, inline, rich)
                             )
                     # A row number that spans two <row> elements (a repeated row) shows here.
-                    _check_count(piece, row_open, rows, markup.counts_rows)
+                    _check_count(piece, markup.row_open, rows, markup.counts_rows)
             if values and _has_content(values):
                 yield last_row, values
         finally:

@@ -1,0 +1,217 @@
+"""Rows found whole by a row pattern read exactly as rows read a cell at a time.
+
+The reader learns the shape of a data row and then finds runs of such rows with one pattern
+(``watcher.validate.blocks``). Whatever the sheet holds between or inside them (rows of another
+shape, entities, styles, rows out of order, strings that do not exist, self-closing rows), the
+rows it yields, and what it refuses, must be those of the reader with no row pattern at all.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import xlsxwriter
+
+from tests.handmade import with_sheet_data
+from watcher.errors import WorkbookRejected
+from watcher.validate import ValidationOptions, validate_file, xlsx
+from watcher.validate.blocks import RowShape, decode
+from watcher.validate.xlsx import FastPathUnsupported, SheetReader
+
+LETTERS = "ABCDEFGH"
+
+
+def _inline(p: str, ref: str, text: str, style: str = "") -> str:
+    return f'<{p}c r="{ref}"{style} t="inlineStr"><{p}is><{p}t>{text}</{p}t></{p}is></{p}c>'
+
+
+def _number(p: str, ref: str, value: str, extra: str = "") -> str:
+    return f'<{p}c r="{ref}"{extra}><{p}v>{value}</{p}v></{p}c>'
+
+
+def _plain_row(p: str, n: int, rnd: random.Random) -> list[str]:
+    texts = [f"s{n}", f'[{{"calledNo":"138{n:08d}"}}]', "", "x" * rnd.randint(0, 40), "中文"]
+    cells = [_inline(p, f"{letter}{n}", rnd.choice(texts)) for letter in LETTERS[:6]]
+    cells.append(_number(p, f"G{n}", str(rnd.randint(1, 5))))
+    return cells
+
+
+ODD = [  # each makes one row unlike the others, in a way the reader must still read right
+    lambda p, n, cells: cells[:3] + cells[4:],  # a missing cell
+    lambda p, n, cells: [*cells, _number(p, f"H{n}", "7")],  # one more cell
+    lambda p, n, cells: [*cells[:6], _number(p, f"G{n}", "45000", ' s="1"')],  # a style
+    lambda p, n, cells: [*cells[:6], _number(p, f"G{n}", "2.5")],
+    lambda p, n, cells: [*cells[:6], _number(p, f"G{n}", "-3")],
+    lambda p, n, cells: [*cells[:6], _inline(p, f"G{n}", "high")],
+    lambda p, n, cells: [_inline(p, f"A{n}", "a &amp; b"), *cells[1:]],
+    lambda p, n, cells: [_inline(p, f"A{n}", ""), *cells[1:]],
+    lambda p, n, cells: [_number(p, f"A{n}", "12345678901234567890"), *cells[1:]],
+    lambda p, n, cells: [c.replace(f"<{p}t>", f'<{p}t xml:space="preserve">') for c in cells],
+    lambda p, n, cells: [f'<{p}c r="A{n}" t="b"><{p}v>1</{p}v></{p}c>', *cells[1:]],
+    lambda p, n, cells: [*cells[:1], f'<{p}c r="B{n}"/>', *cells[2:]],
+    lambda p, n, cells: [cells[1], cells[0], *cells[2:]],  # cells out of order
+    lambda p, n, cells: [c.replace(f'r="C{n}"', f'r="C{n + 1}"') for c in cells],
+    lambda p, n, cells: [_inline(p, f"A{n}", "y" * 40_000), *cells[1:]],  # too long
+]
+
+
+def _sheet(p: str, rnd: random.Random, rows: int, odd: float, *, never: str = "") -> str:
+    header = [_inline(p, f"{letter}1", name) for letter, name in zip(LETTERS, NAMES, strict=False)]
+    out = [f'<{p}row r="1">{"".join(header)}</{p}row>']
+    n = 1
+    for _ in range(rows):
+        n += 1 if rnd.random() < 0.97 else rnd.choice((2, 5, 0, -3))  # gaps, repeats, back
+        cells = [c for c in _plain_row(p, n, rnd) if not never or f'r="{never}{n}"' not in c]
+        attributes = ' spans="1:7"' if rnd.random() < 0.5 else ""
+        if rnd.random() < odd:
+            choice = rnd.randrange(len(ODD) + 3)
+            if choice == len(ODD):
+                out.append(f'<{p}row r="{n}"/>')
+                continue
+            if choice == len(ODD) + 1:
+                attributes = ' x="a>b"'
+            elif choice == len(ODD) + 2:
+                n = 1_048_577
+            else:
+                cells = ODD[choice](p, n, cells)
+        out.append(f'<{p}row r="{n}"{attributes}>{"".join(cells)}</{p}row>')
+    return "".join(out)
+
+
+NAMES = ["sessionId", "called", "caller", "callData", "customField", "recycleTime", "priority"]
+
+
+def _read(path: str, kept: list[int]) -> tuple[object, bool]:
+    reader = SheetReader(path)
+    try:
+        rows = reader.rows()
+        next(rows)
+        reader.keep_columns(kept)
+        return list(rows), reader.fast_path
+    except (WorkbookRejected, FastPathUnsupported, ValueError) as exc:
+        return (type(exc).__name__, str(exc)), reader.fast_path
+    finally:
+        reader.close()
+
+
+def _without_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(RowShape, "learn", classmethod(lambda cls, *args: None))
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_rows_found_whole_read_as_rows_read_a_cell_at_a_time(tmp_path, monkeypatch, seed):
+    rnd = random.Random(seed)
+    prefix = "x" if seed % 4 == 3 else ""
+    p = f"{prefix}:" if prefix else ""
+    odd = (0.0, 0.01, 0.05, 0.3)[seed % 4]
+    path = tmp_path / "book.xlsx"
+    never = "E" if seed % 8 >= 4 else ""  # a column the header names and no row fills
+    path.write_bytes(with_sheet_data(_sheet(p, rnd, 800, odd, never=never), prefix=prefix))
+    kept = sorted(rnd.sample(range(7), rnd.randint(1, 7))) if seed % 2 else list(range(7))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", rnd.choice((700, 4096, 30_000)))
+    blocks = []
+    monkeypatch.setattr(xlsx, "decode", lambda *args: blocks.append(decode(*args)) or blocks[-1])
+    with_shapes = _read(str(path), kept)
+    if odd < 0.3 and isinstance(with_shapes[0], list):
+        assert any(blocks), "no rows were found whole: the test compares a path with itself"
+    _without_shapes(monkeypatch)
+    assert with_shapes == _read(str(path), kept)
+
+
+def _rows_of(p: str, numbers: list[int], odd: dict[int, str], empty: set[int]) -> str:
+    header = [_inline(p, f"{letter}1", name) for letter, name in zip(LETTERS, NAMES, strict=False)]
+    out = [f'<{p}row r="1">{"".join(header)}</{p}row>']
+    for at, n in enumerate(numbers):
+        texts = [""] * 6 if at in empty else [f"v{n}"] * 6
+        cells = [
+            _inline(p, f"{letter}{n}", text) for letter, text in zip(LETTERS, texts, strict=False)
+        ]
+        cells.append(_number(p, f"G{n}", "3"))
+        if at in odd:
+            cells[0] = _inline(p, f"A{n}", odd[at])
+        out.append(f'<{p}row r="{n}">{"".join(cells)}</{p}row>')
+    return "".join(out)
+
+
+CRAFTED = {  # row numbers, rows made odd (an entity in A), rows of empty texts, kept columns
+    "back in a run": ([*range(2, 300), 150, *range(301, 400)], {}, set(), range(7)),
+    "back after an odd row": (
+        [*range(2, 100), 99, *range(100, 200)],
+        {97: "&amp;"},
+        set(),
+        range(7),
+    ),
+    "repeat after an odd row": (
+        [*range(2, 200), 199, *range(200, 250)],
+        {197: "&lt;"},
+        set(),
+        range(7),
+    ),
+    "repeat of a run's last row": ([*range(2, 200), *range(150, 250)], {}, set(), range(7)),
+    "rows of empty texts": (list(range(2, 400)), {}, {5, 6, 7, 100, 398}, range(6)),
+    "empty texts kept with a number": (list(range(2, 400)), {}, {5, 6, 7, 100, 398}, range(7)),
+}
+
+
+@pytest.mark.parametrize("case", CRAFTED)
+@pytest.mark.parametrize("chunk", [300, 700, 4096, 1 << 18])
+def test_crafted_sheets_read_alike_with_row_patterns_or_without(tmp_path, monkeypatch, case, chunk):
+    numbers, odd, empty, kept = CRAFTED[case]
+    path = tmp_path / "crafted.xlsx"
+    path.write_bytes(with_sheet_data(_rows_of("", numbers, odd, empty), prefix=""))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", chunk)
+    with_shapes = _read(str(path), list(kept))
+    _without_shapes(monkeypatch)
+    assert with_shapes == _read(str(path), list(kept))
+
+
+def _shared_strings_book(path, rnd: random.Random) -> None:
+    book = xlsxwriter.Workbook(str(path))
+    sheet = book.add_worksheet()
+    sheet.write_row(0, 0, NAMES)
+    for n in range(1, 3000):
+        sheet.write_string(n, 0, f"s{n}")
+        sheet.write_string(n, 1, f'[{{"calledNo":"138{rnd.randint(0, 3000):08d}"}}]')
+        sheet.write_string(n, 2, rnd.choice(("", "021", "a & b", "<x>")))
+        if rnd.random() < 0.98:
+            sheet.write_string(n, 3, f"中文 {rnd.randint(0, 50)}")
+        sheet.write_string(n, 5, "2026-01-01 08:00:00")
+        if rnd.random() < 0.97:
+            sheet.write_number(n, 6, rnd.randint(0, 6))
+        else:
+            sheet.write_string(n, 6, "high")
+    book.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_shared_strings_list_gets_the_same_report_with_row_patterns_or_without(
+    tmp_path, monkeypatch, workers
+):
+    path = tmp_path / "shared.xlsx"
+    _shared_strings_book(path, random.Random(workers))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+    options = ValidationOptions(workers=workers, split_min_bytes=1)
+    with_shapes = validate_file(path, options).as_json()
+    _without_shapes(monkeypatch)
+    without = validate_file(path, options).as_json()
+    assert with_shapes == without
+    assert with_shapes["rows_fingerprint"].startswith("rows-v1:2999:")
+
+
+def test_row_patterns_are_used_on_a_plain_sheet(tmp_path, monkeypatch):
+    """The test above must compare two ways of reading, not one way twice."""
+    path = tmp_path / "shared.xlsx"
+    _shared_strings_book(path, random.Random(3))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+    found = []
+    learn = RowShape.learn.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, *args):
+        shape = learn(cls, *args)
+        found.append(shape)
+        return shape
+
+    monkeypatch.setattr(RowShape, "learn", classmethod(spy))
+    validate_file(path, ValidationOptions(workers=1))
+    assert any(shape is not None for shape in found)
