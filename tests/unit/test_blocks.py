@@ -9,11 +9,13 @@ rows it yields, and what it refuses, must be those of the reader with no row pat
 from __future__ import annotations
 
 import random
+import re
+import zipfile
 
 import pytest
 import xlsxwriter
 
-from tests.handmade import with_sheet_data
+from tests.handmade import Package, with_sheet_data
 from watcher.errors import WorkbookRejected
 from watcher.validate import ValidationOptions, validate_file, xlsx
 from watcher.validate.blocks import RowShape, decode
@@ -215,3 +217,34 @@ def test_row_patterns_are_used_on_a_plain_sheet(tmp_path, monkeypatch):
     monkeypatch.setattr(RowShape, "learn", classmethod(spy))
     validate_file(path, ValidationOptions(workers=1))
     assert any(shape is not None for shape in found)
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_broken_shared_string_no_cell_uses_is_no_error_either_way(tmp_path, monkeypatch, broken):
+    """Runs decode the strings they use together; a broken one between them is not theirs."""
+    package = Package("")
+    rows = [NAMES]
+    rows += [
+        [f"s{n}", f'[{{"calledNo":"138{n:08d}"}}]', "021", "d", "e", "", 3] for n in range(2, 400)
+    ]
+    xml = package.rows_xml(rows)
+    middle = len(package.strings) // 2  # an unused string there, and the indices after it moved
+
+    def moved(match: re.Match[str]) -> str:
+        index = int(match.group(2))
+        return f"{match.group(1)}{index + (index >= middle)}</v>"
+
+    xml = re.sub(r'(t="s"><v>)(\d+)</v>', moved, xml)
+    package.strings.insert(middle, "<si><t>UNUSED</t></si>")
+    parts = {name: text.encode() for name, text in package.parts(xml).items()}
+    if broken:
+        parts["xl/sharedStrings.xml"] = parts["xl/sharedStrings.xml"].replace(b"UNUSED", b"\xff")
+    path = tmp_path / "broken.xlsx"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 2048)
+    with_shapes = validate_file(path, ValidationOptions(workers=1)).as_json()
+    _without_shapes(monkeypatch)
+    assert with_shapes == validate_file(path, ValidationOptions(workers=1)).as_json()
+    assert with_shapes["rows_fingerprint"].startswith("rows-v1:398:")

@@ -152,22 +152,25 @@ def decode(
         return None
     if not all(map(lt, numbers, islice(numbers, 1, None))):
         return None
+    raws_of = dict(zip([at for at, kind in enumerate(shape.kinds) if kind], groups, strict=True))
+    shared = [at for at, kind in enumerate(shape.kinds) if kind == _STRING]
+    texts = _shared([raws_of[at] for at in shared], strings) if shared else []
+    if texts is None:
+        return None
+    texts_of = dict(zip(shared, texts, strict=True))
     columns: list[list[Any]] = []
-    raws_of = iter(groups)
-    for kind in shape.kinds:
-        values: list[Any] | None
+    for at, kind in enumerate(shape.kinds):
+        values: list[Any]
         if kind is None:  # a kept cell these rows lack
             values = [None] * len(numbers)
         elif kind == _STRING:
-            values = _shared(next(raws_of), strings)
-            if values is None:
-                return None
+            values = texts_of[at]
         elif kind == _INLINE:
-            values = list(map(_DECODE, next(raws_of)))
+            values = list(map(_DECODE, raws_of[at]))
             if max(map(len, values)) > max_chars:
                 return None
         else:
-            values = list(map(int, next(raws_of)))
+            values = list(map(int, raws_of[at]))
         columns.append(values)
     rows = list(map(list, zip(*columns, strict=True)))
     block = Block(numbers, labels, rows, shape.width * len(found))
@@ -175,10 +178,29 @@ def decode(
     return block
 
 
-def _shared(raws: tuple[bytes, ...], strings: SharedStrings) -> list[str] | None:
-    indices = list(map(int, raws))
-    if max(indices) >= len(strings.ends) - 1:
+def _shared(columns: list[tuple[bytes, ...]], strings: SharedStrings) -> list[list[str]] | None:
+    """The shared strings of some columns of a run, or None if an index does not exist."""
+    indices = [list(map(int, raws)) for raws in columns]
+    low, high = min(map(min, indices)), max(map(max, indices))
+    ends = strings.ends
+    if high >= len(ends) - 1:
         return None
+    if high - low < 4 * sum(map(len, indices)):  # strings numbered together: decode them so
+        # Each string is followed by a NUL, which XML cannot hold: a split finds them all.
+        # A string no cell here uses may be broken; then each is decoded alone, as the reader
+        # does, and only a broken string a cell uses is an error.
+        try:
+            texts = strings.buffer[ends[low] : ends[high + 1] - 1].decode().split("\0")
+        except UnicodeDecodeError:
+            texts = []
+        if len(texts) == high - low + 1:
+            return [
+                list(map(texts.__getitem__, map(sub, column, repeat(low)))) for column in indices
+            ]
+    return [_one_by_one(column, strings) for column in indices]
+
+
+def _one_by_one(indices: list[int], strings: SharedStrings) -> list[str]:
     ends = strings.ends
     starts = map(ends.__getitem__, indices)
     stops = map(sub, map(ends.__getitem__, map(add, indices, repeat(1))), repeat(1))
