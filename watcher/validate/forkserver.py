@@ -83,12 +83,17 @@ def ask(requests: socket.socket, request: Request, answer: int) -> Checker:
 
 
 def command(fd: int) -> list[str]:
-    """A fresh interpreter without site (no .pth hooks to run), on the daemon's own path."""
+    """The server's command line: serve on descriptor ``fd``.
+
+    A fresh interpreter, isolated and without site (the checker's code is the standard library's
+    and ours: no .pth hook to run, ~0.7 MB less), on the daemon's own path, this package first.
+    """
     package_root = str(Path(__file__).resolve().parents[2])
     path = [package_root, *(entry for entry in sys.path if entry != package_root)]
     code = f"import sys; sys.path[:] = {path!r}; from watcher.validate.forkserver import serve; "
     code += f"serve({fd})"
-    return [sys.executable, "-I", "-S", "-c", code]
+    flags = ["-I", "-S"] + (["-B"] if sys.flags.dont_write_bytecode else [])
+    return [sys.executable, *flags, "-c", code]
 
 
 # --- in the server --------------------------------------------------------------------------
