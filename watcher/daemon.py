@@ -7,11 +7,10 @@ import contextlib
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 
-from watcher.control import ControlServer
 from watcher.errors import (
     ConfigError,
     HostKeyError,
@@ -36,6 +35,9 @@ from watcher.sources import Source, make_source
 from watcher.sources.lease import InboxLeases
 from watcher.status import StatusPage
 from watcher.validate.pool import CheckLimits, ValidationPool
+
+if TYPE_CHECKING:
+    from watcher.control import ControlServer
 
 __all__ = ("Daemon",)
 
@@ -111,7 +113,7 @@ class Daemon:
         self.health.source_stalled_s = self._source.stalled_s
         page = StatusPage(self.settings, ledger, self.health, config_path=self._config_path)
         control = self._control = (
-            ControlServer(self.health, daemon.control_listen, page=page)
+            _control_server(self.health, daemon.control_listen, page)
             if daemon.control_listen
             else None
         )
@@ -357,3 +359,10 @@ class Daemon:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _control_server(health: Health, listen: str, page: StatusPage) -> ControlServer:
+    """The status page and probes' server; its web framework is imported only when it serves."""
+    from watcher.control import ControlServer  # aiohttp.web: ~1.5 MB a daemon without it spares
+
+    return ControlServer(health, listen, page=page)

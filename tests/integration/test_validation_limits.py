@@ -6,6 +6,7 @@ import io
 import os
 import pty
 import re
+import signal
 import subprocess
 import sys
 import zipfile
@@ -95,23 +96,11 @@ async def test_a_checker_past_max_memory_fails_its_allocation_and_the_file_is_re
     assert report.is_valid
 
 
-class _NoProcesses:
-    """A multiprocessing context whose processes cannot start (as with EAGAIN from fork)."""
+class _NoForks:
+    """A forkserver that cannot fork (as with EAGAIN from fork)."""
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def Process(self, **kwargs: Any) -> Any:  # noqa: N802
-        process = self.real.Process(**kwargs)
-
-        def refuse() -> None:
-            raise BlockingIOError(11, "Resource temporarily unavailable")
-
-        process.start = refuse
-        return process
+    def start(self, request: Any, answer: int) -> Any:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
 
 
 async def test_a_pool_that_cannot_start_makes_the_daemon_unready_and_the_file_waits(
@@ -121,8 +110,8 @@ async def test_a_pool_that_cannot_start_makes_the_daemon_unready_and_the_file_wa
     daemon = await run_daemon(world)
     pool = daemon.validation
     assert pool is not None
-    real = pool._context
-    pool._context = _NoProcesses(real)
+    real = pool._forkserver
+    pool._forkserver = _NoForks()
     await upload(world.inbox / "waits.xlsx", xlsxwriter_bytes(rows_valid(3, seed=93)))
     await wait_for(lambda: not pool.healthy, 45, "the pool unhealthy")
     ready, details = daemon.health.readiness()
@@ -131,9 +120,58 @@ async def test_a_pool_that_cannot_start_makes_the_daemon_unready_and_the_file_wa
     with pytest.raises(CheckerUnavailableError, match="cannot start a validation worker"):
         await pool.validate(os.devnull, ValidationOptions())
     assert not settled_as(world, "waits.xlsx", "rejected")(), "not judged without a check"
-    pool._context = real  # fork works again: the file goes on by itself
+    pool._forkserver = real  # fork works again: the file goes on by itself
     await wait_for(settled_as(world, "waits.xlsx", "done"), 60, "waits.xlsx done")
     await wait_for(lambda: daemon.health.readiness()[1]["checks"]["validation"], 10, "ready")
+
+
+def _ended(pid: int) -> bool:
+    """Gone, or dead and not yet reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _children() -> dict[int, str]:
+    """This process's child processes: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            line = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+            found[int(entry.name)] = line
+    return found
+
+
+async def test_a_pool_runs_one_helper_a_killed_one_is_replaced_and_shutdown_ends_it(tmp_path):
+    path = tmp_path / "small.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows_valid(3, seed=95)))
+    before = _children()
+    pool = ValidationPool(2, CheckLimits(max_seconds=60, max_memory_mb=1024))
+    await pool.warm_up()
+    assert pool.healthy
+    # Besides the daemon, only its forkserver lives between checks: no resource tracker.
+    helpers = {pid: line for pid, line in _children().items() if pid not in before}
+    assert len(helpers) == 1, helpers
+    [(server, line)] = helpers.items()
+    assert "watcher.validate.forkserver" in line
+    os.kill(server, signal.SIGKILL)  # as the OOM killer would
+    await wait_for(lambda: _ended(server), 10, "the forkserver ended")
+    report = await pool.validate(str(path), ValidationOptions())
+    assert report.data_rows == 3
+    assert report.is_valid
+    assert pool.healthy
+    [(again, line)] = [(p, c) for p, c in _children().items() if p not in before]
+    assert again != server
+    assert "watcher.validate.forkserver" in line
+    pool.shutdown()
+    assert not _alive(again)
+    assert [p for p in _children() if p not in before] == []
 
 
 async def test_the_validate_command_keeps_the_same_limits(tmp_path):

@@ -1,7 +1,8 @@
 """The validation workers: one process per file, under limits the daemon enforces from outside.
 
 A hostile workbook may make its checker run for ever or eat all memory. Each file is checked in
-a process of its own (forked from a forkserver that has already imported the reader), in a
+a process of its own (forked from a forkserver that has already imported the reader, see
+:mod:`watcher.validate.forkserver`), in a
 process group of its own, with an address-space limit (``validation.max_memory_mb``) set before
 any byte of the file is read, and a wall-clock limit (``validation.max_seconds``) that the daemon
 keeps: past it the whole group is killed. A worker killed from outside (the OOM killer, an
@@ -14,31 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import multiprocessing
 import os
-import resource
 import signal
+import socket
+import subprocess
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.context import ForkContext, ForkServerContext
+from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import SynchronizedArray
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 
 from watcher.errors import CheckerUnavailableError
-from watcher.validate.forks import die_with_parent
+from watcher.validate.forkserver import Checker, Request, ask, command
 from watcher.validate.report import Report, ValidationOptions
-from watcher.validate.workbook import validate_file
+from watcher.validate.worker import read_answer, work
 
 __all__ = ("CheckLimits", "ValidationPool")
 
 log = structlog.get_logger(__name__)
 
 _ATTEMPTS = 2  # a checker killed from outside gets one more try
-_MB = 1 << 20
+_STOP_WAIT_S = 5.0  # for the forkserver to end once its socket is closed
 _PROGRESS_EVERY_S = 0.1  # how often the shared count is read for a progress display
 Progress = Callable[[int, int], None]
 
@@ -49,22 +50,6 @@ class CheckLimits:
 
     max_seconds: float
     max_memory_mb: int
-
-
-class _Tally:
-    """In a checker and its fork: adds the sheet bytes each one reads to one shared count.
-
-    The count lives in shared memory (``[read, total]``), which a fork inherits: both halves of
-    a big sheet add to it, and the parent reads it. It only ever grows.
-    """
-
-    def __init__(self, count: SynchronizedArray[int]) -> None:
-        self._count = count
-
-    def __call__(self, read: int, total: int) -> None:
-        with self._count.get_lock():
-            self._count[0] += read
-            self._count[1] = total
 
 
 @contextlib.asynccontextmanager
@@ -97,46 +82,77 @@ async def _feeding(
         tell()
 
 
-def _work(
-    path: str,
-    options: ValidationOptions,
-    memory_mb: int,
-    seconds: float,
-    answer: Connection,
-    count: SynchronizedArray[int] | None = None,
-) -> None:
-    """In the worker: own process group, memory ceiling, check, send the report up the pipe."""
-    os.setpgid(0, 0)  # Ctrl-C reaches the daemon's group, not this one; a kill reaches the fork
-    # What the forkserver imported stays shared with it: collecting would copy its pages.
-    gc.freeze()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    die_with_parent()
-    ceiling = memory_mb * _MB
-    resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
-    # A last bound of its own, should the daemon that keeps the wall clock die (SIGKILL).
-    cpu_s = int(seconds) + 10
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
-    try:
-        progress = _Tally(count) if count is not None else None
-        result: tuple[str, Any] = ("report", validate_file(path, options, progress))
-    except MemoryError:
-        result = ("memory", None)
-    except BaseException as exc:  # noqa: BLE001 - whatever it is, the daemon must hear of it
-        result = ("crashed", f"{type(exc).__name__}: {exc}")
-    try:
-        answer.send(result)
-    except MemoryError:
-        answer.send(("memory", None))
-    answer.close()
+class _Checker(Protocol):
+    pid: int
+
+    def wait(self) -> int | None: ...
 
 
-def _receive(answer: Connection) -> tuple[str, Any]:
-    """The worker's answer, or ("died", None) when it ended without one."""
-    try:
-        result: tuple[str, Any] = answer.recv()
-    except (EOFError, OSError):
-        return ("died", None)
-    return result
+class _Forkserver:
+    """The forkserver's process: started on first use, again when it has died, stopped with us."""
+
+    def __init__(self) -> None:
+        self._server: subprocess.Popen[bytes] | None = None
+        self._requests: socket.socket | None = None
+        self._lock = threading.Lock()  # start() runs in threads
+
+    def start(self, request: Request, answer: int) -> Checker:
+        """A checker for ``request`` answering on ``answer``; blocks (call it in a thread).
+
+        Raises:
+            OSError: the server could not be started, or could not fork.
+        """
+        with self._lock:
+            requests = self._running()
+        try:
+            return ask(requests, request, answer)
+        except ConnectionError:  # it died since it last forked: the request never reached it
+            with self._lock:
+                self._stop()
+                requests = self._running()
+            return ask(requests, request, answer)
+
+    def close(self) -> None:
+        """Stop the server."""
+        with self._lock:
+            self._stop()
+
+    def _stop(self) -> None:
+        if self._requests is not None:
+            self._requests.close()  # the server ends when its socket closes
+            self._requests = None
+        if self._server is not None:
+            try:
+                self._server.wait(_STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+            self._server = None
+
+    def _running(self) -> socket.socket:
+        if self._server is not None and self._server.poll() is None and self._requests is not None:
+            return self._requests
+        self._stop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs:
+            self._server = subprocess.Popen(
+                command(theirs.fileno()), pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL
+            )
+        self._requests = ours
+        return ours
+
+
+class _Forked:
+    """A checker forked by the pool's own process (a one-shot command)."""
+
+    def __init__(self, process: BaseProcess) -> None:
+        assert process.pid is not None
+        self.pid = process.pid
+        self._process = process
+
+    def wait(self) -> int | None:
+        self._process.join()
+        return self._process.exitcode
 
 
 class ValidationPool:
@@ -158,13 +174,9 @@ class ValidationPool:
         self._slots = asyncio.Semaphore(workers)
         # The daemon forks from a clean forkserver (its own threads and sockets stay home); a
         # one-shot command may fork itself, a second sooner.
-        self._context: ForkContext | ForkServerContext
-        if start == "fork":
-            self._context = multiprocessing.get_context("fork")
-        else:
-            self._context = multiprocessing.get_context("forkserver")
-            self._context.set_forkserver_preload(["watcher.validate.workbook"])
-        self._running: dict[int, multiprocessing.process.BaseProcess] = {}
+        self._fork = multiprocessing.get_context("fork")
+        self._forkserver = _Forkserver() if start == "forkserver" else None
+        self._running: dict[int, _Checker] = {}
         self.replaced = 0  # how often a worker died or was killed
         self.start_error: str | None = None  # why the last worker could not start, if it could not
 
@@ -193,10 +205,15 @@ class ValidationPool:
             options: the route's choices and limits.
             progress: told (sheet bytes read, total) now and then, in this process, by every
                 process that checks the file together; a second attempt starts again at 0.
+                Only a pool that forks itself (``start="fork"``) can tell: a forkserver's
+                checkers share no memory with this process.
 
         Raises:
             CheckerUnavailableError: no worker could be started; the file was not judged.
+            ValueError: ``progress`` for a pool whose checkers come from a forkserver.
         """
+        if progress is not None and self._forkserver is not None:
+            raise ValueError("only a pool started with start='fork' can tell the progress")
         async with self._slots:
             for attempt in range(1, _ATTEMPTS + 1):
                 kind, value = await self._check_once(path, options, progress)
@@ -214,30 +231,24 @@ class ValidationPool:
     async def _check_once(
         self, path: str, options: ValidationOptions, progress: Progress | None
     ) -> tuple[str, Any]:
-        answer, handed = self._context.Pipe(duplex=False)
-        count = self._context.Array("q", 2) if progress is not None else None
+        answer, handed = os.pipe()
+        count = self._fork.Array("q", 2) if progress is not None else None
         limits = self._limits
-        process = self._context.Process(
-            target=_work,
-            args=(path, options, limits.max_memory_mb, limits.max_seconds, handed, count),
-            name="isales-watcher-validate",
-        )
         try:
-            if self._context.get_start_method() == "fork":
-                process.start()  # a fork returns at once
-            else:
-                await asyncio.to_thread(process.start)  # may start the forkserver first
+            checker = await self._start(
+                (path, options, limits.max_memory_mb, limits.max_seconds), handed, count
+            )
         except OSError as exc:
+            os.close(answer)
             self.start_error = f"cannot start a validation worker: {exc}"
             log.error("validation.start_failed", error=str(exc))
             return ("unavailable", self.start_error)
         finally:
-            handed.close()
+            os.close(handed)
         self.start_error = None
-        pid = process.pid
-        assert pid is not None
-        self._running[pid] = process
-        receiving = asyncio.ensure_future(asyncio.to_thread(_receive, answer))
+        pid = checker.pid
+        self._running[pid] = checker
+        receiving = asyncio.ensure_future(asyncio.to_thread(read_answer, answer))
         try:
             async with _feeding(count, progress), asyncio.timeout(self._limits.max_seconds):
                 kind, value = await asyncio.shield(receiving)
@@ -245,13 +256,24 @@ class ValidationPool:
             kind, value = ("slow", None)
         finally:
             _kill_group(pid)  # the worker and any fork of it; a finished one is gone already
-            await asyncio.to_thread(process.join)
+            exitcode = await asyncio.to_thread(checker.wait)
             await receiving  # the pipe is closed now: the thread returns
-            answer.close()
             del self._running[pid]
         if kind == "died":
-            value = _death(process.exitcode)
+            value = _death(exitcode)
         return kind, value
+
+    async def _start(
+        self, request: Request, answer: int, count: SynchronizedArray[int] | None
+    ) -> _Checker:
+        if self._forkserver is not None:
+            # Blocks until the server has forked (and first starts it, if it is not running).
+            return await asyncio.to_thread(self._forkserver.start, request, answer)
+        process = self._fork.Process(
+            target=work, args=(*request, answer, count), name="isales-watcher-validate"
+        )
+        process.start()  # a fork returns at once
+        return _Forked(process)
 
     def _failed(self, options: ValidationOptions, kind: str, detail: Any) -> Report:
         limits = self._limits
@@ -272,9 +294,11 @@ class ValidationPool:
         return report
 
     def shutdown(self) -> None:
-        """Kill the workers still running (the daemon stops)."""
+        """Kill the workers still running, stop the forkserver (the daemon stops)."""
         for pid in list(self._running):
             _kill_group(pid)
+        if self._forkserver is not None:
+            self._forkserver.close()
 
 
 def _kill_group(pid: int) -> None:
@@ -285,6 +309,8 @@ def _kill_group(pid: int) -> None:
 
 
 def _death(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "its forkserver ended"
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name
         hint = ", as the out-of-memory killer does" if name == "SIGKILL" else ""

@@ -1,0 +1,105 @@
+"""What runs in a checker process: its limits, the check, and the answer it sends up a pipe.
+
+The forkserver imports this module (and with it the reader) once; each checker forked from it
+finds everything imported already, so no file pays for an import.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import pickle
+import resource
+import signal
+import struct
+from typing import TYPE_CHECKING, Any
+
+from watcher.validate.forks import die_with_parent
+from watcher.validate.report import ValidationOptions
+from watcher.validate.workbook import validate_file
+
+if TYPE_CHECKING:  # the forkserver would import multiprocessing's shared memory for a name
+    from multiprocessing.sharedctypes import SynchronizedArray
+
+__all__ = ("read_answer", "work")
+
+_MB = 1 << 20
+_SIZE = struct.Struct("=Q")  # the answer's length, before it
+
+
+class _Tally:
+    """In a checker and its fork: adds the sheet bytes each one reads to one shared count.
+
+    The count lives in shared memory (``[read, total]``), which a fork inherits: both halves of
+    a big sheet add to it, and the parent reads it. It only ever grows.
+    """
+
+    def __init__(self, count: SynchronizedArray[int]) -> None:
+        self._count = count
+
+    def __call__(self, read: int, total: int) -> None:
+        with self._count.get_lock():
+            self._count[0] += read
+            self._count[1] = total
+
+
+def work(
+    path: str,
+    options: ValidationOptions,
+    memory_mb: int,
+    seconds: float,
+    answer: int,
+    count: SynchronizedArray[int] | None = None,
+) -> None:
+    """In the checker: own process group, memory ceiling, check, send the report up ``answer``.
+
+    Args:
+        path: the file.
+        options: the route's choices and limits.
+        memory_mb: the address-space ceiling.
+        seconds: the daemon's wall-clock limit; a CPU limit a little past it backs it up.
+        answer: the write end of the answer pipe; closed here.
+        count: the shared progress count, if someone follows it.
+    """
+    os.setpgid(0, 0)  # Ctrl-C reaches the daemon's group, not this one; a kill reaches the fork
+    # What the forkserver imported stays shared with it: collecting would copy its pages.
+    gc.freeze()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+    ceiling = memory_mb * _MB
+    resource.setrlimit(resource.RLIMIT_AS, (ceiling, ceiling))
+    # A last bound of its own, should the daemon that keeps the wall clock die (SIGKILL).
+    cpu_s = int(seconds) + 10
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 5))
+    try:
+        progress = _Tally(count) if count is not None else None
+        result: tuple[str, Any] = ("report", validate_file(path, options, progress))
+    except MemoryError:
+        result = ("memory", None)
+    except BaseException as exc:  # noqa: BLE001 - whatever it is, the daemon must hear of it
+        result = ("crashed", f"{type(exc).__name__}: {exc}")
+    try:
+        data = pickle.dumps(result)
+    except MemoryError:
+        data = pickle.dumps(("memory", None))
+    with open(answer, "wb") as pipe:
+        pipe.write(_SIZE.pack(len(data)))
+        pipe.write(data)
+
+
+def read_answer(answer: int) -> tuple[str, Any]:
+    """The checker's answer, read from ``answer`` (the pipe's read end, closed here).
+
+    ("died", None) when the checker ended without a whole answer. The answer says its length
+    first: a fork of the checker that still holds the pipe open does not hold up the reading.
+    """
+    with open(answer, "rb") as pipe:
+        head = pipe.read(_SIZE.size)
+        if len(head) < _SIZE.size:
+            return ("died", None)
+        (size,) = _SIZE.unpack(head)
+        data = pipe.read(size)
+    if len(data) < size:
+        return ("died", None)
+    result: tuple[str, Any] = pickle.loads(data)
+    return result
