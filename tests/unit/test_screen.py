@@ -151,3 +151,17 @@ def test_repeats_found_in_batches_name_the_first_row() -> None:
         )
     report_json = _by_rows(columns, rows, call_data_json=False)[0]
     assert "row 2" in str(report_json)
+
+
+def test_a_type_that_spells_a_calledno_adds_no_number() -> None:
+    """The screen passes any type free of quotes; what it spells is no number of the row."""
+    columns = dict(enumerate(ORDER))
+    plain = [PLAIN[name][0] for name in ORDER]
+    spelled = [*plain]
+    spelled[1] = '[{"calledNo":"1","type":"x},{\'calledNo\':999"}]'
+    other = [*plain]
+    other[1] = '[{"calledNo":"999"}]'
+    rows = [(2, spelled), (3, other)]
+    expected = _by_rows(columns, rows, call_data_json=False)
+    assert "duplicate_called_no" not in str(expected[0])
+    assert _by_batches(columns, rows, 2, call_data_json=False) == expected

@@ -25,14 +25,15 @@ __all__ = ("CALLED", "NUMBERS", "Screen", "screens")
 
 # ``called`` as RowChecker._called reads it without fault: a list of entries in the canonical
 # form (no spaces, calledNo first, a delayTime of 0 to 7200, a type free of what JSON escapes),
-# or the official template's single entry [{'calledNo':13800138000}]. NUMBERS finds their numbers.
+# or the official template's single entry [{'calledNo':13800138000}]. NUMBERS finds their numbers:
+# only a key in double quotes or the template's opening, as a type may spell 'calledNo':1 itself.
 _ENTRY = (
     r'\{"calledNo":"[0-9*#]{1,24}"'
     r'(?:,"delayTime":"(?:[0-9]{1,3}|[0-6][0-9]{3}|7[01][0-9]{2}|7200)")?'
     r'(?:,"type":"[^"\\\x00-\x1f]*")?\}'
 )
 CALLED = re.compile(rf"\[{_ENTRY}(?:,{_ENTRY})*\]|\[\{{'calledNo':(?:0|[1-9][0-9]{{0,23}})\}}\]")
-NUMBERS = re.compile(r"""["']calledNo["']:"?([0-9*#]{1,24})""")
+NUMBERS = re.compile(r"""(?:"calledNo":"|^\[\{'calledNo':)([0-9*#]{1,24})""")
 _RECYCLE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 _LIMITS = {"sessionId": 32, "caller": 24, "customField": 200, "callData": 1024}
 _CALLED_LIMIT = 4096  # longer is read by the rules
