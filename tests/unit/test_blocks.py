@@ -248,3 +248,31 @@ def test_a_broken_shared_string_no_cell_uses_is_no_error_either_way(tmp_path, mo
     _without_shapes(monkeypatch)
     assert with_shapes == validate_file(path, ValidationOptions(workers=1)).as_json()
     assert with_shapes["rows_fingerprint"].startswith("rows-v1:398:")
+
+
+def test_the_row_pattern_never_searches_the_sheets_last_piece(tmp_path, monkeypatch):
+    """After the last </row> a hostile sheet may hold "<row" a million times and no </row>:
+    from each, the pattern's catch-all branch would search to the end (hours for a few MB).
+    Every piece the pattern searches ends with </row>, so each search stops at one."""
+    path = tmp_path / "tail.xlsx"
+    tail = "<row" * 500  # after </sheetData>: the last piece
+    parts = Package("").parts(_rows_of("", list(range(2, 400)), {}, set()))
+    sheet = parts["xl/worksheets/sheet1.xml"].replace("</sheetData>", "</sheetData>" + tail)
+    parts["xl/worksheets/sheet1.xml"] = sheet
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, text in parts.items():
+            archive.writestr(name, text)
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+    searched = []
+    runs = SheetReader._runs
+
+    def spy(self, piece, *args):
+        items = runs(self, piece, *args)
+        searched.append((piece.endswith(b"</row>"), items is not None))
+        return items
+
+    monkeypatch.setattr(SheetReader, "_runs", spy)
+    rows, _ = _read(str(path), list(range(7)))
+    assert isinstance(rows, list) and len(rows) == 398
+    assert (True, True) in searched, "no piece was read by the row pattern"
+    assert (False, True) not in searched

@@ -714,7 +714,12 @@ class SheetReader:
     ) -> list[Any] | None:
         """The piece as runs of rows of ``shape`` (each a :class:`Block`) and the cells of each
         other row, if every row follows the one before; None if the piece must be read a
-        cell at a time, as when most rows differ or one breaks a rule."""
+        cell at a time, as when most rows differ or one breaks a rule, or at the sheet's end."""
+        if not piece.endswith(markup.row_end):
+            # The last piece: where no </row> follows, the pattern's second branch would search
+            # to the end from every "<row" (hours for a few MB of them). In any other piece each
+            # search stops at the next </row>.
+            return None
         found = shape.pattern.findall(piece)
         items: list[Any] = []
         cells = odd = 0
