@@ -421,3 +421,15 @@ def test_comments_cdata_and_carriage_returns_are_read_as_a_parser_reads_them(
     rows, fast = read(tmp_path, with_sheet_data(sheet_data))
     assert rows == expected
     assert not fast
+
+
+def test_a_row_tag_ends_at_its_first_angle_bracket():
+    """The guard counting rows reads a start tag only up to a "<" (which no attribute holds):
+    otherwise from each of a million "<row" it searched on to a ">" (quadratic, hours)."""
+    from watcher.validate.markup import markup_for
+
+    markup = markup_for(b"")
+    assert markup.counts_rows(b'<row r="2" x="a>b"><c r="A2"/></row>', 0)  # ">" ends it early
+    assert markup.counts_rows(b'<row r="2"><c r="A2"/></row>', 1)
+    assert markup.counts_rows(b'<row<row<row r="2"><c r="A2"/></row>', 1)
+    assert markup.row_with_cell.match(b'<row x <row r="2"><c r="A2"/></row>') is None

@@ -248,7 +248,7 @@ _PLAIN_CELL = (
     rb'<@c r="([A-Z]{1,3})(\d{1,7})"(?: s="(\d+)")?(?: t="([a-zA-Z]+)")?'
     rb"(?:>(?:<@v>([^<]*)</@v>|<@is><@t>([^<]*)</@t></@is>)</@c>|/>)()"
 )
-_ROW_WITH_CELL = rb"<@row\b[^>]*>\s*<@c[\s/>]"
+_ROW_WITH_CELL = rb"<@row\b[^<>]*>\s*<@c[\s/>]"  # no "<" in a tag: each search is short
 _STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>|<@si>(.*?)</@si>|<@si/>'
 _PLAIN_STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>'
 _RUN_TEXT = (
