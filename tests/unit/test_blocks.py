@@ -273,6 +273,7 @@ def test_the_row_pattern_never_searches_the_sheets_last_piece(tmp_path, monkeypa
 
     monkeypatch.setattr(SheetReader, "_runs", spy)
     rows, _ = _read(str(path), list(range(7)))
-    assert isinstance(rows, list) and len(rows) == 398
+    assert isinstance(rows, list)
+    assert len(rows) == 398
     assert (True, True) in searched, "no piece was read by the row pattern"
     assert (False, True) not in searched
