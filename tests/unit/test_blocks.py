@@ -277,3 +277,23 @@ def test_the_row_pattern_never_searches_the_sheets_last_piece(tmp_path, monkeypa
     assert len(rows) == 398
     assert (True, True) in searched, "no piece was read by the row pattern"
     assert (False, True) not in searched
+
+
+@pytest.mark.parametrize("chunk", [700, 4096])
+def test_rows_of_only_columns_not_kept_are_not_yielded(tmp_path, monkeypatch, chunk):
+    """A run of rows that hold only a column the header does not name (a note in H) holds
+    nothing the checker reads: no row of it is yielded, as a cell at a time."""
+    names = [*NAMES, "notes"]
+    header = "".join(
+        _inline("", f"{letter}1", name) for letter, name in zip("ABCDEFGH", names, strict=True)
+    )
+    rows = [f'<row r="1">{header}</row>']
+    rows += [f'<row r="{n}">{_inline("", f"H{n}", "note")}</row>' for n in range(2, 300)]
+    rows.append(f'<row r="300">{_inline("", "A300", "s300")}</row>')
+    path = tmp_path / "notes.xlsx"
+    path.write_bytes(with_sheet_data("".join(rows), prefix=""))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", chunk)
+    with_shapes = _read(str(path), list(range(7)))
+    assert with_shapes == ([(300, ["s300"])], True)
+    _without_shapes(monkeypatch)
+    assert with_shapes == _read(str(path), list(range(7)))

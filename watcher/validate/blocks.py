@@ -111,6 +111,8 @@ class RowShape:
         # A row yielded reaches its last kept cell, or the place of a cell skipped after it.
         length = max(place + 1 if type(place) is int else ceil(place) for place in spots)  # type: ignore[arg-type]
         kept_places = {place for place in spots if type(place) is int}
+        if not kept_places:  # a row of cells not kept: the reader yields no such row
+            return None
         return cls(columns, [at in kept_places for at in range(length)], prefix)
 
 
