@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import pty
@@ -171,6 +172,20 @@ async def test_a_pool_runs_one_helper_a_killed_one_is_replaced_and_shutdown_ends
     assert "watcher.validate.forkserver" in line
     pool.shutdown()
     assert not _alive(again)
+    assert [p for p in _children() if p not in before] == []
+
+
+async def test_a_check_running_at_shutdown_is_not_tried_again_on_a_new_forkserver(tmp_path):
+    path = tmp_path / "small.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows_valid(60_000, seed=96)))
+    before = _children()
+    pool = ValidationPool(1, CheckLimits(max_seconds=60, max_memory_mb=1024))
+    check = asyncio.ensure_future(pool.validate(str(path), ValidationOptions()))
+    await wait_for(lambda: pool.pids, 30, "a checker at work")
+    os.kill(pool.pids[0], signal.SIGSTOP)  # it would otherwise be done before the shutdown
+    pool.shutdown()
+    with pytest.raises(CheckerUnavailableError, match="shut down"):
+        await check
     assert [p for p in _children() if p not in before] == []
 
 

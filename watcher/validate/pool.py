@@ -95,6 +95,7 @@ class _Forkserver:
         self._server: subprocess.Popen[bytes] | None = None
         self._requests: socket.socket | None = None
         self._lock = threading.Lock()  # start() runs in threads
+        self._closed = False  # stopped with the pool: a check still running is not tried again
 
     def start(self, request: Request, answer: int) -> Checker:
         """A checker for ``request`` answering on ``answer``; blocks (call it in a thread).
@@ -113,8 +114,9 @@ class _Forkserver:
             return ask(requests, request, answer)
 
     def close(self) -> None:
-        """Stop the server."""
+        """Stop the server, for good."""
         with self._lock:
+            self._closed = True
             self._stop()
 
     def _stop(self) -> None:
@@ -130,6 +132,8 @@ class _Forkserver:
             self._server = None
 
     def _running(self) -> socket.socket:
+        if self._closed:
+            raise OSError("the validation pool is shut down")
         if self._server is not None and self._server.poll() is None and self._requests is not None:
             return self._requests
         self._stop()
