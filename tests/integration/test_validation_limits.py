@@ -149,9 +149,14 @@ def _children() -> dict[int, str]:
     return found
 
 
-async def test_a_pool_runs_one_helper_a_killed_one_is_replaced_and_shutdown_ends_it(tmp_path):
+def _small_list(tmp_path: Path, seed: int) -> Path:
     path = tmp_path / "small.xlsx"
-    path.write_bytes(xlsxwriter_bytes(rows_valid(3, seed=95)))
+    path.write_bytes(xlsxwriter_bytes(rows_valid(3, seed=seed)))
+    return path
+
+
+async def test_a_pool_runs_one_helper_a_killed_one_is_replaced_and_shutdown_ends_it(tmp_path):
+    path = _small_list(tmp_path, 95)
     before = _children()
     pool = ValidationPool(2, CheckLimits(max_seconds=60, max_memory_mb=1024))
     await pool.warm_up()
@@ -186,6 +191,40 @@ async def test_a_check_running_at_shutdown_is_not_tried_again_on_a_new_forkserve
     pool.shutdown()
     with pytest.raises(CheckerUnavailableError, match="shut down"):
         await check
+    assert [p for p in _children() if p not in before] == []
+
+
+def _forkserver(before: dict[int, str]) -> int:
+    [server] = [pid for pid, line in _children().items() if pid not in before]
+    return server
+
+
+async def test_a_forkserver_that_does_not_answer_is_replaced_within_the_wall_clock(tmp_path):
+    """A stopped server must not hold a file for ever, nor a cancelled check leak its pipe."""
+    path = _small_list(tmp_path, 97)
+    before = _children()
+    pool = ValidationPool(1, CheckLimits(max_seconds=2, max_memory_mb=1024))
+    await pool.warm_up()
+    server = _forkserver(before)
+    fds = len(os.listdir("/proc/self/fd"))
+    os.kill(server, signal.SIGSTOP)
+    with pytest.raises(CheckerUnavailableError, match="forkserver ended"):
+        await asyncio.wait_for(pool.validate(str(path), ValidationOptions()), 60)
+    await wait_for(lambda: _ended(server), 10, "the stopped forkserver killed")
+    assert not pool.healthy  # readiness says so until a checker starts again
+    report = await asyncio.wait_for(pool.validate(str(path), ValidationOptions()), 60)
+    assert report.is_valid
+    assert pool.healthy
+    # A check cancelled while the server does not answer (the daemon stopping) leaks nothing.
+    os.kill(_forkserver(before), signal.SIGSTOP)
+    check = asyncio.ensure_future(pool.validate(str(path), ValidationOptions()))
+    await asyncio.sleep(0.5)
+    check.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await check
+    os.kill(_forkserver(before), signal.SIGCONT)
+    await wait_for(lambda: len(os.listdir("/proc/self/fd")) <= fds, 10, "the pipes closed")
+    pool.shutdown()
     assert [p for p in _children() if p not in before] == []
 
 

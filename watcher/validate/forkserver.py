@@ -48,6 +48,10 @@ class Checker:
         self.pid = pid
         self._status = status
 
+    def abandon(self) -> None:
+        """Stop following the checker (it has been killed): its status is not read."""
+        os.close(self._status)
+
     def wait(self) -> int | None:
         """Block until the checker has ended: its exit code, None if the server went first."""
         try:
@@ -67,13 +71,14 @@ def ask(requests: socket.socket, request: Request, answer: int) -> Checker:
     """
     status, handed = os.pipe()
     try:
-        socket.send_fds(requests, [pickle.dumps(request)], [answer, handed])
+        try:
+            socket.send_fds(requests, [pickle.dumps(request)], [answer, handed])
+        finally:
+            os.close(handed)  # the server has its own copy: when it dies, the read below ends
         pid = _read_number(status)
     except BaseException:
         os.close(status)
         raise
-    finally:
-        os.close(handed)
     if pid is None or pid < 0:
         os.close(status)
         if pid is None:

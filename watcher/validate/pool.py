@@ -23,6 +23,7 @@ import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import SynchronizedArray
 from typing import Any, Literal, Protocol
@@ -85,6 +86,8 @@ async def _feeding(
 class _Checker(Protocol):
     pid: int
 
+    def abandon(self) -> None: ...
+
     def wait(self) -> int | None: ...
 
 
@@ -112,6 +115,12 @@ class _Forkserver:
                 self._stop()
                 requests = self._running()
             return ask(requests, request, answer)
+
+    def kill(self) -> None:
+        """Kill a server that does not answer (stopped, or stuck); the next start starts one."""
+        with self._lock:
+            if self._server is not None:
+                self._server.kill()
 
     def close(self) -> None:
         """Stop the server, for good."""
@@ -153,6 +162,9 @@ class _Forked:
         assert process.pid is not None
         self.pid = process.pid
         self._process = process
+
+    def abandon(self) -> None:
+        """Nothing to let go of: the pool's own fork is reaped by multiprocessing."""
 
     def wait(self) -> int | None:
         self._process.join()
@@ -238,17 +250,22 @@ class ValidationPool:
         answer, handed = os.pipe()
         count = self._fork.Array("q", 2) if progress is not None else None
         limits = self._limits
+        request = (path, options, limits.max_memory_mb, limits.max_seconds)
+        starting = asyncio.ensure_future(self._start(request, handed, count))
         try:
-            checker = await self._start(
-                (path, options, limits.max_memory_mb, limits.max_seconds), handed, count
-            )
+            checker = await self._started(starting)
+        except asyncio.CancelledError:
+            # The start goes on in its thread, with both ends of the pipe: let it end, then
+            # let go of what it started.
+            starting.add_done_callback(partial(_abandon, answer, handed))
+            raise
         except OSError as exc:
             os.close(answer)
+            os.close(handed)
             self.start_error = f"cannot start a validation worker: {exc}"
             log.error("validation.start_failed", error=str(exc))
             return ("unavailable", self.start_error)
-        finally:
-            os.close(handed)
+        os.close(handed)
         self.start_error = None
         pid = checker.pid
         self._running[pid] = checker
@@ -266,6 +283,21 @@ class ValidationPool:
         if kind == "died":
             value = _death(exitcode)
         return kind, value
+
+    async def _started(self, starting: asyncio.Future[_Checker]) -> _Checker:
+        """The checker ``starting`` starts, within the wall-clock limit of a check.
+
+        A forkserver that does not answer in that time (stopped, or stuck) is killed: the
+        start then fails, and the next one starts a new server.
+        """
+        try:
+            async with asyncio.timeout(self._limits.max_seconds):
+                return await asyncio.shield(starting)
+        except TimeoutError:
+            log.error("validation.forkserver_stuck", waited_s=self._limits.max_seconds)
+            if self._forkserver is not None:
+                self._forkserver.kill()
+            return await asyncio.shield(starting)
 
     async def _start(
         self, request: Request, answer: int, count: SynchronizedArray[int] | None
@@ -303,6 +335,17 @@ class ValidationPool:
             _kill_group(pid)
         if self._forkserver is not None:
             self._forkserver.close()
+
+
+def _abandon(answer: int, handed: int, starting: asyncio.Future[_Checker]) -> None:
+    """After a start whose check was cancelled: kill the checker it started, close the pipe."""
+    os.close(handed)
+    os.close(answer)
+    if starting.cancelled() or starting.exception() is not None:
+        return
+    checker = starting.result()
+    _kill_group(checker.pid)
+    checker.abandon()
 
 
 def _kill_group(pid: int) -> None:
