@@ -21,6 +21,7 @@ from tests.handmade import (
 from tests.workbooks import HEADER
 from watcher.errors import WorkbookRejected
 from watcher.validate import validate_file
+from watcher.validate.markup import markup_for
 from watcher.validate.xlsx import SheetReader
 
 ROWS: list[list[object]] = [
@@ -433,3 +434,18 @@ def test_a_row_tag_ends_at_its_first_angle_bracket():
     assert markup.counts_rows(b'<row r="2"><c r="A2"/></row>', 1)
     assert markup.counts_rows(b'<row<row<row r="2"><c r="A2"/></row>', 1)
     assert markup.row_with_cell.match(b'<row x <row r="2"><c r="A2"/></row>') is None
+
+
+@pytest.mark.parametrize("prefix", [b"", b"x:"])
+def test_an_open_inline_or_shared_string_never_reaches_past_the_next_one(prefix):
+    """Each search for an element's end stops where another starts: no match spans two cells
+    or two strings, so a piece of many unclosed ones is read in linear time, not quadratic."""
+    p = prefix
+    markup = markup_for(p)
+    cells = (
+        b'<%sc r="A2"><%sis><%sc r="A3" t="inlineStr"><%sis><%sr><%st>x</%st></%sr></%sis></%sc>'
+        % ((p,) * 10)
+    )
+    assert [cell[0] + cell[1] for cell in markup.cell.findall(cells)] == [b"A3"]
+    strings = "<{0}si><{0}si><{0}t>x</{0}t></{0}si>".format(p.decode())
+    assert markup.strings.findall(strings) == [("x", "")]

@@ -238,7 +238,8 @@ class Markup:
 _CELL = (
     rb'<@c r="([A-Z]{1,3})(\d{1,7})"(?: s="(\d+)")?(?: t="([a-zA-Z]+)")?(?: [a-zA-Z:]+="[^"]*")*'
     rb"(?:/>|>(?:<@f>[^<]*</@f>|<@f [^>]*/>|<@f [^>]*>[^<]*</@f>)?"
-    rb'(?:<@v>([^<]*)</@v>|<@is><@t(?: xml:space="preserve")?>([^<]*)</@t></@is>|<@is>(.*?)</@is>)?'
+    rb'(?:<@v>([^<]*)</@v>|<@is><@t(?: xml:space="preserve")?>([^<]*)</@t></@is>'
+    rb"|<@is>((?:[^<]|<(?!/?@is>|@c[\s/>]))*)</@is>)?"  # never past another cell: linear
     rb"</@c>)"
 )
 # The cells most writers write, a third faster to find: a value, an inline string or nothing,
@@ -249,7 +250,10 @@ _PLAIN_CELL = (
     rb"(?:>(?:<@v>([^<]*)</@v>|<@is><@t>([^<]*)</@t></@is>)</@c>|/>)()"
 )
 _ROW_WITH_CELL = rb"<@row\b[^<>]*>\s*<@c[\s/>]"  # no "<" in a tag: each search is short
-_STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>|<@si>(.*?)</@si>|<@si/>'
+_STRING = (
+    rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>'
+    rb"|<@si>((?:[^<]|<(?!/?@si[\s/>]))*)</@si>|<@si/>"  # never past another <si: linear
+)
 _PLAIN_STRING = rb'<@si><@t(?: xml:space="preserve")?>([^<]*)</@t></@si>'
 _RUN_TEXT = (
     r"""<@t(?:\s+[^\s=>]+\s*=\s*(?:"[^"]*"|'[^']*'))*\s*>([^<]*)</@t>"""  # ">" in a value too
