@@ -38,7 +38,7 @@ from watcher.submit import Reconciler, reject_duplicate, submit, with_details
 from watcher.track import Tracker, track
 from watcher.validate import Report, ValidationOptions
 from watcher.validate.pool import ValidationPool
-from watcher.validate.xlsx import Limits
+from watcher.validate.report import Limits
 
 __all__ = ("GATE_REASONS", "Pipeline")
 

@@ -27,16 +27,17 @@ import signal
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from watcher.validate.report import ValidationOptions
-from watcher.validate.worker import work
 
-__all__ = ("Checker", "Request", "ask", "command", "serve")
+__all__ = ("Checker", "Request", "ask", "command", "read_answer", "serve", "write_answer")
 
 Request = tuple[str, ValidationOptions, int, float]  # work()'s arguments before the answer pipe
 
+_SIZE = struct.Struct("=Q")  # an answer's length, before it
 _NUMBER = struct.Struct("=q")  # a pid, -errno or an exit code on a status pipe
 _MAX_REQUEST = 1 << 20
 
@@ -87,6 +88,35 @@ def ask(requests: socket.socket, request: Request, answer: int) -> Checker:
     return Checker(pid, status)
 
 
+def write_answer(answer: int, result: tuple[str, Any]) -> None:
+    """In a checker: send ``result`` up the answer pipe (its write end, closed here)."""
+    try:
+        data = pickle.dumps(result)
+    except MemoryError:
+        data = pickle.dumps(("memory", None))
+    with open(answer, "wb") as pipe:
+        pipe.write(_SIZE.pack(len(data)))
+        pipe.write(data)
+
+
+def read_answer(answer: int) -> tuple[str, Any]:
+    """The checker's answer, read from ``answer`` (the pipe's read end, closed here).
+
+    ("died", None) when the checker ended without a whole answer. The answer says its length
+    first: a fork of the checker that still holds the pipe open does not hold up the reading.
+    """
+    with open(answer, "rb") as pipe:
+        head = pipe.read(_SIZE.size)
+        if len(head) < _SIZE.size:
+            return ("died", None)
+        (size,) = _SIZE.unpack(head)
+        data = pipe.read(size)
+    if len(data) < size:
+        return ("died", None)
+    result: tuple[str, Any] = pickle.loads(data)
+    return result
+
+
 def command(fd: int) -> list[str]:
     """The server's command line: serve on descriptor ``fd``.
 
@@ -106,6 +136,8 @@ def command(fd: int) -> list[str]:
 
 def serve(fd: int) -> None:
     """The server's loop: a checker per request, its exit code when it ends; until EOF."""
+    from watcher.validate.worker import work
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the daemon's to handle
     woken, wake = os.pipe()
     os.set_blocking(woken, False)
@@ -133,7 +165,10 @@ def serve(fd: int) -> None:
                     continue
                 answer, status = fds
                 pid = _fork(
-                    message, answer, [requests.fileno(), woken, wake, status, *statuses.values()]
+                    work,
+                    message,
+                    answer,
+                    [requests.fileno(), woken, wake, status, *statuses.values()],
                 )
                 os.close(answer)
                 _write_number(status, pid)
@@ -143,7 +178,7 @@ def serve(fd: int) -> None:
                     os.close(status)
 
 
-def _fork(request: bytes, answer: int, close: list[int]) -> int:
+def _fork(work: Callable[..., None], request: bytes, answer: int, close: list[int]) -> int:
     """Fork a checker for ``request`` that answers on ``answer``; its pid, or -errno."""
     try:
         pid = os.fork()

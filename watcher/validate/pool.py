@@ -31,9 +31,8 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from watcher.errors import CheckerUnavailableError
-from watcher.validate.forkserver import Checker, Request, ask, command
+from watcher.validate.forkserver import Checker, Request, ask, command, read_answer
 from watcher.validate.report import Report, ValidationOptions
-from watcher.validate.worker import read_answer, work
 
 __all__ = ("CheckLimits", "ValidationPool")
 
@@ -305,6 +304,8 @@ class ValidationPool:
         if self._forkserver is not None:
             # Blocks until the server has forked (and first starts it, if it is not running).
             return await asyncio.to_thread(self._forkserver.start, request, answer)
+        from watcher.validate.worker import work
+
         process = self._fork.Process(
             target=work, args=(*request, answer, count), name="isales-watcher-validate"
         )

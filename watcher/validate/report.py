@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from watcher.language import N_
-from watcher.validate.xlsx import Limits
 
 __all__ = ("KINDS", "UNREADABLE_KINDS", "Kind", "Problem", "Report", "ValidationOptions")
 
@@ -221,6 +220,16 @@ UNREADABLE_KINDS = frozenset(
         "cell_too_long",
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds that keep a hostile file from exhausting memory or time."""
+
+    max_uncompressed_bytes: int = 2_000_000_000
+    max_ratio: float = 200.0  # uncompressed / compressed, for members above 1 MB
+    max_cell_chars: int = 32_767  # what Excel itself allows in a cell
+    max_row_bytes: int = 8_000_000
 
 
 @dataclass(frozen=True, slots=True)

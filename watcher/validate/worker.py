@@ -8,23 +8,21 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import resource
 import signal
-import struct
 from typing import TYPE_CHECKING, Any
 
 from watcher.validate.forks import die_with_parent
+from watcher.validate.forkserver import write_answer
 from watcher.validate.report import ValidationOptions
 from watcher.validate.workbook import validate_file
 
 if TYPE_CHECKING:  # the forkserver would import multiprocessing's shared memory for a name
     from multiprocessing.sharedctypes import SynchronizedArray
 
-__all__ = ("read_answer", "work")
+__all__ = ("work",)
 
 _MB = 1 << 20
-_SIZE = struct.Struct("=Q")  # the answer's length, before it
 
 
 class _Tally:
@@ -78,28 +76,4 @@ def work(
         result = ("memory", None)
     except BaseException as exc:  # noqa: BLE001 - whatever it is, the daemon must hear of it
         result = ("crashed", f"{type(exc).__name__}: {exc}")
-    try:
-        data = pickle.dumps(result)
-    except MemoryError:
-        data = pickle.dumps(("memory", None))
-    with open(answer, "wb") as pipe:
-        pipe.write(_SIZE.pack(len(data)))
-        pipe.write(data)
-
-
-def read_answer(answer: int) -> tuple[str, Any]:
-    """The checker's answer, read from ``answer`` (the pipe's read end, closed here).
-
-    ("died", None) when the checker ended without a whole answer. The answer says its length
-    first: a fork of the checker that still holds the pipe open does not hold up the reading.
-    """
-    with open(answer, "rb") as pipe:
-        head = pipe.read(_SIZE.size)
-        if len(head) < _SIZE.size:
-            return ("died", None)
-        (size,) = _SIZE.unpack(head)
-        data = pipe.read(size)
-    if len(data) < size:
-        return ("died", None)
-    result: tuple[str, Any] = pickle.loads(data)
-    return result
+    write_answer(answer, result)

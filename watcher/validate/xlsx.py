@@ -61,6 +61,7 @@ from watcher.validate.markup import (
     root_tag,
     xml_text,
 )
+from watcher.validate.report import Limits
 from watcher.validate.text import BytePieces, MappedStrings, SharedStrings
 from watcher.validate.tree import PartEvents, Row, TreeRows
 
@@ -80,16 +81,6 @@ _BYTE_COLUMNS: dict[bytes, float] = {}  # column letters to index, filled as let
 # What only a parser reads right: a comment or CDATA section (<!), a processing instruction
 # (<?), whose text the patterns would take for tags, and a CR, which XML reads as a line feed.
 _PARSER_ONLY = (b"<!", b"<?", b"\r")
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds that keep a hostile file from exhausting memory or time."""
-
-    max_uncompressed_bytes: int = 2_000_000_000
-    max_ratio: float = 200.0  # uncompressed / compressed, for members above 1 MB
-    max_cell_chars: int = 32_767  # what Excel itself allows in a cell
-    max_row_bytes: int = 8_000_000
 
 
 @dataclass(frozen=True, slots=True)
