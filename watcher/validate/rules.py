@@ -229,7 +229,7 @@ class RowChecker:
         self._plan = sorted((index, checks[name]) for index, name in columns.items())
         self._called_index = next((i for i, name in columns.items() if name == "called"), None)
         self._session_index = next((i for i, n in columns.items() if n == "sessionId"), None)
-        every = screens(call_data_json=call_data_json)
+        every = screens(_LENGTHS, call_data_json=call_data_json)
         self._screens: list[tuple[Callable[[list[Any]], list[Any]], Screen]] = [
             (itemgetter(index), every[name]) for index, name in sorted(columns.items())
         ]

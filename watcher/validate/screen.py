@@ -35,7 +35,6 @@ _ENTRY = (
 CALLED = re.compile(rf"\[{_ENTRY}(?:,{_ENTRY})*\]|\[\{{'calledNo':(?:0|[1-9][0-9]{{0,23}})\}}\]")
 NUMBERS = re.compile(r"""(?:"calledNo":"|^\[\{'calledNo':)([0-9*#]{1,24})""")
 _RECYCLE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
-_LIMITS = {"sessionId": 32, "caller": 24, "customField": 200, "callData": 1024}
 _CALLED_LIMIT = 4096  # longer is read by the rules
 _ONLY_STR = {str}
 _ONLY_INT = {int}
@@ -70,23 +69,23 @@ def _text(limit: int, pattern: re.Pattern[str] | None = None) -> Screen:
     return screen
 
 
+def _parsed(values: list[Any], failing: set[int], parse: Callable[[Any], Any]) -> list[int]:
+    """``failing``, and the positions of the other values ``parse`` refuses (ValueError)."""
+    for at, value in enumerate(values):
+        if at not in failing:
+            try:
+                parse(value)
+            except ValueError:
+                failing.add(at)
+    return sorted(failing)
+
+
 def _json_text(limit: int) -> Screen:
     """Strings within ``limit`` that are JSON (callData of an intelligent-IVR campaign)."""
     texts = _text(limit)
 
-    def parses(value: str) -> bool:
-        try:
-            json.loads(value)
-        except ValueError:
-            return False
-        return True
-
     def screen(values: list[Any]) -> list[int]:
-        failing = set(texts(values))
-        failing.update(
-            at for at, value in enumerate(values) if at not in failing and not parses(value)
-        )
-        return sorted(failing)
+        return _parsed(values, set(texts(values)), json.loads)
 
     return screen
 
@@ -99,18 +98,12 @@ def _recycle_time(values: list[Any]) -> list[int]:
     failing = set(_RECYCLE_TEXT(values))
     if not failing:
         try:
-            list(map(datetime.fromisoformat, values))
+            list(map(datetime.fromisoformat, values))  # all at once, in C, most of the time
         except ValueError:
             pass
         else:
             return []
-    for at, value in enumerate(values):
-        if at not in failing:
-            try:
-                datetime.fromisoformat(value)
-            except ValueError:
-                failing.add(at)
-    return sorted(failing)
+    return _parsed(values, failing, datetime.fromisoformat)
 
 
 def _priority(values: list[Any]) -> list[int]:
@@ -120,14 +113,14 @@ def _priority(values: list[Any]) -> list[int]:
     return [at for at, value in enumerate(values) if not (type(value) is int and 1 <= value <= 5)]
 
 
-def screens(*, call_data_json: bool) -> dict[str, Screen]:
-    """The screen of each template column."""
+def screens(lengths: dict[str, int], *, call_data_json: bool) -> dict[str, Screen]:
+    """The screen of each template column, with the rules' ``lengths`` (characters at most)."""
     return {
-        "sessionId": _text(_LIMITS["sessionId"]),
+        "sessionId": _text(lengths["sessionId"]),
         "called": _text(_CALLED_LIMIT, CALLED),
-        "caller": _text(_LIMITS["caller"]),
-        "callData": (_json_text if call_data_json else _text)(_LIMITS["callData"]),
-        "customField": _text(_LIMITS["customField"]),
+        "caller": _text(lengths["caller"]),
+        "callData": (_json_text if call_data_json else _text)(lengths["callData"]),
+        "customField": _text(lengths["customField"]),
         "recycleTime": _recycle_time,
         "priority": _priority,
     }
