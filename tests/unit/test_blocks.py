@@ -18,7 +18,9 @@ import xlsxwriter
 from tests.handmade import Package, with_sheet_data
 from watcher.errors import WorkbookRejected
 from watcher.validate import ValidationOptions, validate_file, xlsx
+from watcher.validate import blocks
 from watcher.validate.blocks import RowShape, decode
+from watcher.validate.text import SharedStrings
 from watcher.validate.xlsx import FastPathUnsupported, SheetReader
 
 LETTERS = "ABCDEFGH"
@@ -168,10 +170,20 @@ def test_crafted_sheets_read_alike_with_row_patterns_or_without(tmp_path, monkey
     assert with_shapes == _read(str(path), list(kept))
 
 
-def _shared_strings_book(path, rnd: random.Random) -> None:
+def _shared_strings_book(path, rnd: random.Random, *, by_columns: bool = False) -> None:
+    """A list of shared strings, numbered row by row (as Excel numbers them) or, with
+    ``by_columns``, a column at a time (as a writer does that is given a column at a time)."""
     book = xlsxwriter.Workbook(str(path))
     sheet = book.add_worksheet()
     sheet.write_row(0, 0, NAMES)
+    if by_columns:
+        sheet.write_column(1, 0, [f"s{n}" for n in range(1, 3000)])
+        sheet.write_column(1, 1, [f'[{{"calledNo":"138{n:08d}"}}]' for n in range(1, 3000)])
+        sheet.write_column(1, 3, [f"中文 {n}" for n in range(1, 3000)])
+        sheet.write_column(1, 5, [rnd.choice(("2026-01-01 08:00:00", "x")) for _ in range(2999)])
+        sheet.write_column(1, 6, [rnd.randint(0, 6) for _ in range(2999)])
+        book.close()
+        return
     for n in range(1, 3000):
         sheet.write_string(n, 0, f"s{n}")
         sheet.write_string(n, 1, f'[{{"calledNo":"138{rnd.randint(0, 3000):08d}"}}]')
@@ -186,12 +198,13 @@ def _shared_strings_book(path, rnd: random.Random) -> None:
     book.close()
 
 
+@pytest.mark.parametrize("by_columns", [False, True])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_shared_strings_list_gets_the_same_report_with_row_patterns_or_without(
-    tmp_path, monkeypatch, workers
+    tmp_path, monkeypatch, workers, by_columns
 ):
     path = tmp_path / "shared.xlsx"
-    _shared_strings_book(path, random.Random(workers))
+    _shared_strings_book(path, random.Random(workers), by_columns=by_columns)
     monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
     options = ValidationOptions(workers=workers, split_min_bytes=1)
     with_shapes = validate_file(path, options).as_json()
@@ -297,3 +310,33 @@ def test_rows_of_only_columns_not_kept_are_not_yielded(tmp_path, monkeypatch, ch
     assert with_shapes == ([(300, ["s300"])], True)
     _without_shapes(monkeypatch)
     assert with_shapes == _read(str(path), list(range(7)))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(seed):
+    """However a run numbers its strings (together, in far columns, with far repeats, with
+    broken strings among them or used by it), it gets each string as decoded alone."""
+    rnd = random.Random(seed)
+    table = SharedStrings()
+    size = rnd.choice((50, 400, 5000))
+    broken = set(rnd.sample(range(size), rnd.choice((0, 0, 1, 3))))
+    table.extend_utf8([b"\xff" if n in broken else f"t{n}".encode() for n in range(size)])
+    columns = []
+    for _ in range(rnd.randint(1, 5)):
+        base = rnd.randrange(size)
+        column = []
+        for _ in range(rnd.randint(1, 300)):
+            pick = rnd.random()
+            if pick < 0.8:
+                column.append(min(base + len(column) * rnd.choice((1, 1, 2, 5)), size - 1))
+            else:
+                column.append(rnd.randrange(size))
+        columns.append(tuple(str(n).encode() for n in column))
+    used = {int(raw) for column in columns for raw in column}
+    if used & broken:
+        with pytest.raises(UnicodeDecodeError):
+            blocks._shared(columns, table)
+    else:
+        expected = [[table[int(raw)] for raw in column] for column in columns]
+        assert blocks._shared(columns, table) == expected
+    assert blocks._shared([(str(size).encode(),)], table) is None  # past the table's end

@@ -17,7 +17,8 @@ at its own place.
 from __future__ import annotations
 
 import re
-from itertools import compress, count, islice, repeat
+from functools import partial
+from itertools import chain, compress, count, filterfalse, islice, repeat
 from math import ceil
 from operator import add, itemgetter, le, lt, methodcaller, sub
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ("Block", "RowShape", "decode", "split")
 
 _DECODE = methodcaller("decode")
 _STRING, _INLINE, _NUMBER, _OTHER = "s", "inline", "number", "other"
+_STRETCHES = 8  # stretches of the table decoded for one run, at most
 
 # The cells of a row, each with "@" for the prefix and "L" for its column letters; the first
 # of a row captures the row's number (group 1), the others must repeat it.
@@ -181,25 +183,45 @@ def decode(
 
 
 def _shared(columns: list[tuple[bytes, ...]], strings: SharedStrings) -> list[list[str]] | None:
-    """The shared strings of some columns of a run, or None if an index does not exist."""
+    """The shared strings of some columns of a run, or None if an index does not exist.
+
+    Strings numbered together are decoded as stretches of the table, each split at the NULs
+    that follow its strings (XML cannot hold a NUL). Most runs take one stretch; a few far
+    numbers (a value seen long before, as a repeat is) or columns numbered apart (a writer
+    that adds them a column at a time) take a few more; what is left is decoded one by one.
+    At most four strings are decoded for each one used.
+    """
     indices = [list(map(int, raws)) for raws in columns]
-    low, high = min(map(min, indices)), max(map(max, indices))
-    ends = strings.ends
-    if high >= len(ends) - 1:
+    if max(map(max, indices)) >= len(strings):
         return None
-    if high - low < 4 * sum(map(len, indices)):  # strings numbered together: decode them so
-        # Each string is followed by a NUL, which XML cannot hold: a split finds them all.
-        # A string no cell here uses may be broken; then each is decoded alone, as the reader
-        # does, and only a broken string a cell uses is an error.
-        try:
-            texts = strings.buffer[ends[low] : ends[high + 1] - 1].decode().split("\0")
-        except UnicodeDecodeError:
-            texts = []
-        if len(texts) == high - low + 1:
-            return [
-                list(map(texts.__getitem__, map(sub, column, repeat(low)))) for column in indices
-            ]
-    return [_one_by_one(column, strings) for column in indices]
+    missing = list(chain.from_iterable(indices))
+    budget = 4 * len(missing)
+    found: dict[int, str] = {}
+    for _ in range(_STRETCHES):
+        high = max(missing)
+        low = min(filter(partial(lt, high - budget), missing))
+        texts = _stretch(strings, low, high)
+        if texts is None:
+            break
+        found.update(zip(range(low, high + 1), texts, strict=True))
+        budget -= high - low + 1
+        missing = list(filterfalse(found.__contains__, missing))
+        if not missing or budget <= 0:
+            break
+    if missing:
+        found.update(zip(missing, _one_by_one(missing, strings), strict=True))
+    return [list(map(found.__getitem__, column)) for column in indices]
+
+
+def _stretch(strings: SharedStrings, low: int, high: int) -> list[str] | None:
+    """Strings ``low`` to ``high``, or None if one of them is broken (a string no cell uses
+    may be; only a broken string a cell uses is an error, which decoding it alone raises)."""
+    ends = strings.ends
+    try:
+        texts = strings.buffer[ends[low] : ends[high + 1] - 1].decode().split("\0")
+    except UnicodeDecodeError:
+        return None
+    return texts if len(texts) == high - low + 1 else None
 
 
 def _one_by_one(indices: list[int], strings: SharedStrings) -> list[str]:

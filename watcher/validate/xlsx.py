@@ -80,7 +80,8 @@ _EPOCH_1904 = datetime(1904, 1, 1)  # noqa: DTZ001
 _BYTE_COLUMNS: dict[bytes, float] = {}  # column letters to index, filled as letters are met
 # What only a parser reads right: a comment or CDATA section (<!), a processing instruction
 # (<?), whose text the patterns would take for tags, and a CR, which XML reads as a line feed.
-_PARSER_ONLY = (b"<!", b"<?", b"\r")
+# Each is looked for by its last byte first, which is rare in a sheet (a memchr), then whole.
+_PARSER_ONLY = ((b"!", b"<!"), (b"?", b"<?"), (b"\r", b"\r"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +143,10 @@ def _check_piece(piece: bytes, name: str, offset: int, body: int, end: bytes | N
     binds."""
     if has_dtd(piece):
         refuse_dtd(name)
-    for mark in _PARSER_ONLY:
-        if piece.find(mark, max(body - offset, 0)) >= 0:
+    start = max(body - offset, 0)
+    for last, mark in _PARSER_ONLY:
+        at = piece.find(last, start)
+        if at >= 0 and (last == mark or piece.find(mark, max(at - 1, start)) >= 0):
             raise FastPathUnsupported("a comment, CDATA, instruction or CR inside the part")
     if b"xmlns" in piece:
         stop = piece.find(end) if end else -1
