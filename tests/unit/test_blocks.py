@@ -17,8 +17,7 @@ import xlsxwriter
 
 from tests.handmade import Package, with_sheet_data
 from watcher.errors import WorkbookRejected
-from watcher.validate import ValidationOptions, validate_file, xlsx
-from watcher.validate import blocks
+from watcher.validate import ValidationOptions, blocks, validate_file, xlsx
 from watcher.validate.blocks import RowShape, decode
 from watcher.validate.text import SharedStrings
 from watcher.validate.xlsx import FastPathUnsupported, SheetReader
@@ -321,6 +320,7 @@ def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(seed):
     size = rnd.choice((50, 400, 5000))
     broken = set(rnd.sample(range(size), rnd.choice((0, 0, 1, 3))))
     table.extend_utf8([b"\xff" if n in broken else f"t{n}".encode() for n in range(size)])
+    table.done()
     columns = []
     for _ in range(rnd.randint(1, 5)):
         base = rnd.randrange(size)
@@ -340,3 +340,12 @@ def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(seed):
         expected = [[table[int(raw)] for raw in column] for column in columns]
         assert blocks._shared(columns, table) == expected
     assert blocks._shared([(str(size).encode(),)], table) is None  # past the table's end
+    with pytest.raises(IndexError):
+        table[-1]
+    for _ in range(20):  # stretches across groups of strings, up to the table's last
+        low = rnd.randrange(size)
+        high = rnd.randrange(low, min(size, low + 40))
+        if not broken & set(range(low // 16 * 16, high // 16 * 16 + 16)):
+            assert table.stretch(low, high) == [f"t{n}" for n in range(low, high + 1)]
+        else:
+            assert table.stretch(low, high) is None

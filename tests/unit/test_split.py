@@ -12,7 +12,7 @@ from openpyxl.reader.strings import read_string_table
 from tests.corpus import inline_row, member, raw_sheet, rezip
 from tests.workbooks import HEADER, rows_valid, xlsxwriter_bytes
 from watcher.validate import ValidationOptions, validate_file
-from watcher.validate.text import CHUNK_BYTES, SharedStrings
+from watcher.validate.text import CHUNK_BYTES, STRIDE, MappedStrings, SharedStrings
 from watcher.validate.xlsx import SheetReader
 
 SERIAL = ValidationOptions(workers=1)
@@ -129,6 +129,29 @@ def test_shared_strings_read_in_two_halves_are_the_table_one_process_reads(tmp_p
     assert split.counts == serial.counts
     assert split.rows_fingerprint == serial.rows_fingerprint
     assert [(p.row, p.kind) for p in split.examples] == [(p.row, p.kind) for p in serial.examples]
+
+
+def test_strings_joined_from_halves_cut_anywhere_are_found_by_their_numbers(tmp_path, monkeypatch):
+    """The table keeps one offset for each group of 16 strings, numbered in the whole table:
+    wherever the first half ends, the second half's groups must start at the right strings."""
+    path = tmp_path / "strings.xlsx"
+    path.write_bytes(strings_workbook(800))
+    first_halves = []
+    join = MappedStrings.join
+
+    def counted(self, ends):
+        first_halves.append(len(self.ends) - 1)
+        join(self, ends)
+
+    monkeypatch.setattr(MappedStrings, "join", counted)
+    for percent in range(20, 84, 3):
+        monkeypatch.setattr(
+            "watcher.validate.xlsx._first_part", lambda size, p=percent: size * p // 100
+        )
+        (serial_table, split_table), fast = tables(path, monkeypatch)
+        assert split_table == serial_table
+        assert fast == (True, True)
+    assert len({count % STRIDE for count in first_halves}) >= 8  # groups cut in many places
 
 
 def _among_the_strings(data: bytes, make: bytes, quarter: int = 3) -> bytes:

@@ -17,10 +17,9 @@ at its own place.
 from __future__ import annotations
 
 import re
-from functools import partial
-from itertools import chain, compress, count, filterfalse, islice, repeat
+from itertools import chain, compress, count, islice
 from math import ceil
-from operator import add, itemgetter, le, lt, methodcaller, sub
+from operator import itemgetter, le, lt, methodcaller
 from typing import Any
 
 from watcher.validate.markup import MAX_ROW
@@ -31,6 +30,7 @@ __all__ = ("Block", "RowShape", "decode", "split")
 _DECODE = methodcaller("decode")
 _STRING, _INLINE, _NUMBER, _OTHER = "s", "inline", "number", "other"
 _STRETCHES = 8  # stretches of the table decoded for one run, at most
+_MIN_STRETCH = 8  # strings used, below which a stretch costs more than decoding them alone
 
 # The cells of a row, each with "@" for the prefix and "L" for its column letters; the first
 # of a row captures the row's number (group 1), the others must repeat it.
@@ -186,46 +186,42 @@ def _shared(columns: list[tuple[bytes, ...]], strings: SharedStrings) -> list[li
     """The shared strings of some columns of a run, or None if an index does not exist.
 
     Strings numbered together are decoded as stretches of the table, each split at the NULs
-    that follow its strings (XML cannot hold a NUL). Most runs take one stretch; a few far
-    numbers (a value seen long before, as a repeat is) or columns numbered apart (a writer
-    that adds them a column at a time) take a few more; what is left is decoded one by one.
-    At most four strings are decoded for each one used.
+    that follow its strings (XML cannot hold a NUL). A stretch is taken where at least half
+    the strings it holds are used: most runs take one; columns numbered apart (a writer given
+    a column at a time) take a few. The rest, such as values seen long before (a repeat, a
+    value many rows share), are decoded one by one.
     """
     indices = [list(map(int, raws)) for raws in columns]
     if max(map(max, indices)) >= len(strings):
         return None
-    missing = list(chain.from_iterable(indices))
-    budget = 4 * len(missing)
+    wanted = sorted(set(chain.from_iterable(indices)))
     found: dict[int, str] = {}
     for _ in range(_STRETCHES):
-        high = max(missing)
-        low = min(filter(partial(lt, high - budget), missing))
-        texts = _stretch(strings, low, high)
+        at = _dense_from(wanted)
+        if len(wanted) - at < _MIN_STRETCH:
+            break
+        low, high = wanted[at], wanted[-1]
+        texts = strings.stretch(low, high)
         if texts is None:
             break
         found.update(zip(range(low, high + 1), texts, strict=True))
-        budget -= high - low + 1
-        missing = list(filterfalse(found.__contains__, missing))
-        if not missing or budget <= 0:
+        del wanted[at:]
+        if not wanted:
             break
-    if missing:
-        found.update(zip(missing, _one_by_one(missing, strings), strict=True))
+    if wanted:
+        found.update(zip(wanted, strings.each(wanted), strict=True))
     return [list(map(found.__getitem__, column)) for column in indices]
 
 
-def _stretch(strings: SharedStrings, low: int, high: int) -> list[str] | None:
-    """Strings ``low`` to ``high``, or None if one of them is broken (a string no cell uses
-    may be; only a broken string a cell uses is an error, which decoding it alone raises)."""
-    ends = strings.ends
-    try:
-        texts = strings.buffer[ends[low] : ends[high + 1] - 1].decode().split("\0")
-    except UnicodeDecodeError:
-        return None
-    return texts if len(texts) == high - low + 1 else None
-
-
-def _one_by_one(indices: list[int], strings: SharedStrings) -> list[str]:
-    ends = strings.ends
-    starts = map(ends.__getitem__, indices)
-    stops = map(sub, map(ends.__getitem__, map(add, indices, repeat(1))), repeat(1))
-    return list(map(_DECODE, map(strings.buffer.__getitem__, map(slice, starts, stops))))
+def _dense_from(wanted: list[int]) -> int:
+    """Where the stretch of the table that ends at the last of ``wanted`` (ascending) can start
+    and still have at least half its strings in ``wanted``: the lowest such place a binary
+    search finds."""
+    low, high, last = 0, len(wanted) - 1, wanted[-1]
+    while low < high:
+        middle = (low + high) // 2
+        if last - wanted[middle] + 1 <= 2 * (len(wanted) - middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low

@@ -5,16 +5,20 @@ from __future__ import annotations
 import mmap
 from array import array
 from collections.abc import Iterator
-from itertools import accumulate, repeat
-from operator import add
+from itertools import accumulate, filterfalse, repeat
+from operator import add, floordiv, getitem, methodcaller, mod, sub
 from typing import IO
 
 from watcher.errors import WorkbookRejected
 
-__all__ = ("CHUNK_BYTES", "BytePieces", "MappedStrings", "SharedStrings")
+__all__ = ("CHUNK_BYTES", "STRIDE", "BytePieces", "MappedStrings", "SharedStrings")
 
-CHUNK_BYTES = 1 << 18  # small pieces: each becomes a list of cell tuples
+CHUNK_BYTES = 1 << 16  # small pieces: each becomes a list of cell tuples, kept in the caches
+STRIDE = 16  # strings to an offset kept (SharedStrings)
 _MOVE_BYTES = 8 << 20  # the step in which the second half of a table moves down
+_CACHE_CHARS = 1 << 20  # the strings SharedStrings.each keeps, in characters
+_SPLIT = methodcaller("split", b"\0")
+_DECODE = methodcaller("decode")
 
 
 class BytePieces:
@@ -59,15 +63,26 @@ class BytePieces:
 
 
 class SharedStrings:
-    """The shared-strings table as one UTF-8 buffer and an array of offsets (compact in memory).
+    """The shared-strings table as one UTF-8 buffer and a few offsets (compact in memory).
 
-    String ``i`` is ``buffer[ends[i] : ends[i + 1] - 1]``: each is followed by a NUL.
+    Each string is followed by a NUL, which XML cannot hold. While the table is built, ``ends``
+    holds where each string starts (``ends[i]``) and, for the last, where it ends; then
+    :meth:`done` keeps only one offset in 16 (:data:`STRIDE`): 3 million strings need 0.75 MB
+    of offsets instead of 12. A string is found from the offset of its group of 16 by
+    splitting the group at its NULs; the last group split is kept, as cells mostly use the
+    strings in the order they are numbered.
     """
 
     def __init__(self) -> None:
         self.buffer: bytearray | mmap.mmap = bytearray()
         # 4-byte offsets: Limits keeps the whole workbook, so this buffer, under 4 GB.
         self.ends = array("I", [0])
+        self._starts = array("I")  # once done: where strings 0, 16, 32, ... start, and the end
+        self._count = 0
+        self._group = -1  # the last group split, and its strings
+        self._members: list[bytes] = []
+        self._cache: dict[int, str] = {}  # strings decoded by each(), and their length
+        self._cached_chars = 0
 
     def _append(self, data: bytes) -> int:
         """Add ``data`` to the buffer; where it starts."""
@@ -93,11 +108,71 @@ class SharedStrings:
         lengths = map(len, strings)
         self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
 
+    def done(self) -> None:
+        """The table is whole: keep one offset in :data:`STRIDE` (see the class)."""
+        if len(self.ends) == 0:
+            return  # done already
+        ends = self.ends
+        self._count = len(ends) - 1
+        self._starts = ends[:-1:STRIDE]
+        self._starts.append(ends[-1])  # where the last group ends
+        self.ends = array("I")
+
+    def _strings_of(self, group: int) -> list[bytes]:
+        """The strings of ``group`` (STRIDE of them, fewer in the last), as bytes."""
+        if group != self._group:
+            starts = self._starts
+            self._members = bytes(self.buffer[starts[group] : starts[group + 1] - 1]).split(b"\0")
+            self._group = group
+        return self._members
+
     def __getitem__(self, index: int) -> str:
-        return self.buffer[self.ends[index] : self.ends[index + 1] - 1].decode()
+        """String ``index``; IndexError if there is none (a negative index included)."""
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self._strings_of(index // STRIDE)[index % STRIDE].decode()
+
+    def each(self, indices: list[int]) -> list[str]:
+        """Strings ``indices`` (which exist), each decoded alone, in loops that run in C.
+
+        These are mostly values many rows share, far from the strings of the rows around
+        them (a city, a batch name): the last ones decoded are kept, up to
+        :data:`_CACHE_CHARS` characters.
+        """
+        cache = self._cache
+        fresh = list(filterfalse(cache.__contains__, indices))
+        if fresh:
+            starts = self._starts
+            groups = list(map(floordiv, fresh, repeat(STRIDE)))
+            stops = map(sub, map(starts.__getitem__, map(add, groups, repeat(1))), repeat(1))
+            chunks = map(
+                self.buffer.__getitem__, map(slice, map(starts.__getitem__, groups), stops)
+            )
+            members = map(getitem, map(_SPLIT, chunks), map(mod, fresh, repeat(STRIDE)))
+            texts = list(map(_DECODE, members))
+            self._cached_chars += sum(map(len, texts))
+            if self._cached_chars > _CACHE_CHARS:
+                cache.clear()
+                self._cached_chars = 0
+            cache.update(zip(fresh, texts, strict=True))
+        return list(map(cache.__getitem__, indices))
+
+    def stretch(self, low: int, high: int) -> list[str] | None:
+        """Strings ``low`` to ``high``, decoded together; None if one of their groups is broken
+        (invalid UTF-8) or holds a NUL (then each must be decoded alone)."""
+        first, last = low // STRIDE, high // STRIDE + 1
+        starts = self._starts
+        try:
+            texts = self.buffer[starts[first] : starts[last] - 1].decode().split("\0")
+        except UnicodeDecodeError:
+            return None
+        if len(texts) != min(last * STRIDE, self._count) - first * STRIDE:
+            return None
+        skip = low - first * STRIDE
+        return texts[skip : skip + high - low + 1]
 
     def __len__(self) -> int:
-        return len(self.ends) - 1
+        return self._count if len(self.ends) == 0 else len(self.ends) - 1
 
 
 class MappedStrings(SharedStrings):
@@ -113,20 +188,22 @@ class MappedStrings(SharedStrings):
         super().__init__()
         self.buffer = self._map = buffer
         self.ends = array("I", [start])
-        self._stop = stop
+        self._limit = stop
 
     def _append(self, data: bytes) -> int:
         base = self.ends[-1]
-        if base + len(data) > self._stop:
+        if base + len(data) > self._limit:
             raise OverflowError("the shared strings outgrew their part of the mapping")
         self._map[base : base + len(data)] = data
         return base
 
-    def join(self, ends: array[int]) -> None:
-        """Add the strings of the second half, whose offsets (from its start) are ``ends``.
+    def join(self, ends: memoryview) -> None:
+        """Add the strings of the second half, whose offsets (from its start) are ``ends``
+        (unsigned ints), and make the table :meth:`done`.
 
         The second half moves down a step at a time, and the pages it leaves are given back
-        after each step: the table never holds more pages than its bytes and one step.
+        after each step: the table never holds more pages than its bytes and one step. Of the
+        offsets, only those :meth:`done` keeps are ever copied.
         """
         end, start = self.ends[-1], ends[0]
         size = ends[-1] - start
@@ -137,7 +214,14 @@ class MappedStrings(SharedStrings):
             moved += step
             self._free(max(end + moved, start), start + moved)  # moved, and not written over
         self._free(end + size, len(self._map))
-        self.ends.extend(map(add, ends[1:], repeat(end - start)))
+        count = len(self.ends) - 1
+        self.done()
+        self._starts.pop()  # the first half's end: the second half's groups follow
+        # Of the second half's strings, the first to start a group is the one whose number in
+        # the whole table is a multiple of STRIDE.
+        self._starts.extend(map(add, ends[-count % STRIDE : -1 : STRIDE], repeat(end - start)))
+        self._starts.append(end + size)
+        self._count += len(ends) - 1
 
     def _free(self, begin: int, stop: int) -> None:
         """Give back the whole pages between ``begin`` and ``stop``; they read as zeros again."""

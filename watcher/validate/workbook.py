@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import os
-import pickle
 import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -13,7 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from watcher.validate.fingerprint import RowsFingerprint
-from watcher.validate.forks import die_with_parent
+from watcher.validate.forks import die_with_parent, receive, send
 from watcher.validate.markup import refuse_row
 from watcher.validate.report import Report, ValidationOptions
 from watcher.validate.rules import RowChecker, cell_text, column_of
@@ -177,8 +176,7 @@ def _check_second_half(
     except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
         payload = ("damaged", f"{type(exc).__name__}: {exc}")
     try:
-        with os.fdopen(fd, "wb") as out:
-            pickle.dump(payload, out, protocol=pickle.HIGHEST_PROTOCOL)
+        send(fd, payload)
     finally:
         os._exit(0)
 
@@ -218,13 +216,10 @@ def _check_in_two(reader: SheetReader, report: Report, options: ValidationOption
     finally:
         first.close()
         reader.drop_strings()  # free the table before the child's findings arrive
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
+        answer = receive(read_end)
         os.waitpid(pid, 0)
         gc.unfreeze()
-    payload: tuple[Any, ...] = (
-        pickle.loads(data) if data else ("damaged", "the second validation process died")
-    )
+    payload: tuple[Any, ...] = answer or ("damaged", "the second validation process died")
     if payload[0] == "unsupported":
         raise FastPathUnsupported("in the second half")
     if payload[0] == "rejected":

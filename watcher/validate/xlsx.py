@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import mmap
 import os
-import pickle
 import re
 import signal
 import zipfile
-from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,7 +43,7 @@ from xml.etree import ElementTree
 from watcher.errors import WorkbookRejected
 from watcher.validate import tree
 from watcher.validate.blocks import Block, RowShape, decode, split
-from watcher.validate.forks import die_with_parent
+from watcher.validate.forks import die_with_parent, receive, send
 from watcher.validate.markup import (
     MAIN,
     MAX_COLUMN,
@@ -442,7 +440,7 @@ class SheetReader:
             second = self._fast_strings(
                 name, head, (_first_part(size), None), lambda at: MappedStrings(shared, at, size)
             )
-            payload = ("ok", second.ends.tobytes())
+            payload = ("ok", second.ends)
         except FastPathUnsupported:
             payload = ("unsupported",)
         except WorkbookRejected as exc:
@@ -452,8 +450,7 @@ class SheetReader:
         except BaseException as exc:  # noqa: BLE001 - everything must reach the parent
             payload = ("damaged", str(exc))
         try:
-            with os.fdopen(fd, "wb") as out:
-                pickle.dump(payload, out, protocol=pickle.HIGHEST_PROTOCOL)
+            send(fd, payload)
         finally:
             os._exit(0)
 
@@ -499,22 +496,20 @@ class SheetReader:
             os.kill(pid, signal.SIGKILL)  # its half no longer matters
             raise
         finally:
-            with os.fdopen(read_end, "rb") as pipe:
-                data = pipe.read()
+            answer = receive(read_end)
             os.waitpid(pid, 0)
-        self._strings = self._joined(name, first, data)
+        self._strings = self._joined(name, first, answer)
+        self._strings.done()
 
-    def _joined(self, name: str, first: SharedStrings | None, data: bytes) -> SharedStrings:
+    def _joined(
+        self, name: str, first: SharedStrings | None, answer: tuple[Any, ...] | None
+    ) -> SharedStrings:
         """The whole table from the first half and the child's answer, or, where either could
         not take the fast path, the table the ElementTree reader makes of the whole part."""
-        payload: tuple[Any, ...] = (
-            pickle.loads(data) if data else ("damaged", "the process reading strings died")
-        )
+        payload = answer or ("damaged", "the process reading strings died")
         if first is not None and payload[0] == "ok":
             assert isinstance(first, MappedStrings)
-            ends = array("I")
-            ends.frombytes(payload[1])
-            first.join(ends)
+            first.join(payload[1])
             return first
         if first is None or payload[0] == "unsupported":  # as one process would, from the start
             self.fast_path = False
@@ -557,6 +552,7 @@ class SheetReader:
         """Read the shared-strings table (done by :meth:`rows` when needed)."""
         if self._strings is None:
             self._strings = self._shared_strings()
+            self._strings.done()
 
     def drop_strings(self) -> None:
         """Free the shared-strings table once no more rows will be read."""
@@ -676,13 +672,14 @@ class SheetReader:
             strings = self._strings
             assert strings is not None
             index = int(raw)
-            if index >= len(strings.ends) - 1:
+            try:
+                return strings[index]
+            except IndexError:
                 raise WorkbookRejected(
                     "unreadable",
                     f"cell {letters.decode()}{number.decode()} refers to "
                     f"shared string {index}, which does not exist",
-                )
-            return strings.buffer[strings.ends[index] : strings.ends[index + 1] - 1].decode()
+                ) from None
         if not kind or kind == b"n":
             if not raw:
                 return None
