@@ -311,10 +311,13 @@ def test_rows_of_only_columns_not_kept_are_not_yielded(tmp_path, monkeypatch, ch
     assert with_shapes == _read(str(path), list(range(7)))
 
 
+@pytest.mark.parametrize("cache_chars", [1 << 20, 40])
 @pytest.mark.parametrize("seed", range(12))
-def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(seed):
+def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(monkeypatch, seed, cache_chars):
     """However a run numbers its strings (together, in far columns, with far repeats, with
-    broken strings among them or used by it), it gets each string as decoded alone."""
+    broken strings among them or used by it), it gets each string as decoded alone; and so
+    it does when the strings kept for reuse must often be let go."""
+    monkeypatch.setattr("watcher.validate.text._CACHE_CHARS", cache_chars)
     rnd = random.Random(seed)
     table = SharedStrings()
     size = rnd.choice((50, 400, 5000))
@@ -339,6 +342,8 @@ def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(seed):
     else:
         expected = [[table[int(raw)] for raw in column] for column in columns]
         assert blocks._shared(columns, table) == expected
+        assert blocks._shared(columns[::-1], table) == expected[::-1]  # again, from the cache
+    assert table._cached_chars <= max(cache_chars, 8 * 300 * 5)  # let go when over the bound
     assert blocks._shared([(str(size).encode(),)], table) is None  # past the table's end
     with pytest.raises(IndexError):
         table[-1]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import threading
 import zipfile
+from array import array
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from openpyxl.reader.strings import read_string_table
 from tests.corpus import inline_row, member, raw_sheet, rezip
 from tests.workbooks import HEADER, rows_valid, xlsxwriter_bytes
 from watcher.validate import ValidationOptions, validate_file
+from watcher.validate.forks import receive, send
 from watcher.validate.text import CHUNK_BYTES, STRIDE, MappedStrings, SharedStrings
 from watcher.validate.xlsx import SheetReader
 
@@ -303,3 +307,27 @@ def test_an_entity_xml_does_not_know_makes_the_file_unreadable_in_one_process_or
     verdicts = [validate_file(path, options) for options in (SERIAL, SPLIT)]
     assert verdicts[0].counts == verdicts[1].counts
     assert verdicts[0].is_unreadable, verdicts[0].as_json()
+
+
+def test_a_fork_s_answer_brings_its_arrays_and_a_cut_answer_is_none(tmp_path):
+    """A fork sends its arrays (millions of keys or offsets) as they are in memory."""
+    payload = ("ok", array("q", range(-5, 100_000)), [array("I", [7, 8])], {"n": 3})
+    read_end, write_end = os.pipe()
+    writer = threading.Thread(target=send, args=(write_end, payload))
+    writer.start()
+    got = receive(read_end)
+    writer.join()
+    assert got[0] == "ok"
+    assert got[3] == {"n": 3}
+    assert list(got[1]) == list(payload[1])
+    assert list(got[2][0]) == [7, 8]
+    for cut in (0, 5, 40, 200):  # a fork killed while it wrote
+        whole = os.pipe()
+        threading.Thread(target=send, args=(whole[1], payload)).start()
+        data = b""
+        with os.fdopen(whole[0], "rb") as pipe:
+            while chunk := pipe.read(1 << 16):
+                data += chunk
+        cut_answer = tmp_path / f"cut{cut}"
+        cut_answer.write_bytes(data[:cut] if cut < 200 else data[:-1])
+        assert receive(os.open(cut_answer, os.O_RDONLY)) is None
