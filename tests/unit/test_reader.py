@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import re
 from datetime import datetime
@@ -22,6 +23,7 @@ from tests.workbooks import HEADER
 from watcher.errors import WorkbookRejected
 from watcher.validate import validate_file
 from watcher.validate.markup import markup_for
+from watcher.validate.text import BytePieces
 from watcher.validate.xlsx import SheetReader
 
 ROWS: list[list[object]] = [
@@ -449,3 +451,25 @@ def test_an_open_inline_or_shared_string_never_reaches_past_the_next_one(prefix)
     assert [cell[0] + cell[1] for cell in markup.cell.findall(cells)] == [b"A3"]
     strings = "<{0}si><{0}si><{0}t>x</{0}t></{0}si>".format(p.decode())
     assert markup.strings.findall(strings) == [("x", "")]
+
+
+class _CountedReads(io.BytesIO):
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.reads += 1
+        return super().read(size)
+
+
+def test_a_long_row_is_read_in_growing_reads():
+    """A row of megabytes (up to max_row_bytes) is read in reads that grow with it: copying
+    the unfinished piece at every read of 64 KB would cost its size squared."""
+    rows = [b"<row>" + b"x" * 3_000_000 + b"</row>", b"<row>y</row>" * 5000, b"<row>z</row>"]
+    stream = _CountedReads(b"".join(rows))
+    pieces = list(BytePieces(stream, b"</row>", 8_000_000, "a row"))
+    assert b"".join(pieces) == b"".join(rows)
+    assert all(piece.endswith(b"</row>") for piece in pieces)
+    assert pieces[0].startswith(rows[0])  # the long row is in the first piece, whole
+    assert stream.reads <= 12  # 64 KB, 64 KB, 128 KB, ... past 3 MB: not 46 reads

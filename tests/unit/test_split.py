@@ -216,6 +216,28 @@ def test_a_dtd_in_the_second_half_of_the_strings_is_refused_as_by_one_process(
         assert report.counts == {"xml_dtd": 1}, report.as_json()
 
 
+@pytest.mark.parametrize("where", [b"sharedStrings", b"sheet1"])
+def test_a_nul_byte_makes_the_workbook_unreadable_as_a_parser_finds_it(
+    tmp_path, monkeypatch, where
+):
+    """XML cannot hold a NUL, and the table ends each string with one: a NUL read into the
+    table would shift every string after it in its group to another cell."""
+    data = strings_workbook(3000)
+    if where == b"sharedStrings":
+        data = _among_the_strings(data, b"<si><t>a\x00b</t></si>", 1)
+    else:
+        sheet = member(data, "xl/worksheets/sheet1.xml")
+        at = sheet.index(b"</v>", len(sheet) // 3)
+        data = rezip(data, replace={"xl/worksheets/sheet1.xml": sheet[:at] + b"\x00" + sheet[at:]})
+    path = tmp_path / "nul.xlsx"
+    path.write_bytes(data)
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+    serial, split = validate_file(path, SERIAL), validate_file(path, SPLIT)
+    assert split.as_json() == serial.as_json()
+    assert serial.counts["unreadable"] == 1
+    assert any("not well-formed" in problem.message for problem in serial.examples)
+
+
 def test_strings_are_read_by_one_process_where_no_shared_memory_can_be_mapped(
     tmp_path, monkeypatch
 ):

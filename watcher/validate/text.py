@@ -39,7 +39,9 @@ class BytePieces:
     def __iter__(self) -> Iterator[bytes]:
         rest = b""
         cut_at = 0  # bytes yielded so far
-        while data := self._stream.read(CHUNK_BYTES):
+        # While a piece finds no separator (a long row), reads grow with it: the copies of an
+        # unfinished piece add up to twice its size, not to its size squared over a chunk.
+        while data := self._stream.read(max(CHUNK_BYTES, len(rest))):
             self.position += len(data)
             data = rest + data
             cut = data.rfind(self._separator)

@@ -77,9 +77,10 @@ _EPOCH_1900 = datetime(1899, 12, 30)  # noqa: DTZ001 - Excel dates have no time 
 _EPOCH_1904 = datetime(1904, 1, 1)  # noqa: DTZ001
 _BYTE_COLUMNS: dict[bytes, float] = {}  # column letters to index, filled as letters are met
 # What only a parser reads right: a comment or CDATA section (<!), a processing instruction
-# (<?), whose text the patterns would take for tags, and a CR, which XML reads as a line feed.
+# (<?), whose text the patterns would take for tags, a CR, which XML reads as a line feed, and
+# a NUL, which XML refuses (and which ends each string in the shared-strings table).
 # Each is looked for by its last byte first, which is rare in a sheet (a memchr), then whole.
-_PARSER_ONLY = ((b"!", b"<!"), (b"?", b"<?"), (b"\r", b"\r"))
+_PARSER_ONLY = ((b"!", b"<!"), (b"?", b"<?"), (b"\r", b"\r"), (b"\x00", b"\x00"))
 
 
 @dataclass(frozen=True, slots=True)
