@@ -2,13 +2,14 @@
 
 Why not a library: python-calamine builds the whole sheet in memory (about 550 MB for 500,000
 rows) and openpyxl is four times slower (``research/xlsx-perf.md``). This reader inflates the
-sheet in 256 KB pieces and tokenises each piece with one regular expression, so memory stays flat
-(the shared-strings table is kept as one UTF-8 buffer plus offsets). The patterns are compiled
-for the prefix the part's root element binds to the main namespace: ``<c>`` as Excel writes it,
-``<x:c>`` as the Open XML SDK does (``markup``). Guards count the cell and row tags of every
-piece against what was parsed; any mismatch (cells without ``r=``, another attribute order, a
-namespace declared inside the sheet) restarts the file with the slower ElementTree reader
-(``tree``) instead of guessing. Shared strings are read the same way, with the same fallback.
+sheet in 64 KB pieces and tokenises each piece with one regular expression, so memory stays flat
+(the shared-strings table is kept as one UTF-8 buffer plus an offset for every 16 strings). The
+patterns are compiled for the prefix the part's root element binds to the main namespace: ``<c>``
+as Excel writes it, ``<x:c>`` as the Open XML SDK does (``markup``). Guards count the cell and
+row tags of every piece against what was parsed; any mismatch (cells without ``r=``, another
+attribute order, a namespace declared inside the sheet) restarts the file with the slower
+ElementTree reader (``tree``) instead of guessing. Shared strings are read the same way, with
+the same fallback.
 
 Order. Excel writes each row once, in ascending order, and each cell once, left to right in its
 row; a file that does otherwise is one Excel calls damaged and repairs. Both readers refuse it
