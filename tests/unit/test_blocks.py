@@ -343,6 +343,10 @@ def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(monkeypatch, 
         expected = [[table[int(raw)] for raw in column] for column in columns]
         assert blocks._shared(columns, table) == expected
         assert blocks._shared(columns[::-1], table) == expected[::-1]  # again, from the cache
+        for column in columns:  # some strings known, some new, the bound passed on the way
+            rows = [raw for raw in column if rnd.random() < 0.5] + [b"0", b"1"] * (0 not in broken)
+            if rows and not {int(raw) for raw in rows} & broken:
+                assert blocks._shared([tuple(rows)], table) == [[table[int(r)] for r in rows]]
     assert table._cached_chars <= max(cache_chars, 8 * 300 * 5)  # let go when over the bound
     assert blocks._shared([(str(size).encode(),)], table) is None  # past the table's end
     with pytest.raises(IndexError):

@@ -153,11 +153,12 @@ class SharedStrings:
             members = map(getitem, map(_SPLIT, chunks), map(mod, fresh, repeat(STRIDE)))
             texts = list(map(_DECODE, members))
             self._cached_chars += sum(map(len, texts))
-            if self._cached_chars > _CACHE_CHARS:
-                cache.clear()
-                self._cached_chars = 0
             cache.update(zip(fresh, texts, strict=True))
-        return list(map(cache.__getitem__, indices))
+        found = list(map(cache.__getitem__, indices))
+        if self._cached_chars > _CACHE_CHARS:  # let go once they are found, not before
+            cache.clear()
+            self._cached_chars = 0
+        return found
 
     def stretch(self, low: int, high: int) -> list[str] | None:
         """Strings ``low`` to ``high``, decoded together; None if one of their groups is broken
