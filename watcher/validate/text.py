@@ -139,9 +139,13 @@ class SharedStrings:
 
         These are mostly values many rows share, far from the strings of the rows around
         them (a city, a batch name): the last ones decoded are kept, up to
-        :data:`_CACHE_CHARS` characters.
+        :data:`_CACHE_CHARS` characters, let go of before the next call decodes more (never
+        between finding which are kept and answering with them).
         """
         cache = self._cache
+        if self._cached_chars > _CACHE_CHARS:
+            cache.clear()
+            self._cached_chars = 0
         fresh = list(filterfalse(cache.__contains__, indices))
         if fresh:
             starts = self._starts
@@ -153,9 +157,6 @@ class SharedStrings:
             members = map(getitem, map(_SPLIT, chunks), map(mod, fresh, repeat(STRIDE)))
             texts = list(map(_DECODE, members))
             self._cached_chars += sum(map(len, texts))
-            if self._cached_chars > _CACHE_CHARS:
-                cache.clear()
-                self._cached_chars = 0
             cache.update(zip(fresh, texts, strict=True))
         return list(map(cache.__getitem__, indices))
 
