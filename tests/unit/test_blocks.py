@@ -385,3 +385,28 @@ def test_a_list_whose_call_data_comes_from_templates_is_valid(tmp_path, monkeypa
     report = validate_file(path, ValidationOptions(workers=workers, split_min_bytes=1))
     assert report.is_valid, report.as_json()
     assert report.data_rows == 2000
+
+
+class _CountedCopies(bytearray):
+    """A table's buffer that counts the bytes sliced out of it."""
+
+    copied = 0
+
+    def __getitem__(self, key):  # type: ignore[override]
+        got = super().__getitem__(key)
+        if isinstance(key, slice):
+            self.copied += len(got)
+        return got
+
+
+def test_a_string_among_long_ones_is_copied_alone():
+    """A group of 16 strings of up to 32,767 characters holds megabytes: a cell that asks for
+    one of them, in no order, must not cost a copy of its whole group."""
+    table = SharedStrings()
+    table.extend_utf8([b"%05d" % n + b"x" * 20_000 for n in range(160)])
+    table.done()
+    table.buffer = _CountedCopies(table.buffer)
+    asked = [(n * 37) % 160 for n in range(40)]  # a new group at every lookup
+    assert [table[n][:5] for n in asked] == [f"{n:05d}" for n in asked]
+    assert table.each(asked[::-1]) == [table[n] for n in asked[::-1]]
+    assert table.buffer.copied <= 3 * 40 * 20_005
