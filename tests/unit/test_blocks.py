@@ -16,6 +16,7 @@ import pytest
 import xlsxwriter
 
 from tests.handmade import Package, with_sheet_data
+from tests.workbooks import rows_valid, xlsxwriter_bytes
 from watcher.errors import WorkbookRejected
 from watcher.validate import ValidationOptions, blocks, validate_file, xlsx
 from watcher.validate.blocks import RowShape, decode
@@ -358,3 +359,58 @@ def test_strings_decoded_in_stretches_are_those_decoded_one_by_one(monkeypatch, 
             assert table.stretch(low, high) == [f"t{n}" for n in range(low, high + 1)]
         else:
             assert table.stretch(low, high) is None
+
+
+def test_strings_kept_for_reuse_are_let_go_without_losing_one_asked_for(monkeypatch):
+    """Strings kept from an earlier run and strings new to this one, more than the bound:
+    letting go of the kept ones must not lose those this run asks for."""
+    monkeypatch.setattr("watcher.validate.text._CACHE_CHARS", 1000)
+    table = SharedStrings()
+    table.extend_utf8([b"%05d" % n + b"x" * 45 for n in range(400)])
+    table.done()
+    for run in (range(30, 200, 3), range(200, 400, 3)):  # each over the bound with string 0
+        wanted = [0, *run]
+        assert table.each(wanted) == [table[n] for n in wanted]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_list_whose_call_data_comes_from_templates_is_valid(tmp_path, monkeypatch, workers):
+    """Many rows sharing values seen long before (a text from a few hundred templates): more
+    of them than the strings kept for reuse."""
+    rnd = random.Random(workers)
+    templates = [f'{{"script":{n},"text":"{"x" * rnd.randint(50, 90)}"}}' for n in range(300)]
+    rows = rows_valid(2000)
+    for row in rows:
+        row[3] = rnd.choice(templates)
+    path = tmp_path / "templates.xlsx"
+    path.write_bytes(xlsxwriter_bytes(rows))
+    monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+    monkeypatch.setattr("watcher.validate.text._CACHE_CHARS", 2000)
+    report = validate_file(path, ValidationOptions(workers=workers, split_min_bytes=1))
+    assert report.is_valid, report.as_json()
+    assert report.data_rows == 2000
+
+
+class _CountedCopies(bytearray):
+    """A table's buffer that counts the bytes sliced out of it."""
+
+    copied = 0
+
+    def __getitem__(self, key):  # type: ignore[override]
+        got = super().__getitem__(key)
+        if isinstance(key, slice):
+            self.copied += len(got)
+        return got
+
+
+def test_a_string_among_long_ones_is_copied_alone():
+    """A group of 16 strings of up to 32,767 characters holds megabytes: a cell that asks for
+    one of them, in no order, must not cost a copy of its whole group."""
+    table = SharedStrings()
+    table.extend_utf8([b"%05d" % n + b"x" * 20_000 for n in range(160)])
+    table.done()
+    table.buffer = _CountedCopies(table.buffer)
+    asked = [(n * 37) % 160 for n in range(40)]  # a new group at every lookup
+    assert [table[n][:5] for n in asked] == [f"{n:05d}" for n in asked]
+    assert table.each(asked[::-1]) == [table[n] for n in asked[::-1]]
+    assert table.buffer.copied <= 3 * 40 * 20_005

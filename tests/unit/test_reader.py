@@ -426,6 +426,25 @@ def test_comments_cdata_and_carriage_returns_are_read_as_a_parser_reads_them(
     assert not fast
 
 
+def test_rows_in_a_comment_before_the_sheet_s_root_are_no_rows(tmp_path):
+    """A parser sees no header here: a comment before the root holds it, and the fast path
+    must not read the comment's rows as the sheet's."""
+    cells = "".join(
+        f'<c r="{chr(65 + at)}1" t="inlineStr"><is><t>{name}</t></is></c>'
+        for at, name in enumerate(HEADER)
+    )
+    rows = "".join(f'<row r="{n}"><c r="A{n}"><v>{n}</v></c></row>' for n in range(2, 400))
+    parts = Package("").parts(rows)
+    sheet = parts["xl/worksheets/sheet1.xml"]
+    at = sheet.index("<worksheet")
+    parts["xl/worksheets/sheet1.xml"] = f'{sheet[:at]}<!--<row r="1">{cells}</row>-->{sheet[at:]}'
+    data = zipped(parts)
+    got, fast = read(tmp_path, data)
+    assert got[0] == (2, [2])
+    assert fast
+    assert verdict(tmp_path, data).counts == {"no_header": 1}
+
+
 def test_a_row_tag_ends_at_its_first_angle_bracket():
     """The guard counting rows reads a start tag only up to a "<" (which no attribute holds):
     otherwise from each of a million "<row" it searched on to a ">" (quadratic, hours)."""

@@ -205,6 +205,35 @@ def test_hostile_strings_map_every_index_to_the_string_a_parser_reads(
     assert split_table == expected
 
 
+@pytest.mark.parametrize(
+    "prolog",
+    [
+        b"<!--<si><t>13900000000</t></si>-->",  # a string only a comment before the root holds
+        b"<!--<si><t>a\x00b</t></si>-->",  # with a NUL, which ends each string in the table
+    ],
+)
+def test_a_string_in_a_comment_before_the_table_is_no_string(tmp_path, monkeypatch, prolog):
+    """Every cell keeps its own string: one more before the first would give each cell the
+    string before its own. A NUL anywhere in the part leaves it to the parser, which refuses it."""
+    data = strings_workbook(3000)
+    strings = member(data, "xl/sharedStrings.xml")
+    at = strings.index(b"<sst")
+    path = tmp_path / "prolog.xlsx"
+    path.write_bytes(
+        rezip(data, replace={"xl/sharedStrings.xml": strings[:at] + prolog + strings[at:]})
+    )
+    if b"\x00" in prolog:
+        monkeypatch.setattr("watcher.validate.text.CHUNK_BYTES", 4096)
+        for options in (SERIAL, SPLIT):
+            report = validate_file(path, options)
+            assert report.counts == {"unreadable": 1}
+            assert "not well-formed" in report.examples[0].message
+        return
+    (serial_table, split_table), fast = tables(path, monkeypatch)
+    assert serial_table == split_table == _openpyxl_strings(path)
+    assert fast == (True, True)
+
+
 def test_a_dtd_in_the_second_half_of_the_strings_is_refused_as_by_one_process(
     tmp_path, monkeypatch
 ):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import mmap
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from itertools import accumulate, filterfalse, repeat
 from operator import add, floordiv, getitem, methodcaller, mod, sub
 from typing import IO
@@ -17,6 +17,7 @@ CHUNK_BYTES = 1 << 16  # small pieces: each becomes a list of cell tuples, kept 
 STRIDE = 16  # strings to an offset kept (SharedStrings)
 _MOVE_BYTES = 8 << 20  # the step in which the second half of a table moves down
 _CACHE_CHARS = 1 << 20  # the strings SharedStrings.each keeps, in characters
+_LONG_GROUP = 1 << 12  # bytes of a group of strings past which one is found alone, not split
 _SPLIT = methodcaller("split", b"\0")
 _DECODE = methodcaller("decode")
 
@@ -128,30 +129,39 @@ class SharedStrings:
             self._group = group
         return self._members
 
+    def _utf8(self, index: int) -> bytes | bytearray:
+        """String ``index`` as UTF-8, found after the NULs before it in its group: only its own
+        bytes are copied (a group of 16 long strings holds megabytes)."""
+        group, member = divmod(index, STRIDE)
+        buffer, at = self.buffer, self._starts[group]
+        for _ in range(member):
+            at = buffer.find(b"\0", at) + 1
+        return buffer[at : buffer.find(b"\0", at)]
+
     def __getitem__(self, index: int) -> str:
         """String ``index``; IndexError if there is none (a negative index included)."""
         if not 0 <= index < self._count:
             raise IndexError(index)
-        return self._strings_of(index // STRIDE)[index % STRIDE].decode()
+        group, starts = index // STRIDE, self._starts
+        if group != self._group and starts[group + 1] - starts[group] > _LONG_GROUP:
+            return self._utf8(index).decode()
+        return self._strings_of(group)[index % STRIDE].decode()
 
     def each(self, indices: list[int]) -> list[str]:
         """Strings ``indices`` (which exist), each decoded alone, in loops that run in C.
 
         These are mostly values many rows share, far from the strings of the rows around
         them (a city, a batch name): the last ones decoded are kept, up to
-        :data:`_CACHE_CHARS` characters.
+        :data:`_CACHE_CHARS` characters, let go of before the next call decodes more (never
+        between finding which are kept and answering with them).
         """
         cache = self._cache
+        if self._cached_chars > _CACHE_CHARS:
+            cache.clear()
+            self._cached_chars = 0
         fresh = list(filterfalse(cache.__contains__, indices))
         if fresh:
-            starts = self._starts
-            groups = list(map(floordiv, fresh, repeat(STRIDE)))
-            stops = map(sub, map(starts.__getitem__, map(add, groups, repeat(1))), repeat(1))
-            chunks = map(
-                self.buffer.__getitem__, map(slice, map(starts.__getitem__, groups), stops)
-            )
-            members = map(getitem, map(_SPLIT, chunks), map(mod, fresh, repeat(STRIDE)))
-            texts = list(map(_DECODE, members))
+            texts = list(map(_DECODE, self._members_of(fresh)))
             self._cached_chars += sum(map(len, texts))
             cache.update(zip(fresh, texts, strict=True))
         found = list(map(cache.__getitem__, indices))
@@ -159,6 +169,18 @@ class SharedStrings:
             cache.clear()
             self._cached_chars = 0
         return found
+
+    def _members_of(self, indices: list[int]) -> Iterable[bytes | bytearray]:
+        """Strings ``indices`` as UTF-8: each group split at its NULs, in C; or, if a group is
+        long, each string found alone (:meth:`_utf8`), which copies no other."""
+        starts = self._starts
+        groups = list(map(floordiv, indices, repeat(STRIDE)))
+        begins = list(map(starts.__getitem__, groups))
+        ends = list(map(starts.__getitem__, map(add, groups, repeat(1))))
+        if max(map(sub, ends, begins)) > _LONG_GROUP:
+            return map(self._utf8, indices)
+        chunks = map(self.buffer.__getitem__, map(slice, begins, map(sub, ends, repeat(1))))
+        return map(getitem, map(_SPLIT, chunks), map(mod, indices, repeat(STRIDE)))
 
     def stretch(self, low: int, high: int) -> list[str] | None:
         """Strings ``low`` to ``high``, decoded together; None if one of their groups is broken

@@ -78,10 +78,11 @@ _EPOCH_1900 = datetime(1899, 12, 30)  # noqa: DTZ001 - Excel dates have no time 
 _EPOCH_1904 = datetime(1904, 1, 1)  # noqa: DTZ001
 _BYTE_COLUMNS: dict[bytes, float] = {}  # column letters to index, filled as letters are met
 # What only a parser reads right: a comment or CDATA section (<!), a processing instruction
-# (<?), whose text the patterns would take for tags, a CR, which XML reads as a line feed, and
-# a NUL, which XML refuses (and which ends each string in the shared-strings table).
+# (<?), whose text the patterns would take for tags, and a CR, which XML reads as a line feed.
 # Each is looked for by its last byte first, which is rare in a sheet (a memchr), then whole.
-_PARSER_ONLY = ((b"!", b"<!"), (b"?", b"<?"), (b"\r", b"\r"), (b"\x00", b"\x00"))
+# A NUL, which XML refuses (and which ends each string in the shared-strings table), is looked
+# for in the whole piece.
+_PARSER_ONLY = ((b"!", b"<!"), (b"?", b"<?"), (b"\r", b"\r"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,13 +137,20 @@ def _is_date_format(code: str) -> bool:
     return bool(_DATE_CODE.search(code))
 
 
-def _check_piece(piece: bytes, name: str, offset: int, body: int, end: bytes | None) -> None:
+def _check_piece(piece: bytes, name: str, offset: int, body: int, end: bytes | None) -> bytes:
     """Refuse a DTD in a piece of a part (at ``offset``); give up on markup only a parser reads
     right (:data:`_PARSER_ONLY`) after the root's start tag (at ``body``), and on a namespace
     declared in the part's body (before ``end``): the patterns know only the prefixes the root
-    binds."""
+    binds.
+
+    Returns:
+        The piece from the root's start tag on: a comment before it may hold "<row" or "<si",
+        which are no rows or strings.
+    """
     if has_dtd(piece):
         refuse_dtd(name)
+    if b"\x00" in piece:  # anywhere, before the root too: no XML holds one
+        raise FastPathUnsupported("a NUL byte in the part")
     start = max(body - offset, 0)
     for last, mark in _PARSER_ONLY:
         at = piece.find(last, start)
@@ -152,6 +160,7 @@ def _check_piece(piece: bytes, name: str, offset: int, body: int, end: bytes | N
         stop = piece.find(end) if end else -1
         if piece.find(b"xmlns", max(body - offset, 0), stop if stop >= 0 else len(piece)) >= 0:
             raise FastPathUnsupported("a namespace declared inside the part")
+    return piece[start:] if start else piece
 
 
 def _check_count(
@@ -426,7 +435,7 @@ class SheetReader:
                     break
                 if strings is None:
                     strings = table(pieces.offset) if table else SharedStrings()
-                _check_piece(piece, name, pieces.offset, head.body, None)
+                piece = _check_piece(piece, name, pieces.offset, head.body, None)
                 _add_strings(strings, piece, head.markup)
         if strings is None:  # no piece in this part
             strings = table(self._zip.getinfo(name).file_size) if table else SharedStrings()
@@ -773,7 +782,9 @@ class SheetReader:
                     if self._progress is not None:
                         self._progress(pieces.position - reported, total)
                         reported = pieces.position
-                    _check_piece(piece, self._part, pieces.offset, head.body, markup.sheet_data_end)
+                    piece = _check_piece(
+                        piece, self._part, pieces.offset, head.body, markup.sheet_data_end
+                    )
                     items = None if shape is None else self._runs(piece, shape, markup, last_row)
                     if items is None:  # a cell at a time, and learn the shape of a row
                         cells = _cells_in(piece, markup)
