@@ -152,13 +152,10 @@ class SharedStrings:
 
         These are mostly values many rows share, far from the strings of the rows around
         them (a city, a batch name): the last ones decoded are kept, up to
-        :data:`_CACHE_CHARS` characters, let go of before the next call decodes more (never
+        :data:`_CACHE_CHARS` characters, let go of once a call has passed the bound (never
         between finding which are kept and answering with them).
         """
         cache = self._cache
-        if self._cached_chars > _CACHE_CHARS:
-            cache.clear()
-            self._cached_chars = 0
         fresh = list(filterfalse(cache.__contains__, indices))
         if fresh:
             texts = list(map(_DECODE, self._members_of(fresh)))
