@@ -69,6 +69,10 @@ class Intake:
         self._settling: set[str] = set()  # inboxes with a file still settling: list afresh
         self._refusals: dict[str, tuple[RemoteEntry, int]] = {}
         self._ignored = SeenOnce()  # unmatched files left alone, each counted once
+        # Each inbox's last listing, the rule it was sorted by, and the files worth a look.
+        self._looked: dict[
+            str, tuple[list[RemoteEntry], tuple[str, str], list[tuple[str, RemoteEntry]]]
+        ] = {}
         self._odd_folders: set[str] = set()
         self._route_errors: dict[str, str] = {}
         self._access_ok: set[str] = set()  # inboxes the daemon proved it may work in
@@ -162,14 +166,11 @@ class Intake:
         # Re-used while the folder is unchanged, unless a file here is still settling.
         entries = await self.listings.files(inbox, fresh=inbox in self._settling)
         self._settling.discard(inbox)
-        keys = [posixpath.join(inbox, entry.name) for entry in entries]
-        self._gate.retain(keys, inbox + "/")
-        self._ignored.retain(keys, inbox + "/")
         taken = 0
         room = self._room(inbox)
         # Oldest first, and a bounded number of claims per pass: a folder of 100,000 files is
         # worked through in order instead of all at once.
-        ordered = sorted(zip(keys, entries, strict=True), key=lambda item: item[1].mtime)
+        ordered = self._worth_a_look(route, entries)
         for index, (key, entry) in enumerate(ordered):
             if taken >= room:
                 # The daemon has enough in hand: the rest waits in the inbox, unclaimed.
@@ -188,6 +189,37 @@ class Intake:
                 self.recheck_in_s = min(self.recheck_in_s, 0.2)  # the rest: right after
                 break
         return 0
+
+    def _worth_a_look(
+        self, route: RouteSettings, entries: list[RemoteEntry]
+    ) -> list[tuple[str, RemoteEntry]]:
+        """The files of an inbox's listing to look at, oldest first, with their keys.
+
+        A name the route leaves alone (one it ignores, or does not take and ignores) is left
+        once per listing: while the listing is re-used (the folder unchanged), a poll looks
+        only at the others, not at 20,000 names that will never be taken.
+        """
+        inbox = route.inbox_path
+        rule = (route.pattern, route.unmatched)
+        known = self._looked.get(inbox)
+        if known is not None and known[0] is entries and known[1] == rule:
+            return known[2]
+        keys = [posixpath.join(inbox, entry.name) for entry in entries]
+        self._gate.retain(keys, inbox + "/")
+        self._ignored.retain(keys, inbox + "/")
+        worth = []
+        for key, entry in zip(keys, entries, strict=True):
+            name = sort_name(entry.name, route.pattern)
+            if name is Name.ignored:
+                continue
+            if name is Name.unmatched and route.unmatched == "ignore":
+                if self._ignored.is_new(key, entry):
+                    self.health.unmatched.labels(route.name, "ignore").inc()
+                continue
+            worth.append((key, entry))
+        worth.sort(key=lambda item: item[1].mtime)
+        self._looked[inbox] = (entries, rule, worth)
+        return worth
 
     def _waits(self, route: RouteSettings, key: str, entry: RemoteEntry) -> bool:
         """Whether a listed file is one to take, now or later (not ours, not left alone)."""

@@ -11,6 +11,7 @@ import pytest
 
 from tests.conftest import settled_as, wait_for
 from tests.workbooks import rows_valid, xlsxwriter_bytes
+from watcher import intake
 from watcher.ledger import Ledger
 from watcher.settings import load_settings
 
@@ -103,9 +104,33 @@ async def test_a_route_may_leave_other_files_alone_and_still_counts_them(
     await upload(world.inbox / "second.xlsx", xlsxwriter_bytes(rows_valid(3, seed=123)))
     await wait_for(settled_as(world, "second.xlsx", "done"), 20, "second.xlsx in done/")
     assert (world.inbox / "notes.txt").read_bytes() == b"call back on Monday"
-    assert not (world.inbox / "rejected").exists() or not any(
-        (world.inbox / "rejected").iterdir()
-    )
+    assert not (world.inbox / "rejected").exists() or not any((world.inbox / "rejected").iterdir())
     assert names_in(world.state_dir / "ledger.sqlite3") == ["first.xlsx", "second.xlsx"]
     assert counted(daemon, route.name, "ignore") == 1
     assert counted(daemon, route.name, "reject") == 0
+
+
+async def test_names_left_alone_are_sorted_once_per_listing_not_once_a_poll(
+    make_world, run_daemon, emulator, upload, sshd, monkeypatch
+):
+    """An inbox crowded with names the route ignores: while its listing is re-used (the folder
+    unchanged), a poll does not look at those names again; a list dropped later is still taken."""
+    world = world_for(make_world, sshd, "sftp", 'unmatched = "ignore"\n')
+    for n in range(300):
+        (world.inbox / f"notes-{n:03}.txt").write_bytes(b"x")
+    sorted_names: list[str] = []
+    sort_name = intake.sort_name
+
+    def counting(name, pattern):
+        sorted_names.append(name)
+        return sort_name(name, pattern)
+
+    monkeypatch.setattr(intake, "sort_name", counting)
+    daemon = await run_daemon(world)
+    listings = daemon._intake.listings
+    await wait_for(lambda: listings.reused >= 8, 30, "the crowded inbox's listing re-used")
+    assert len(sorted_names) <= 300 * listings.listed  # once per listing, none per re-use
+    await upload(world.inbox / "late.xlsx", xlsxwriter_bytes(rows_valid(3, seed=124)))
+    await wait_for(settled_as(world, "late.xlsx", "done"), 20, "late.xlsx in done/")
+    [route] = load_settings(world.config).routes
+    assert counted(daemon, route.name, "ignore") == 300  # each counted once
