@@ -174,7 +174,7 @@ class Intake:
         for index, (key, entry) in enumerate(ordered):
             if taken >= room:
                 # The daemon has enough in hand: the rest waits in the inbox, unclaimed.
-                waiting = sum(self._waits(route, k, e) for k, e in ordered[index:])
+                waiting = sum(self._waits(k, e) for k, e in ordered[index:])
                 if waiting:
                     self._settling.add(inbox)  # seen afresh when room comes, never from memory
                 return 0 if taken else waiting
@@ -221,20 +221,14 @@ class Intake:
         self._looked[inbox] = (entries, rule, worth)
         return worth
 
-    def _waits(self, route: RouteSettings, key: str, entry: RemoteEntry) -> bool:
-        """Whether a listed file is one to take, now or later (not ours, not left alone)."""
-        name = sort_name(entry.name, route.pattern)
-        if key in self._busy or name is Name.ignored or self._is_refused(key, entry):
-            return False
-        if name is Name.unmatched and route.unmatched == "ignore":
-            if self._ignored.is_new(key, entry):
-                self.health.unmatched.labels(route.name, "ignore").inc()
-            return False
-        return True
+    def _waits(self, key: str, entry: RemoteEntry) -> bool:
+        """Whether a file worth a look (:meth:`_worth_a_look`) is one to take, now or later:
+        not being claimed already, not refused."""
+        return key not in self._busy and not self._is_refused(key, entry)
 
     async def _ready(self, route: RouteSettings, key: str, entry: RemoteEntry) -> _Ready | None:
         """Whether to take a listed file now, and as what; None: leave it (for now)."""
-        if not self._waits(route, key, entry):
+        if not self._waits(key, entry):
             return None
         self._settling.add(route.inbox_path)  # a file still here to take: list afresh next time
         name = sort_name(entry.name, route.pattern)

@@ -95,12 +95,9 @@ class SharedStrings:
         return base
 
     def extend(self, strings: list[str]) -> None:
-        if not strings:
-            return
-        data = ("\x00".join(strings) + "\x00").encode()
-        base = self._append(data)
-        lengths = map(len, data.split(b"\x00")[:-1])
-        self.ends.extend(map(add, accumulate(lengths), range(base + 1, base + 1 + len(strings))))
+        """Add strings (none holds a NUL: XML cannot)."""
+        if strings:
+            self.extend_utf8("\x00".join(strings).encode().split(b"\x00"))
 
     def extend_utf8(self, strings: list[bytes]) -> None:
         """Add strings that are already UTF-8 bytes, as found in the XML."""
