@@ -87,7 +87,10 @@ class Intake:
         """
         self.recheck_in_s = self.settings.daemon.poll_interval_s
         self._in_hand, self._held = pipeline.ledger.in_hand(), set(self._busy)
-        for route in await self._routes():
+        routes = await self._routes()
+        for gone in self._looked.keys() - {route.inbox_path for route in routes}:
+            del self._looked[gone]  # a campaign folder removed: its listing is not kept
+        for route in routes:
             await self._scan_contained(pipeline, route)
 
     async def _routes(self) -> list[RouteSettings]:
